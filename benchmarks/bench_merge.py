@@ -1,0 +1,129 @@
+"""Engine benchmark: the seed recipe's method on a generated llama family.
+
+    python benchmarks/bench_merge.py --family 0.9b [--device cpu|cuda] [--data bench-data]
+
+Measures, in one run:
+- the I/O floor: time to read every input file once and write a file of the output's size;
+- the merge: wall time and peak RSS of a fresh ``merge-engine run`` process;
+- accuracy: the fraction of output elements that differ from the correctly rounded
+  float64 result, and for comparison the same for plain bf16 math (what mergekit does).
+The family is generated once under --data and reused (page cache warm for both timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from merge_engine.synth import BENCH_0_2B, BENCH_0_9B, write_family
+
+FAMILIES = {"0.9b": BENCH_0_9B, "0.2b": BENCH_0_2B}
+WEIGHTS = (1.0, 0.3)
+ROWS = 256
+
+
+def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
+    """Seconds to read all input files and write ``out_bytes`` to a new file."""
+    buf = bytearray(64 << 20)
+    view = memoryview(buf)
+    start = time.perf_counter()
+    for path in inputs:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+    with open(scratch, "wb", buffering=0) as f:
+        left = out_bytes
+        while left:
+            left -= f.write(view[: min(left, len(view))])
+    elapsed = time.perf_counter() - start
+    scratch.unlink()
+    return elapsed
+
+
+def run_merge_process(recipe: Path, out: Path, device: str) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of a fresh merge-engine process."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "merge_engine", "run", str(recipe), str(out),
+                    "--device", device, "--quiet", "--random-seed", "0"], check=True)
+    wall = time.perf_counter() - start
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+
+def accuracy(models: list[Path], out: Path) -> tuple[float, float, int]:
+    """(fraction differing from rounded float64, same for bf16 math, elements compared)."""
+    files = {}
+    for p in [*models, out]:
+        for f in p.glob("*.safetensors"):
+            with safe_open(f, "pt") as h:
+                for name in h.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    files.setdefault(p, {})[name] = f
+    wrong = wrong_bf16 = total = 0
+    for name, out_file in files[out].items():
+        handles = [safe_open(files[m][name], "pt") for m in models]
+        merged = safe_open(out_file, "pt").get_slice(name)
+        rows = merged.get_shape()[0]
+        for r in range(0, rows, ROWS):
+            b, *ts = (h.get_slice(name)[r:r + ROWS] for h in handles)
+            ref = b.double() + sum(w * (t.double() - b.double())
+                                   for w, t in zip(WEIGHTS, ts, strict=True))
+            ref = ref.to(torch.bfloat16)
+            got = merged[r:r + ROWS]
+            naive = b + sum(w * (t - b) for w, t in zip(WEIGHTS, ts, strict=True))
+            wrong += (got != ref).sum().item()
+            wrong_bf16 += (naive != ref).sum().item()
+            total += ref.numel()
+    return wrong / total, wrong_bf16 / total, total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=FAMILIES, default="0.9b")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", type=Path, default=Path("bench-data"))
+    parser.add_argument("--skip-accuracy", action="store_true")
+    args = parser.parse_args()
+    root = args.data / args.family
+    models = [root / "base", root / "donor-1", root / "donor-2"]
+    if not (root / "donor-2" / "config.json").exists():
+        print(f"generating the {args.family} family under {root} ...", file=sys.stderr)
+        write_family(root, FAMILIES[args.family], donors=2, delta_scale=0.002,
+                     shard_bytes=1_000_000_000)
+    recipe = root / "recipe.yml"
+    recipe.write_text(
+        f"merge_method: task_arithmetic\nbase_model: {models[0]}\nmodels:\n"
+        + "".join(f"  - model: {m}\n    parameters:\n      weight: {w}\n"
+                  for m, w in zip(models[1:], WEIGHTS, strict=True)))
+    inputs = sorted(f for m in models for f in m.glob("*.safetensors"))
+    in_bytes = sum(f.stat().st_size for f in inputs)
+    out = args.data / f"out-{args.family}"
+    out_bytes = sum(f.stat().st_size for f in models[0].glob("*.safetensors"))
+    io_floor(inputs, out_bytes, args.data / "floor.bin")  # warm the page cache once
+    floor = io_floor(inputs, out_bytes, args.data / "floor.bin")
+    wall, rss = run_merge_process(recipe, out, args.device)
+    figures = {
+        "family": args.family, "device": args.device, "cpus": os.cpu_count(),
+        "input_gb": round(in_bytes / 1e9, 2), "io_floor_s": round(floor, 2),
+        "wall_s": round(wall, 2), "wall_over_floor": round(wall / floor, 2),
+        "peak_rss_mb": round(rss / 1e6),
+    }
+    if not args.skip_accuracy:
+        frac, frac_bf16, total = accuracy(models, out)
+        figures |= {"elements": total, "differ_from_f64_pct": round(100 * frac, 4),
+                    "bf16_math_differ_pct": round(100 * frac_bf16, 2)}
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

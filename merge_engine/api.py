@@ -1,0 +1,143 @@
+"""The engine's Python API: :func:`validate` a recipe, :func:`run_merge` it.
+
+    result = run_merge("recipe.yml", "out/", device="auto")
+    result.sources[1].revision   # the commit SHA each Hub source was pinned to
+
+The output directory appears whole or not at all: everything is written to a hidden
+sibling directory that is renamed into place at the end and removed on any failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .card import render_card
+from .errors import MergeEngineError
+from .executor import Executor, Progress, Timings, resolve_device
+from .plan import Plan, build_plan
+from .recipe import Recipe, load_recipe, parse_recipe
+from .sources import HubAccess, Source, open_source
+from .summary import ModelRow, formula, model_rows
+
+DEFAULT_SHARD_BYTES = 5_000_000_000
+RECIPE_NAME = "mergekit_config.yml"
+
+
+@dataclass
+class MergeResult:
+    """What a merge produced and from exactly what."""
+
+    out_dir: Path
+    files: list[Path]
+    method: str
+    models: list[ModelRow]
+    """Base first (if any), each with its resolved revision and parameters."""
+    formula: str
+    seed: int
+    warnings: list[str]
+    output_bytes: int
+    parameter_count: int
+    device: str
+    timings: Timings = field(default_factory=Timings)
+    resolve_seconds: float = 0.0
+
+
+def load(recipe: Recipe | str | os.PathLike) -> Recipe:
+    """A parsed recipe from a Recipe, a path, or YAML text (a string with a newline)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str) and "\n" in recipe:
+        return parse_recipe(recipe)
+    return load_recipe(recipe)
+
+
+def open_sources(recipe: Recipe, access: HubAccess | None = None) -> list[Source]:
+    """Every input of the recipe, resolved and pinned, metadata only (base first)."""
+    return [open_source(m.ref, access) for m in recipe.inputs()]
+
+
+def validate(recipe: Recipe | str | os.PathLike, *, access: HubAccess | None = None) -> Plan:
+    """Parse, resolve and plan from headers only; raises the first problem found."""
+    parsed = load(recipe)
+    return build_plan(parsed, open_sources(parsed, access))
+
+
+def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
+              device: str = "auto", out_shard_size: int = DEFAULT_SHARD_BYTES,
+              random_seed: int | None = None, copy_tokenizer: bool = True,
+              progress: Progress | None = None, access: HubAccess | None = None,
+              plan: Plan | None = None, card_options: dict | None = None) -> MergeResult:
+    """Merge ``recipe`` into ``out_dir`` (which must not exist, or be empty).
+
+    ``plan`` skips resolution when the caller already validated; ``card_options`` go to
+    :func:`merge_engine.card.render_card` (``hub_url``, ``provenance``, ``repo_id``).
+    """
+    started = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MergeEngineError(f"output directory {out} already exists and is not empty")
+    plan = plan or validate(recipe, access=access)
+    resolved = time.perf_counter() - started
+    seed = random_seed if random_seed is not None else secrets.randbits(31)
+    dev = resolve_device(device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,
+                            progress=progress)
+        files = executor.run()
+        files += write_side_files(plan, work, copy_tokenizer)
+        (work / "README.md").write_text(render_card(plan, seed=seed, **(card_options or {})))
+        files.append(work / "README.md")
+        if out.exists():
+            out.rmdir()
+        work.rename(out)
+    except OSError as e:
+        shutil.rmtree(work, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise MergeEngineError(f"disk full while writing the merge under {out.parent}") from e
+        raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return MergeResult(
+        out_dir=out, files=[out / f.name for f in files], method=plan.recipe.merge_method,
+        models=model_rows(plan), formula=formula(plan), seed=seed, warnings=plan.warnings,
+        output_bytes=plan.output_bytes, parameter_count=plan.parameter_count,
+        device=str(dev), timings=executor.timings, resolve_seconds=resolved,
+    )
+
+
+def write_side_files(plan: Plan, directory: Path, copy_tokenizer: bool) -> list[Path]:
+    """``config.json`` (dtype updated), tokenizer and generation files, and the recipe."""
+    reference = plan.sources[0]
+    written = []
+    config = dict(reference.config)
+    dtype_name = str(plan.out_dtype).removeprefix("torch.")
+    keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
+    for key in keys:
+        config[key] = dtype_name
+    if config:
+        path = directory / "config.json"
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        written.append(path)
+    if copy_tokenizer:
+        for name in reference.side_files():
+            if name != "config.json":
+                path = directory / name
+                shutil.copyfile(reference.fetch(name), path)
+                written.append(path)
+    path = directory / RECIPE_NAME
+    path.write_text(plan.recipe.text)
+    written.append(path)
+    return written
+

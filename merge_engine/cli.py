@@ -1,0 +1,129 @@
+"""``merge-engine run RECIPE OUT`` and ``merge-engine validate RECIPE``.
+
+Exit codes: 0 done, 2 a mistake in the recipe or the input models, 1 a runtime failure,
+130 interrupted. Errors are one line on stderr; ``-v`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import traceback
+
+from . import __version__
+from .api import DEFAULT_SHARD_BYTES, run_merge, validate
+from .errors import MergeEngineError
+from .summary import fmt, formula, model_rows
+
+UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+         "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+         "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``5GB``, ``500M``, ``2GiB``, ``5e9`` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in UNITS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 5GB, 500MB or 2GiB")
+    size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise argparse.ArgumentTypeError("the shard size must be positive")
+    return size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="merge-engine", description="Merge models with a mergekit recipe, streaming.")
+    parser.add_argument("--version", action="version", version=f"merge-engine {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="merge RECIPE into the directory OUT")
+    run.add_argument("recipe")
+    run.add_argument("out")
+    run.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    run.add_argument("--out-shard-size", type=parse_size, default=DEFAULT_SHARD_BYTES,
+                     help="largest output shard, e.g. 5GB (default) or 500MB")
+    run.add_argument("--random-seed", type=int, default=None,
+                     help="seed for random methods (dare, della); recorded in the card")
+    run.add_argument("--no-copy-tokenizer", action="store_true",
+                     help="do not copy the base model's tokenizer files")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    run.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    check = sub.add_parser("validate", help="check RECIPE from headers only and print the plan")
+    check.add_argument("recipe")
+    check.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "validate":
+            return _validate(args)
+        return _run(args)
+    except MergeEngineError as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the edge: a bug must still be one line
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: unexpected {type(e).__name__}: {e} (run with -v for details)",
+              file=sys.stderr)
+        return 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    plan = validate(args.recipe)
+    print(formula(plan))
+    print()
+    for row in model_rows(plan):
+        params = ", ".join([f"weight {row.weight}"] * bool(row.weight)
+                           + [f"{k} {v}" for k, v in row.others.items()])
+        print(f"  {row.role:5}  {row.name}  @ {row.revision or 'local'}  {params}")
+    globals_ = ", ".join(f"{k} {fmt(v)}" for k, v in plan.recipe.parameters.items()
+                         if k not in plan.method.model_params)
+    if globals_:
+        print(f"  global parameters: {globals_}")
+    print()
+    print(f"{len(plan.tasks)} tensors, {plan.parameter_count:,} parameters, output "
+          f"{plan.output_bytes / 1e9:.2f} GB as {str(plan.out_dtype).removeprefix('torch.')}")
+    for warning in plan.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="B", unit_scale=True, desc="merging", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = run_merge(args.recipe, args.out, device=args.device,
+                           out_shard_size=args.out_shard_size, random_seed=args.random_seed,
+                           copy_tokenizer=not args.no_copy_tokenizer,
+                           progress=progress if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    if not args.quiet:
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(result.formula, file=sys.stderr)
+        print(f"merged {result.parameter_count:,} parameters on {result.device} in "
+              f"{result.timings.wall:.1f}s", file=sys.stderr)
+    print(result.out_dir)
+    return 0

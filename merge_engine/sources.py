@@ -1,0 +1,155 @@
+"""Model sources: a local directory, or a Hub repo pinned to a commit SHA.
+
+Opening a source reads only metadata: the file list, ``config.json`` and the safetensors
+headers (over HTTP range requests for Hub repos). Weight files are fetched one at a time,
+when the executor first needs them, with :meth:`Source.fetch`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import errors as hub_errors
+
+from .checkpoint import TensorMeta, read_header, require_safetensors, weight_files
+from .errors import MergeEngineError, SourceError
+from .refs import ModelRef
+
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+"""Small files copied from the base model (config and tokenizer)."""
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """How to reach the Hub: endpoint (None: huggingface_hub's default) and token."""
+
+    endpoint: str | None = None
+    token: str | None = None
+    cache_dir: Path | None = None
+    """Where weight files are downloaded (None: the Hugging Face cache)."""
+
+    def api(self) -> HfApi:
+        return HfApi(endpoint=self.endpoint, token=self.token)
+
+
+@dataclass
+class Source:
+    """One input model, resolved: its tensors' metadata and a way to fetch its files."""
+
+    ref: ModelRef
+    revision: str | None
+    """The commit SHA for a Hub repo; None for a local directory."""
+    tensors: dict[str, TensorMeta]
+    config: dict
+    files: list[str]
+    card_data: dict = field(default_factory=dict)
+    local_dir: Path | None = None
+    access: HubAccess | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The reference as written (repo id or directory), without revision."""
+        return self.ref.path
+
+    @property
+    def short_name(self) -> str:
+        return Path(self.ref.path.rstrip("/")).name
+
+    def fetch(self, filename: str) -> Path:
+        """A local path of ``filename``, downloading it at the pinned revision if needed."""
+        if self.local_dir is not None:
+            return self.local_dir / filename
+        with self._lock:
+            try:
+                return Path(hf_hub_download(
+                    self.ref.path, filename, revision=self.revision, token=self.access.token,
+                    endpoint=self.access.endpoint, cache_dir=self.access.cache_dir,
+                ))
+            except hub_errors.HfHubHTTPError as e:
+                raise MergeEngineError(
+                    f"could not download {filename} from {self.ref.path}@{self.revision}: {e}"
+                ) from e
+
+    def side_files(self) -> list[str]:
+        """The config/tokenizer files this model has."""
+        return [f for f in SIDE_FILES if f in self.files]
+
+
+def open_source(ref: ModelRef, access: HubAccess | None = None) -> Source:
+    """Resolve ``ref`` and read its metadata; no weight bytes are read or downloaded."""
+    if ref.is_local:
+        return _open_local(ref)
+    return _open_hub(ref, access or HubAccess())
+
+
+def _open_local(ref: ModelRef) -> Source:
+    directory = Path(ref.path).expanduser()
+    if not directory.is_dir():
+        raise SourceError(f"model directory {ref.path} does not exist")
+    files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    tensors: dict[str, TensorMeta] = {}
+    for f in weight_files(directory, files):
+        if not (directory / f).is_file():
+            raise SourceError(f"{directory} lists {f} in its index but the file is missing")
+        tensors.update(read_header(directory / f))
+    return Source(ref, None, tensors, _read_config(directory / "config.json"), files,
+                  local_dir=directory)
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise SourceError(f"{path} is not valid JSON: {e}") from e
+
+
+def _open_hub(ref: ModelRef, access: HubAccess) -> Source:
+    api = access.api()
+    where = f"{ref.path}@{ref.revision}" if ref.revision else ref.path
+    try:
+        info = api.model_info(ref.path, revision=ref.revision)
+        sha = info.sha
+        files = sorted(s.rfilename for s in info.siblings or [])
+        require_safetensors(files, ref.path)
+        meta = api.get_safetensors_metadata(ref.path, revision=sha)
+        config = {}
+        if "config.json" in files:
+            config = _read_config(Path(hf_hub_download(
+                ref.path, "config.json", revision=sha, token=access.token,
+                endpoint=access.endpoint, cache_dir=access.cache_dir)))
+    except hub_errors.RevisionNotFoundError as e:
+        raise SourceError(f"revision '{ref.revision}' does not exist in {ref.path}") from e
+    except (hub_errors.RepositoryNotFoundError, hub_errors.GatedRepoError) as e:
+        raise SourceError(
+            f"model repo {ref.path} does not exist, or the token used cannot read it") from e
+    except hub_errors.NotASafetensorsRepoError as e:
+        raise SourceError(f"{where} has no safetensors weights") from e
+    except hub_errors.HfHubHTTPError as e:
+        raise MergeEngineError(f"could not read {where} from the Hub: {e}") from e
+    tensors = {
+        name: TensorMeta(file, t.dtype, tuple(t.shape), *t.data_offsets)
+        for file, fm in meta.files_metadata.items()
+        for name, t in fm.tensors.items()
+    }
+    card = info.card_data.to_dict() if info.card_data else {}
+    return Source(ref, sha, tensors, config, files, card_data=card, access=access)
+

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny generated llama families (no downloads) and recipe helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from merge_engine.synth import LlamaShape, write_family
+
+TINY = LlamaShape(hidden=32, intermediate=64, layers=3, vocab=96, heads=4, kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def family(tmp_path_factory) -> list[Path]:
+    """A bf16 base and two donors: [base, donor-1, donor-2]."""
+    return write_family(tmp_path_factory.mktemp("family"), TINY, donors=2, delta_scale=0.01)
+
+
+def load_model(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (possibly sharded) safetensors model directory."""
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(f))
+    return tensors
+
+
+def recipe_text(method: str, base: Path | None, models: list[tuple[Path, dict]],
+                extra: str = "") -> str:
+    """A recipe in mergekit's YAML for local model directories."""
+    lines = [f"merge_method: {method}"]
+    if base is not None:
+        lines.append(f"base_model: {base}")
+    lines.append("models:")
+    for path, params in models:
+        lines.append(f"  - model: {path}")
+        if params:
+            lines.append("    parameters:")
+            lines += [f"      {k}: {v}" for k, v in params.items()]
+    return "\n".join(lines) + "\n" + extra

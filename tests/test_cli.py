@@ -1,0 +1,110 @@
+"""The command line: exit codes, one-line errors, nothing left at OUT."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from merge_engine.cli import main, parse_size
+from merge_engine.synth import write_model
+
+from .conftest import TINY, load_model, recipe_text
+
+
+def run_cli(*args, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "merge_engine", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_run_prints_the_output_directory(family, tmp_path):
+    base, d1, d2 = family
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(recipe_text("task_arithmetic", base,
+                                  [(d1, {"weight": 1.0}), (d2, {"weight": 0.3})]))
+    code, out, err = run_cli("run", recipe, tmp_path / "out", "--device", "cpu",
+                             "--random-seed", "1")
+    assert code == 0, err
+    assert out.strip() == str(tmp_path / "out")
+    assert "merged = base + 1.0 * (donor-1 - base) + 0.3 * (donor-2 - base)" in err
+    assert load_model(tmp_path / "out").keys()
+
+
+def test_validate_prints_the_plan_without_merging(family, tmp_path, capsys):
+    base, d1, d2 = family
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(recipe_text("ties", base, [(d1, {"weight": 1.0, "density": 0.5}),
+                                                 (d2, {"weight": 0.3})]))
+    assert main(["validate", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "merged = base + ties(1.0 * (donor-1 - base), 0.3 * (donor-2 - base))" in out
+    assert "density 0.5" in out
+    assert f"{len(TINY.tensors())} tensors" in out
+    assert "GB as bfloat16" in out
+
+
+BAD_RECIPES = {
+    "malformed": ("merge_method: task_arithmetic\nmodels: [\n", 2, "line"),
+    "unknown method": ("merge_method: task_arithmatic\nmodels: []\n", 2,
+                       "did you mean 'task_arithmetic'"),
+    "missing weight": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                       "  - model: {d1}\n", 2, "models[0].parameters.weight"),
+    "missing path": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                     "  - model: /nowhere/model\n    parameters: {{weight: 1}}\n", 2,
+                     "/nowhere/model does not exist"),
+    "not supported": ("merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {d1}\n"
+                      "parameters: {{t: 0.5}}\n", 2, "not supported yet"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RECIPES)
+def test_bad_recipes_fail_in_one_line(family, tmp_path, case):
+    text, code_wanted, fragment = BAD_RECIPES[case]
+    base, d1, _ = family
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(text.format(base=base, d1=d1))
+    code, out, err = run_cli("run", recipe, tmp_path / "out", "--device", "cpu")
+    assert code == code_wanted
+    assert fragment in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickle_only_model_exit_2(family, tmp_path):
+    base, _, _ = family
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "pytorch_model.bin").write_bytes(b"not opened")
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(recipe_text("task_arithmetic", base, [(pickled, {"weight": 1.0})]))
+    code, _, err = run_cli("run", recipe, tmp_path / "out")
+    assert code == 2 and "convert it to safetensors" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_mismatch_exit_2_and_nan_exit_1(family, tmp_path):
+    base, d1, _ = family
+    wide = write_model(tmp_path / "wide", type(TINY)(**{**TINY.__dict__, "hidden": 36}))
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(recipe_text("task_arithmetic", base, [(wide, {"weight": 1.0})]))
+    code, _, err = run_cli("run", recipe, tmp_path / "out")
+    assert code == 2 and "has shape" in err
+    recipe.write_text(recipe_text("task_arithmetic", base, [(d1, {"weight": "1.0e+40"})]))
+    code, _, err = run_cli("run", recipe, tmp_path / "out")
+    assert code == 1 and "NaN or infinite" in err and "Traceback" not in err
+    code, _, err = run_cli("run", recipe, tmp_path / "out", "-v")
+    assert code == 1 and "Traceback" in err
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5_000_000_000
+    assert parse_size("500M") == 500_000_000
+    assert parse_size("2GiB") == 2 * 2**30
+    assert parse_size("5e9") == 5_000_000_000
+    with pytest.raises(Exception, match="not a size"):
+        parse_size("five")
