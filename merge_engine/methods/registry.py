@@ -26,8 +26,7 @@ REQUIRED = object()
 
 Params = Mapping[str, float | int | bool | str]
 MergeFn = Callable[
-    [Sequence[torch.Tensor], torch.Tensor | None, Sequence[Params], Params,
-     torch.Generator | None],
+    [Sequence[torch.Tensor], torch.Tensor | None, Sequence[Params], Params, torch.Generator | None],
     torch.Tensor,
 ]
 

@@ -1,0 +1,143 @@
+"""Model references as mergekit writes them: ``org/name``, ``org/name@rev``, ``model+lora``,
+or a local directory.
+
+``parse_ref(text, loc)`` reads the string form; ``parse_ref_value(raw, loc)`` also reads
+mergekit's mapping form (``{model: ..., lora: ...}``, each part a string or
+``{path, revision}``). ``str(ref)`` is canonical and parses back to an equal ref.
+
+A part is local when it starts with ``/``, ``./``, ``../`` or ``~`` (expanded), or names
+an existing directory; then ``@`` is part of the path and there is no revision.
+Otherwise it must be a Hub repo id, optionally followed by ``@revision``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from merge_engine.errors import RecipeError
+from merge_engine.params import unknown_key
+
+_LOCAL_PREFIXES = ("/", "./", "../", "~")
+_HUB_PART = re.compile(r"[A-Za-z0-9_.-]+")
+_MAX_NAME = 96
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(_LOCAL_PREFIXES) or path in (".", "..") or os.path.isdir(path)
+
+
+def is_hub_id(text: str) -> bool:
+    """True for a syntactically valid Hub repo id: ``name`` or ``org/name``."""
+    parts = text.split("/")
+    if len(parts) > 2 or "--" in text or ".." in text:
+        return False
+    for part in parts:
+        if not _HUB_PART.fullmatch(part) or part[0] in "-." or part[-1] in "-.":
+            return False
+    return len(parts[-1]) <= _MAX_NAME
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model: a local directory path or a Hub repo id, an optional revision, an optional
+    LoRA adapter (itself a ModelRef without a LoRA)."""
+
+    path: str
+    revision: str | None = None
+    lora: ModelRef | None = None
+
+    def __post_init__(self) -> None:
+        if self.revision is not None and self.is_local:
+            raise ValueError(f"local directory {self.path!r} cannot have a revision")
+        if self.lora is not None and self.lora.lora is not None:
+            raise ValueError("a LoRA adapter cannot itself carry a LoRA")
+
+    @property
+    def is_local(self) -> bool:
+        """True for a local directory reference (not a Hub repo)."""
+        return _looks_local(self.path) or not is_hub_id(self.path)
+
+    def __str__(self) -> str:
+        text = self.path if self.revision is None else f"{self.path}@{self.revision}"
+        return text if self.lora is None else f"{text}+{self.lora}"
+
+
+def _neither(text: str, loc: str) -> RecipeError:
+    return RecipeError(loc, f"{text!r} is neither a local directory nor a Hub repo id (org/name)")
+
+
+def _parse_part(text: str, loc: str, revision: str | None = None) -> ModelRef:
+    """One side of ``model+lora``; ``revision`` comes from the mapping form."""
+    if not text:
+        raise RecipeError(loc, "empty model reference")
+    if _looks_local(text):
+        if revision is not None:
+            raise RecipeError(loc, f"local directory {text!r} cannot have a revision")
+        return ModelRef(os.path.expanduser(text))
+    name, at, rev = text.partition("@")
+    if at:
+        if revision is not None:
+            raise RecipeError(loc, f"{text!r} gives a revision twice")
+        if not rev:
+            raise RecipeError(loc, f"{text!r} has an empty revision after '@'")
+        if "@" in rev:
+            raise RecipeError(loc, f"{text!r} has more than one '@'")
+        revision = rev
+    if not is_hub_id(name):
+        raise _neither(text, loc)
+    if revision is not None and not revision.strip():
+        raise RecipeError(loc, "empty revision")
+    return ModelRef(name, revision)
+
+
+def parse_ref(text: str, loc: str = "") -> ModelRef:
+    """Parse ``org/name[@rev][+lora[@rev]]`` or a local directory; RecipeError at ``loc``."""
+    if not isinstance(text, str):
+        raise RecipeError(loc, f"expected a model reference string, got {text!r}")
+    if os.path.isdir(text):
+        return ModelRef(text)
+    parts = text.split("+")
+    if len(parts) > 2:
+        raise RecipeError(loc, f"{text!r} has more than one '+' (expected model+lora)")
+    model = _parse_part(parts[0], loc)
+    if len(parts) == 1:
+        return model
+    return ModelRef(model.path, model.revision, _parse_part(parts[1], loc))
+
+
+def _parse_path_value(raw: object, loc: str) -> ModelRef:
+    """mergekit's ModelPath: ``"name[@rev]"`` or ``{path: ..., revision: ...}``."""
+    if isinstance(raw, str):
+        return _parse_part(raw, loc)
+    if isinstance(raw, dict):
+        for key in raw:
+            if key not in ("path", "revision"):
+                raise unknown_key(f"{loc}.{key}", key, ("path", "revision"))
+        path, rev = raw.get("path"), raw.get("revision")
+        if not isinstance(path, str):
+            raise RecipeError(f"{loc}.path", "expected a model path or Hub repo id string")
+        if rev is not None and not isinstance(rev, str):
+            raise RecipeError(f"{loc}.revision", f"expected a string, got {rev!r}")
+        return _parse_part(path, f"{loc}.path", rev)
+    raise RecipeError(loc, f"expected a model reference, got {raw!r}")
+
+
+def parse_ref_value(raw: object, loc: str = "") -> ModelRef:
+    """Parse a YAML model reference: a string, or ``{model: ..., lora: ...}``."""
+    if isinstance(raw, str):
+        return parse_ref(raw, loc)
+    if not isinstance(raw, dict):
+        raise RecipeError(loc, f"expected a model reference (org/name or a path), got {raw!r}")
+    for key in raw:
+        if key == "override_architecture":
+            raise RecipeError(f"{loc}.{key}", "override_architecture is not supported yet")
+        if key not in ("model", "lora"):
+            raise unknown_key(f"{loc}.{key}", key, ("model", "lora"))
+    if "model" not in raw:
+        raise RecipeError(loc, "missing key 'model'")
+    model = _parse_path_value(raw["model"], f"{loc}.model")
+    if raw.get("lora") is None:
+        return model
+    return ModelRef(model.path, model.revision, _parse_path_value(raw["lora"], f"{loc}.lora"))
