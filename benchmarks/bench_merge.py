@@ -4,7 +4,9 @@
 
 Measures, in one run:
 - the I/O floor: time to read every input file once and write a file of the output's size;
-- the merge: wall time and peak RSS of a fresh ``merge-engine run`` process;
+- the merge: wall time and peak RSS of a fresh ``merge-engine run`` process (interpreter
+  and torch start-up included);
+floor and merge alternate ``--repeat`` times and the medians are reported;
 - accuracy: the fraction of output elements that differ from the correctly rounded
   float64 result, and for comparison the same for plain bf16 math (what mergekit does).
 The family is generated once under --data and reused (page cache warm for both timings).
@@ -17,6 +19,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +63,14 @@ def run_merge_process(recipe: Path, out: Path, device: str) -> tuple[float, int]
     return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
+def round_bf16(x: torch.Tensor) -> torch.Tensor:
+    """float64 -> bfloat16, correctly rounded (half to even). torch's own conversion goes
+    through float32 and so rounds twice, which is wrong for about 0.1% of such values."""
+    mantissa, exponent = torch.frexp(x)
+    rounded = torch.round(torch.ldexp(mantissa, torch.full_like(exponent, 8)))
+    return torch.ldexp(rounded, exponent - 8).to(torch.bfloat16)
+
+
 def accuracy(models: list[Path], out: Path) -> tuple[float, float, int]:
     """(fraction differing from rounded float64, same for bf16 math, elements compared)."""
     files = {}
@@ -77,7 +88,7 @@ def accuracy(models: list[Path], out: Path) -> tuple[float, float, int]:
             b, *ts = (h.get_slice(name)[r:r + ROWS] for h in handles)
             ref = b.double() + sum(w * (t.double() - b.double())
                                    for w, t in zip(WEIGHTS, ts, strict=True))
-            ref = ref.to(torch.bfloat16)
+            ref = round_bf16(ref)
             got = merged[r:r + ROWS]
             naive = b + sum(w * (t - b) for w, t in zip(WEIGHTS, ts, strict=True))
             wrong += (got != ref).sum().item()
@@ -92,6 +103,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", type=Path, default=Path("bench-data"))
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of floor + merge")
     args = parser.parse_args()
     root = args.data / args.family
     models = [root / "base", root / "donor-1", root / "donor-2"]
@@ -109,12 +121,19 @@ def main() -> int:
     out = args.data / f"out-{args.family}"
     out_bytes = sum(f.stat().st_size for f in models[0].glob("*.safetensors"))
     io_floor(inputs, out_bytes, args.data / "floor.bin")  # warm the page cache once
-    floor = io_floor(inputs, out_bytes, args.data / "floor.bin")
-    wall, rss = run_merge_process(recipe, out, args.device)
+    floors, walls, rss = [], [], 0
+    for _ in range(args.repeat):  # alternate, so drifting machine speed hits both alike
+        floors.append(io_floor(inputs, out_bytes, args.data / "floor.bin"))
+        wall, peak = run_merge_process(recipe, out, args.device)
+        walls.append(wall)
+        rss = max(rss, peak)
+    floor, wall = statistics.median(floors), statistics.median(walls)
     figures = {
         "family": args.family, "device": args.device, "cpus": os.cpu_count(),
-        "input_gb": round(in_bytes / 1e9, 2), "io_floor_s": round(floor, 2),
-        "wall_s": round(wall, 2), "wall_over_floor": round(wall / floor, 2),
+        "input_gb": round(in_bytes / 1e9, 2), "runs": args.repeat,
+        "io_floor_s": round(floor, 2), "wall_s": round(wall, 2),
+        "wall_over_floor": round(wall / floor, 2),
+        "wall_range_s": [round(min(walls), 2), round(max(walls), 2)],
         "peak_rss_mb": round(rss / 1e6),
     }
     if not args.skip_accuracy:

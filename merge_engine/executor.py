@@ -1,34 +1,40 @@
 """Runs a plan: read chunk -> float32 math on the device -> round once -> write, pipelined.
 
-Three stages overlap: a reader thread fills recycled host buffers with raw tensor bytes
-(``pread``, no mmap, so resident memory is the buffers), the calling thread converts them
-to float32 on the device, runs the merge method and rounds to the output dtype, and a
-writer thread appends the result to the output shards. A fixed number of buffer slots
-circulates between the stages, so memory stays bounded whatever the model size.
+Stages, each on its own thread(s), overlap:
 
-Chunkable tensors (element- or row-wise methods) are processed ``chunk_elems`` elements at
-a time, small enough to stay in the CPU cache; others whole.
+1. a reader fills recycled host buffers with raw tensor bytes (``pread``, no mmap, so
+   resident memory is the buffers), fetching files through the :class:`Prefetcher`;
+2. compute workers convert to float32 on the device, run the merge method and round to
+   the output dtype straight into the chunk's output buffer;
+3. a writer appends results to the output shards in plan order and checks for NaN/inf.
+
+Chunkable tensors (element- or row-wise methods) go ``chunk_elems`` elements at a time,
+small enough to stay in the CPU cache; others whole. A fixed number of buffer slots
+circulates; the reader takes each chunk's slot in sequence and the writer frees it in
+sequence, so out-of-order workers can never starve the chunk the writer waits for, and
+memory stays bounded whatever the model size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import FileReader, OutTensor, ShardedWriter
+from .checkpoint import FileReader, ShardedWriter
 from .errors import MergeEngineError, MergeError
 from .plan import Plan, TensorTask
+from .prefetch import Prefetcher
 
-DEFAULT_CHUNK_ELEMS = 1 << 20
-SLOTS = 4
+DEFAULT_CHUNK_ELEMS = 1 << 18
 Progress = Callable[[int, int], None]
 """Called with (bytes written, total output bytes)."""
 
@@ -45,12 +51,21 @@ class Timings:
 
 @dataclass
 class _Chunk:
+    seq: int
     task: TensorTask
     index: int
     row0: int
     rows: int
+    slot: list[torch.Tensor]
+    """Input buffers, then the output buffer as the last element."""
     views: list[torch.Tensor] = field(default_factory=list)
-    slot: list[torch.Tensor] | None = None
+    host: torch.Tensor | None = None
+    bad: torch.Tensor | None = None
+    event: object = None
+
+    @property
+    def last(self) -> bool:
+        return self.row0 + self.rows == self.task.rows
 
 
 class _Stop(Exception):
@@ -58,14 +73,13 @@ class _Stop(Exception):
 
 
 class _Slots:
-    """A free-list of host buffer sets, shared by two stages; waits give up on failure."""
+    """A free-list of host buffer sets; a wait gives up when the run has failed."""
 
-    def __init__(self, count: int, buffers: int, nbytes: int, pin: bool, failed: threading.Event):
+    def __init__(self, count: int, sizes: list[int], pin: bool, failed: threading.Event):
         self._free: queue.Queue = queue.Queue()
         self._failed = failed
         for _ in range(count):
-            self._free.put([torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
-                            for _ in range(buffers)])
+            self._free.put([torch.empty(n, dtype=torch.uint8, pin_memory=pin) for n in sizes])
 
     def take(self) -> list[torch.Tensor]:
         while True:
@@ -77,6 +91,18 @@ class _Slots:
 
     def give(self, slot: list[torch.Tensor]) -> None:
         self._free.put(slot)
+
+
+def cpu_layout() -> tuple[int, int]:
+    """(compute workers, torch threads each) for CPU math on this machine.
+
+    Torch's OpenMP threads spin while they wait: on 2 cores, two of them starved the
+    reader and writer and the merge ran 2x slower than with one. Independent workers with
+    one or few threads each scale instead (2 cores: 2 workers x 1 thread was fastest).
+    """
+    cores = len(os.sched_getaffinity(0))
+    workers = min(4, cores)
+    return workers, max(1, (cores - 2) // workers)
 
 
 def not_finite(x: torch.Tensor) -> torch.Tensor:
@@ -102,43 +128,52 @@ class Executor:
 
     def __init__(self, plan: Plan, out_dir: Path, *, device: torch.device,
                  max_shard_bytes: int, seed: int, progress: Progress | None = None,
-                 chunk_elems: int = DEFAULT_CHUNK_ELEMS):
+                 chunk_elems: int = DEFAULT_CHUNK_ELEMS, prefetch_window: int = 2):
         self.plan = plan
         self.device = device
         self.seed = seed
         self.progress = progress
         self.chunk_elems = chunk_elems
+        self.prefetch_window = prefetch_window
         self.writer = ShardedWriter(out_dir, [t.out for t in plan.tasks], max_shard_bytes)
         self.timings = Timings()
+        self.workers, self.threads = (1, 0) if device.type == "cuda" else cpu_layout()
         self._failed = threading.Event()
         self._errors: list[BaseException] = []
         n_inputs = max(len(t.inputs) for t in plan.tasks)
         max_item = max(i.meta.torch_dtype.itemsize for t in plan.tasks for i in t.inputs)
-        pin = device.type == "cuda"
-        self._in_slots = _Slots(SLOTS, n_inputs, chunk_elems * max_item, pin, self._failed)
-        self._out_slots = _Slots(SLOTS, 1, chunk_elems * plan.out_dtype.itemsize, pin,
-                                 self._failed)
-        self._scratch: list[torch.Tensor] = [
-            torch.empty(chunk_elems, dtype=torch.float32, device=device) for _ in range(n_inputs)
-        ]
+        sizes = [chunk_elems * max_item] * n_inputs + [chunk_elems * plan.out_dtype.itemsize]
+        self._slots = _Slots(self.workers + 2, sizes, device.type == "cuda", self._failed)
+        self._scratch = threading.local()
 
     def run(self) -> list[Path]:
         """Merge everything; return the output files (shards and index)."""
+        threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> list[Path]:
         start = time.perf_counter()
         read_q: queue.Queue = queue.Queue()
         write_q: queue.Queue = queue.Queue()
-        reader = threading.Thread(target=self._guard, args=(self._read_all, read_q), daemon=True)
-        writer = threading.Thread(target=self._guard, args=(self._write_all, write_q),
-                                  daemon=True)
-        reader.start()
-        writer.start()
+        prefetcher = Prefetcher(self.plan, self.prefetch_window)
+        stages = [threading.Thread(target=self._guard, args=(self._read_all, prefetcher, read_q))]
+        stages += [threading.Thread(target=self._guard, args=(self._compute_all, read_q, write_q))
+                   for _ in range(self.workers)]
+        for stage in stages:
+            stage.daemon = True
+            stage.start()
         try:
-            self._guard(self._compute_all, read_q, write_q)
+            self._guard(self._write_all, write_q)
         finally:
-            write_q.put(None)
-            writer.join()
             self._failed.set()
-            reader.join()
+            prefetcher.close()
+            for stage in stages:
+                stage.join()
         if self._errors:
             self.writer.abort()
             raise self._errors[0]
@@ -155,67 +190,70 @@ class Executor:
             self._errors.append(e)
             self._failed.set()
 
-    def _chunks(self):
-        for task in self.plan.tasks:
+    def _chunks(self) -> Iterator[tuple[int, TensorTask, int, int, int]]:
+        """(task index, task, chunk index, first row, rows) in plan order."""
+        for t, task in enumerate(self.plan.tasks):
             if not task.chunkable:
-                yield _Chunk(task, 0, 0, task.rows)
+                yield t, task, 0, 0, task.rows
                 continue
-            row_elems = math.prod(task.out.shape[1:])
-            step = max(1, self.chunk_elems // row_elems)
+            step = max(1, self.chunk_elems // math.prod(task.out.shape[1:]))
             for index, row0 in enumerate(range(0, task.rows, step)):
-                yield _Chunk(task, index, row0, min(step, task.rows - row0))
+                yield t, task, index, row0, min(step, task.rows - row0)
 
-    def _read_all(self, read_q: queue.Queue) -> None:
+    def _read_all(self, prefetcher: Prefetcher, read_q: queue.Queue) -> None:
         reader = FileReader()
-        paths: dict[tuple[int, str], Path] = {}
         try:
-            for chunk in self._chunks():
+            for seq, (t, task, index, row0, rows) in enumerate(self._chunks()):
+                chunk = _Chunk(seq, task, index, row0, rows, self._slots.take())
                 t0 = time.perf_counter()
-                chunk.slot = self._in_slots.take()
-                for k, inp in enumerate(chunk.task.inputs):
-                    key = (inp.model, inp.meta.file)
-                    if key not in paths:
-                        paths[key] = self.plan.sources[inp.model].fetch(inp.meta.file)
-                    nbytes = chunk.rows * inp.meta.row_bytes if inp.meta.shape else (
+                for k, inp in enumerate(task.inputs):
+                    path = prefetcher.path(inp.model, inp.meta.file)
+                    nbytes = rows * inp.meta.row_bytes if inp.meta.shape else (
                         inp.meta.end - inp.meta.begin)
                     buf = chunk.slot[k]
                     if nbytes > buf.numel():
                         buf = torch.empty(nbytes, dtype=torch.uint8)
-                    chunk.views.append(reader.read(paths[key], inp.meta, chunk.row0,
-                                                   chunk.rows, buf, inp.name))
+                    chunk.views.append(reader.read(path, inp.meta, row0, rows, buf, inp.name))
+                if chunk.last:
+                    for path in prefetcher.task_done(t):
+                        reader.close(path)
                 self.timings.read += time.perf_counter() - t0
                 read_q.put(chunk)
         finally:
             reader.close()
-            read_q.put(None)
+            for _ in range(self.workers):
+                read_q.put(None)
 
     def _compute_all(self, read_q: queue.Queue, write_q: queue.Queue) -> None:
-        bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        while True:
-            chunk = read_q.get()
-            if chunk is None:
+        try:
+            while (chunk := read_q.get()) is not None:
                 if self._failed.is_set():
                     raise _Stop
-                return
-            t0 = time.perf_counter()
-            task = chunk.task
-            result = chunk.views[0] if task.copy else self._merge(chunk)
-            out_slot = self._out_slots.take()
-            host, rounded = self._round_to_host(result, task.out.dtype, out_slot[0])
-            if not task.copy:
-                bad |= not_finite(rounded)
-            event = None
-            if self.device.type == "cuda":
-                event = torch.cuda.Event()
-                event.record()
-            if chunk.row0 + chunk.rows == task.rows and not task.copy:
-                if bool(bad):
-                    raise MergeError(
-                        f"merging tensor {task.out.name} produced NaN or infinite values; "
-                        "check the recipe's weights and the input models")
-                bad.zero_()
-            self.timings.compute += time.perf_counter() - t0
-            write_q.put((task.out, host, event, chunk.slot, out_slot))
+                t0 = time.perf_counter()
+                result = chunk.views[0] if chunk.task.copy else self._merge(chunk)
+                chunk.host, rounded = self._round_to_host(result, chunk.task.out.dtype,
+                                                          chunk.slot[-1])
+                if not chunk.task.copy:
+                    chunk.bad = not_finite(rounded)
+                if self.device.type == "cuda":
+                    chunk.event = torch.cuda.Event()
+                    chunk.event.record()
+                self.timings.compute += time.perf_counter() - t0
+                write_q.put(chunk)
+        finally:
+            write_q.put(None)
+
+    def _scratch_for(self, k: int, numel: int) -> torch.Tensor | None:
+        """This worker's k-th float32 chunk buffer, when ``numel`` fits in it."""
+        if numel > self.chunk_elems:
+            return None
+        buffers = getattr(self._scratch, "buffers", None)
+        if buffers is None:
+            buffers = self._scratch.buffers = []
+        while len(buffers) <= k:
+            buffers.append(torch.empty(self.chunk_elems, dtype=torch.float32,
+                                       device=self.device))
+        return buffers[k][:numel]
 
     def _merge(self, chunk: _Chunk) -> torch.Tensor:
         """The float32 merge of one chunk, on the device."""
@@ -225,11 +263,9 @@ class Executor:
             src = view.to(self.device, non_blocking=True)
             if self.plan.read_dtype is not None and src.dtype != self.plan.read_dtype:
                 src = src.to(self.plan.read_dtype)
-            if task.chunkable and src.numel() <= self._scratch[k].numel():
-                x = self._scratch[k][: src.numel()].view(src.shape).copy_(src)
-            else:
-                x = src.to(torch.float32)
-            xs.append(x)
+            scratch = self._scratch_for(k, src.numel()) if task.chunkable else None
+            xs.append(src.to(torch.float32) if scratch is None
+                      else scratch.view(src.shape).copy_(src))
         base, tensors = (xs[0], xs[1:]) if self.plan.method.needs_base else (None, xs)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(chunk_seed(self.seed, task.out.name, chunk.index))
@@ -253,24 +289,39 @@ class Executor:
         return host.copy_(rounded, non_blocking=True), rounded
 
     def _write_all(self, write_q: queue.Queue) -> None:
+        """Write chunks in sequence order; fail a tensor whose math gave NaN or inf."""
         done, total = 0, sum(t.out.nbytes for t in self.plan.tasks)
-        while True:
-            item = write_q.get()
-            if item is None:
-                return
-            out, host, event, in_slot, out_slot = item
-            if self._failed.is_set():
+        pending: dict[int, _Chunk] = {}
+        next_seq, finished, bad = 0, 0, False
+        while finished < self.workers:
+            chunk = write_q.get()
+            if chunk is None:
+                finished += 1
                 continue
-            t0 = time.perf_counter()
-            if event is not None:
-                event.synchronize()
-            self._in_slots.give(in_slot)
-            self.writer.write(out.name, host)
-            self._out_slots.give(out_slot)
-            done += host.numel() * host.element_size()
-            self.timings.write += time.perf_counter() - t0
-            if self.progress:
-                self.progress(done, total)
+            pending[chunk.seq] = chunk
+            while next_seq in pending:
+                chunk = pending.pop(next_seq)
+                next_seq += 1
+                t0 = time.perf_counter()
+                if chunk.event is not None:
+                    chunk.event.synchronize()
+                bad = bad or (chunk.bad is not None and bool(chunk.bad))
+                if chunk.last and bad:
+                    raise MergeError(
+                        f"merging tensor {chunk.task.out.name} produced NaN or infinite "
+                        "values; check the recipe's weights and the input models")
+                if chunk.last:
+                    bad = False
+                self.writer.write(chunk.task.out.name, chunk.host)
+                self._slots.give(chunk.slot)
+                done += chunk.host.numel() * chunk.host.element_size()
+                self.timings.write += time.perf_counter() - t0
+                if self.progress:
+                    self.progress(done, total)
+        if self._failed.is_set():
+            raise _Stop
+        if next_seq == 0 or pending:
+            raise MergeEngineError("the merge stopped before every tensor was written")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -282,6 +333,3 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise MergeEngineError(f"unknown device '{name}'; use auto, cpu or cuda")
     return torch.device(name)
-
-
-__all__ = ["Executor", "OutTensor", "Timings", "resolve_device", "chunk_seed"]

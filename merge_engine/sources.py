@@ -42,7 +42,10 @@ class HubAccess:
     endpoint: str | None = None
     token: str | None = None
     cache_dir: Path | None = None
-    """Where weight files are downloaded (None: the Hugging Face cache)."""
+    """The Hugging Face cache to use (None: the default one)."""
+    stream_dir: Path | None = None
+    """When set, files are downloaded here instead of the cache, and weight files are
+    deleted as soon as the merge has read them (bounded disk for large merges)."""
 
     def api(self) -> HfApi:
         return HfApi(endpoint=self.endpoint, token=self.token)
@@ -64,6 +67,11 @@ class Source:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
+    def streams_files(self) -> bool:
+        """Are weight files deleted once read (downloaded into a stream directory)?"""
+        return self.access is not None and self.access.stream_dir is not None
+
+    @property
     def name(self) -> str:
         """The reference as written (repo id or directory), without revision."""
         return self.ref.path
@@ -76,11 +84,15 @@ class Source:
         """A local path of ``filename``, downloading it at the pinned revision if needed."""
         if self.local_dir is not None:
             return self.local_dir / filename
+        access = self.access
+        where = {"cache_dir": access.cache_dir}
+        if access.stream_dir is not None:
+            where = {"local_dir": access.stream_dir / f"{self.ref.path}@{self.revision}"}
         with self._lock:
             try:
                 return Path(hf_hub_download(
-                    self.ref.path, filename, revision=self.revision, token=self.access.token,
-                    endpoint=self.access.endpoint, cache_dir=self.access.cache_dir,
+                    self.ref.path, filename, revision=self.revision, token=access.token,
+                    endpoint=access.endpoint, **where,
                 ))
             except hub_errors.HfHubHTTPError as e:
                 raise MergeEngineError(

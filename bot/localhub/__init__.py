@@ -1,0 +1,41 @@
+"""localhub: a Hugging Face Hub-compatible server for offline use and tests.
+
+Driven by the real `huggingface_hub` client (`HF_ENDPOINT=http://127.0.0.1:PORT` or
+`HfApi(endpoint=...)`, with `HF_HUB_DISABLE_XET=1`: uploads use the LFS protocol, not Xet).
+Model repos only; repo ids are always `namespace/name`.
+
+Start it:
+    mergebot localhub --port 8765 --data ./hub-data --user alice:hf_alice [--test-hooks]
+    hub = serve_in_thread(tmp_path, {"alice": "hf_alice"}, test_hooks=True); hub.url; hub.stop()
+
+Hub endpoints (same paths, JSON shapes, status codes and X-Error-Code headers as the Hub):
+    GET    /api/whoami-v2
+    POST   /api/repos/create                      DELETE /api/repos/delete
+    PUT    /api/models/{repo}/settings            POST   /api/validate-yaml
+    GET    /api/models/{repo}[/revision/{rev}]    (?blobs=1 for sizes/LFS, ?expand=...)
+    GET    /api/models/{repo}/tree/{rev}[/{path}] (?recursive=1)
+    POST   /api/models/{repo}/paths-info/{rev}
+    GET    /api/models/{repo}/commits/{rev}       GET    /api/models/{repo}/refs
+    POST|DELETE /api/models/{repo}/branch/{branch}
+    POST   /api/models/{repo}/preupload/{rev}     POST   /api/models/{repo}/commit/{rev}
+    POST   /{repo}.git/info/lfs/objects/batch     POST   /{repo}.git/info/lfs/objects/verify
+    PUT    /_lfs/upload/{repo}/{oid}?sig=...      (signed URL handed out by the batch API)
+    GET|HEAD /{repo}/resolve/{rev}/{path}         (Range requests -> 206)
+    GET|POST /api/settings/webhooks               GET|POST|DELETE /api/settings/webhooks/{id}
+    POST   /api/settings/webhooks/{id}/enable|disable
+Webhook deliveries: v3 `repo.content` payloads after each commit, `repo` create/delete.
+
+Test extras (no auth with `--test-hooks`, else any valid token; see `testhooks.py`):
+    GET  /_localhub/stats          counters: bytes served per file, safetensors header vs
+                                   data bytes, uploads, commits, webhook deliveries
+    POST /_localhub/stats/reset
+    GET|POST|DELETE /_localhub/faults   {"path_regex", "status", "count", "method"}: answer
+                                   the next matching requests with that status
+
+Known gaps: no datasets/spaces, orgs, tags, pull requests (create_pr), Xet, LFS multipart,
+pagination (lists come in one page), `expand` on tree entries (lastCommit), blob GC.
+"""
+
+from .server import LocalHub, serve, serve_in_thread
+
+__all__ = ["LocalHub", "serve", "serve_in_thread"]

@@ -1,0 +1,439 @@
+"""On-disk repositories: content-addressed blobs, immutable commit objects, refs.
+
+Layout under the data directory (everything survives a restart):
+
+    blobs/<sha256[:2]>/<sha256>            file contents, regular and LFS alike
+    repos/<namespace>/<name>/repo.json     metadata + refs ({"refs/heads/main": sha, ...})
+    repos/<namespace>/<name>/commits/<sha>.json
+    tmp/                                   partial uploads and atomic-write staging
+
+Contracts:
+- Every file is written to a temporary name, fsynced and renamed, so a crash leaves either
+  the old or the new version, never a torn one. A commit object is written before the ref
+  that points at it moves.
+- Commits to one repo are serialised by a per-repo lock; different repos commit in parallel.
+- A commit id is the sha1 of (parents, tree, message, author, time): a 40-hex string, new for
+  every commit (not git-compatible).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import errors
+from .lfs import DEFAULT_GITATTRIBUTES, git_blob_oid, lfs_pointer
+
+DEFAULT_BRANCH = "main"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_PR_RE = re.compile(r"^refs/pr/\d+$")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a tree: content hash, size, whether it is stored as LFS, its git oid."""
+
+    sha256: str
+    size: int
+    lfs: bool
+    oid: str
+
+    @classmethod
+    def regular(cls, data: bytes) -> FileEntry:
+        return cls(hashlib.sha256(data).hexdigest(), len(data), False, git_blob_oid(data))
+
+    @classmethod
+    def large(cls, sha256: str, size: int) -> FileEntry:
+        return cls(sha256, size, True, git_blob_oid(lfs_pointer(sha256, size)))
+
+    @property
+    def etag(self) -> str:
+        """What `/resolve` answers as ETag: the sha256 for LFS files, the git oid otherwise."""
+        return self.sha256 if self.lfs else self.oid
+
+
+@dataclass(frozen=True)
+class Commit:
+    """An immutable commit object."""
+
+    id: str
+    parents: list[str]
+    tree: dict[str, FileEntry]
+    title: str
+    message: str
+    author: str
+    date: float
+
+    def to_json(self) -> dict:
+        tree = {p: [e.sha256, e.size, e.lfs, e.oid] for p, e in sorted(self.tree.items())}
+        return {
+            "id": self.id,
+            "parents": self.parents,
+            "title": self.title,
+            "message": self.message,
+            "author": self.author,
+            "date": self.date,
+            "tree": tree,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Commit:
+        tree = {p: FileEntry(*v) for p, v in data["tree"].items()}
+        return cls(
+            data["id"],
+            data["parents"],
+            tree,
+            data["title"],
+            data["message"],
+            data["author"],
+            data["date"],
+        )
+
+
+@dataclass
+class RepoMeta:
+    """A repository's mutable metadata: visibility, gating and refs."""
+
+    repo_id: str
+    uid: str
+    private: bool
+    created_at: float
+    refs: dict[str, str] = field(default_factory=dict)
+    gated: str | bool = False  # False, "auto" or "manual": files need the owner's token
+
+    @property
+    def namespace(self) -> str:
+        return self.repo_id.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class AddFile:
+    """Commit operation: put the blob `entry` at `path`."""
+
+    path: str
+    entry: FileEntry
+
+
+@dataclass(frozen=True)
+class DeletePath:
+    """Commit operation: delete a file, or a folder and everything under it."""
+
+    path: str
+    folder: bool = False
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    commit: Commit
+    ref: str
+    old_sha: str | None
+
+
+def ref_name(revision: str) -> str:
+    """Full ref name of a branch-like revision: "main" -> "refs/heads/main"."""
+    if revision.startswith("refs/"):
+        return revision
+    return f"refs/heads/{revision}"
+
+
+def validate_repo_id(repo_id: str) -> None:
+    """Raise 400 unless `repo_id` is `namespace/name` with Hub-valid parts."""
+    parts = repo_id.split("/")
+    ok = len(parts) == 2 and all(
+        _NAME_RE.match(p) and "--" not in p and ".." not in p and not p.endswith(".git")
+        for p in parts
+    )
+    if not ok:
+        raise errors.bad_request(f"Invalid repo id '{repo_id}': expected 'namespace/name'.")
+
+
+def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write `data` to `path` via a fsynced temporary file in `tmp_dir` and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class BlobWriter:
+    """Streams one upload to a temporary file, hashing as it goes; `finish` stores it."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._path = storage.tmp_dir / f"{uuid.uuid4().hex}.upload"
+        self._file = open(self._path, "wb")  # noqa: SIM115 - closed in finish/abort
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def finish(self, expected_sha256: str, expected_size: int) -> None:
+        """Store the blob; raise 400 (and drop it) when hash or size differ."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = self._hash.hexdigest()
+        if digest != expected_sha256 or self.size != expected_size:
+            self._path.unlink(missing_ok=True)
+            raise errors.bad_request(
+                f"Uploaded content does not match: got sha256 {digest} and size {self.size}, "
+                f"expected {expected_sha256} and {expected_size}."
+            )
+        target = self._storage.blob_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path, target)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class Storage:
+    """All repositories under one data directory. Thread-safe."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        for sub in ("blobs", "repos", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- blobs ---------------------------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256[:2] / sha256
+
+    def has_blob(self, sha256: str) -> bool:
+        return bool(re.fullmatch(r"[0-9a-f]{64}", sha256)) and self.blob_path(sha256).is_file()
+
+    def put_blob(self, data: bytes) -> FileEntry:
+        """Store `data` as a regular file blob and return its entry."""
+        entry = FileEntry.regular(data)
+        path = self.blob_path(entry.sha256)
+        if not path.is_file():
+            write_atomic(path, data, self.tmp_dir)
+        return entry
+
+    def blob_writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    # -- repos ---------------------------------------------------------------------------
+    def _repo_dir(self, repo_id: str) -> Path:
+        return self.root / "repos" / repo_id
+
+    def lock(self, repo_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(repo_id, threading.Lock())
+
+    def get_repo(self, repo_id: str) -> RepoMeta | None:
+        """The repo's metadata; None when missing or when `repo_id` is not a valid id."""
+        try:
+            validate_repo_id(repo_id)
+        except errors.HubError:
+            return None
+        path = self._repo_dir(repo_id) / "repo.json"
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return RepoMeta(**data)
+
+    def _save_repo(self, meta: RepoMeta) -> None:
+        data = json.dumps(meta.__dict__, indent=1).encode()
+        write_atomic(self._repo_dir(meta.repo_id) / "repo.json", data, self.tmp_dir)
+
+    def create_repo(self, repo_id: str, private: bool, author: str) -> RepoMeta:
+        """Create a repo with the Hub's initial `.gitattributes` commit; 409 if it exists."""
+        validate_repo_id(repo_id)
+        with self.lock(repo_id):
+            if self.get_repo(repo_id) is not None:
+                raise errors.HubError(409, "You already created this model repo")
+            now = time.time()
+            uid = hashlib.sha1(f"{repo_id}:{now}:{uuid.uuid4()}".encode()).hexdigest()[:24]
+            meta = RepoMeta(repo_id, uid, private, now)
+            entry = self.put_blob(DEFAULT_GITATTRIBUTES.encode())
+            commit = self._new_commit([], {".gitattributes": entry}, "initial commit", "", author)
+            self._write_commit(repo_id, commit)
+            meta.refs = {ref_name(DEFAULT_BRANCH): commit.id}
+            self._save_repo(meta)
+            return meta
+
+    def delete_repo(self, repo_id: str) -> RepoMeta:
+        """Delete a repo (its blobs stay: they are shared and content-addressed)."""
+        with self.lock(repo_id):
+            meta = self.get_repo(repo_id)
+            if meta is None:
+                raise errors.repo_not_found()
+            trash = self.tmp_dir / f"deleted-{uuid.uuid4().hex}"
+            os.replace(self._repo_dir(repo_id), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            return meta
+
+    def update_settings(self, repo_id: str, **settings) -> None:
+        """Set `private` and/or `gated` (keys with value None are left alone)."""
+        with self.lock(repo_id):
+            meta = self.get_repo(repo_id)
+            if meta is None:
+                raise errors.repo_not_found()
+            for key in ("private", "gated"):
+                if settings.get(key) is not None:
+                    setattr(meta, key, settings[key])
+            self._save_repo(meta)
+
+    def set_ref(self, repo_id: str, ref: str, sha: str | None) -> None:
+        """Point `ref` at commit `sha` (None deletes the ref)."""
+        with self.lock(repo_id):
+            meta = self.get_repo(repo_id)
+            if meta is None:
+                raise errors.repo_not_found()
+            if sha is None:
+                meta.refs.pop(ref, None)
+            else:
+                meta.refs[ref] = sha
+            self._save_repo(meta)
+
+    # -- commits -------------------------------------------------------------------------
+    def _commit_path(self, repo_id: str, sha: str) -> Path:
+        return self._repo_dir(repo_id) / "commits" / f"{sha}.json"
+
+    def _write_commit(self, repo_id: str, commit: Commit) -> None:
+        data = json.dumps(commit.to_json()).encode()
+        write_atomic(self._commit_path(repo_id, commit.id), data, self.tmp_dir)
+
+    def read_commit(self, repo_id: str, sha: str) -> Commit | None:
+        if not _SHA_RE.match(sha):
+            return None
+        try:
+            return Commit.from_json(json.loads(self._commit_path(repo_id, sha).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def resolve(self, meta: RepoMeta, revision: str | None) -> Commit:
+        """The commit a branch, `refs/...` name or full commit sha names; 404 RevisionNotFound."""
+        revision = revision or DEFAULT_BRANCH
+        sha = meta.refs.get(ref_name(revision))
+        if sha is None and _SHA_RE.match(revision.lower()):
+            sha = revision.lower()
+        commit = self.read_commit(meta.repo_id, sha) if sha else None
+        if commit is None:
+            raise errors.revision_not_found(revision)
+        return commit
+
+    def branch_head(self, meta: RepoMeta, revision: str) -> Commit:
+        """The commit a write to branch `revision` builds on (a new `refs/pr/N` starts at main).
+
+        400 for a commit sha, 404 RevisionNotFound for an unknown branch.
+        """
+        if _SHA_RE.match(revision):
+            raise errors.bad_request("Cannot commit to a commit sha: pass a branch name.")
+        ref = ref_name(revision)
+        sha = meta.refs.get(ref)
+        if sha is None and _PR_RE.match(ref):
+            sha = meta.refs.get(ref_name(DEFAULT_BRANCH))
+        commit = self.read_commit(meta.repo_id, sha) if sha else None
+        if commit is None:
+            raise errors.revision_not_found(revision)
+        return commit
+
+    def history(self, repo_id: str, head: Commit) -> list[Commit]:
+        """Commits reachable from `head` by first parents, newest first."""
+        commits = [head]
+        while commits[-1].parents:
+            parent = self.read_commit(repo_id, commits[-1].parents[0])
+            if parent is None:
+                break
+            commits.append(parent)
+        return commits
+
+    @staticmethod
+    def _new_commit(
+        parents: list[str], tree: dict[str, FileEntry], title: str, message: str, author: str
+    ) -> Commit:
+        date = time.time()
+        body = json.dumps(
+            {
+                "parents": parents,
+                "tree": {p: e.oid for p, e in sorted(tree.items())},
+                "title": title,
+                "message": message,
+                "author": author,
+                "date": date,
+                "nonce": uuid.uuid4().hex,
+            }
+        )
+        sha = hashlib.sha1(body.encode()).hexdigest()
+        return Commit(sha, parents, tree, title, message, author, date)
+
+    def commit(
+        self,
+        repo_id: str,
+        revision: str,
+        operations: Iterable[AddFile | DeletePath],
+        *,
+        title: str,
+        message: str,
+        author: str,
+        parent_commit: str | None = None,
+    ) -> CommitResult:
+        """Apply `operations` on the head of branch `revision` and move the branch.
+
+        A `refs/pr/N` ref that does not exist yet is created from main. 412 when
+        `parent_commit` is given and is not (a prefix of) the current head.
+        """
+        with self.lock(repo_id):
+            meta = self.get_repo(repo_id)
+            if meta is None:
+                raise errors.repo_not_found()
+            ref = ref_name(revision)
+            old_sha = meta.refs.get(ref)
+            base = self.branch_head(meta, revision)
+            if parent_commit is not None and not base.id.startswith(parent_commit.lower()):
+                raise errors.HubError(
+                    412,
+                    f"A commit has happened since. Please refresh and try again. "
+                    f"(parent commit {parent_commit} is not the head {base.id})",
+                )
+            tree = _apply(dict(base.tree), operations)
+            commit = self._new_commit([base.id], tree, title, message, author)
+            self._write_commit(repo_id, commit)
+            meta.refs[ref] = commit.id
+            self._save_repo(meta)
+            return CommitResult(commit, ref, old_sha)
+
+
+def _apply(tree: dict[str, FileEntry], operations: Iterable[AddFile | DeletePath]) -> dict:
+    for op in operations:
+        if isinstance(op, AddFile):
+            tree[op.path] = op.entry
+            continue
+        path = op.path.strip("/")
+        prefix = path + "/"
+        doomed = [p for p in tree if p.startswith(prefix)] if op.folder else []
+        if not op.folder and path in tree:
+            doomed = [path]
+        if not doomed:
+            kind = "folder" if op.folder else "file"
+            raise errors.HubError(
+                404,
+                f"A {kind} with this name doesn't exist: {path}",
+                "EntryNotFound",
+            )
+        for p in doomed:
+            del tree[p]
+    return tree
