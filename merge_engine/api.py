@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,11 +74,14 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
               device: str = "auto", out_shard_size: int = DEFAULT_SHARD_BYTES,
               random_seed: int | None = None, copy_tokenizer: bool = True,
               progress: Progress | None = None, access: HubAccess | None = None,
-              plan: Plan | None = None, card_options: dict | None = None) -> MergeResult:
+              plan: Plan | None = None, card_options: dict | None = None,
+              on_shard_done: Callable[[Path], None] | None = None) -> MergeResult:
     """Merge ``recipe`` into ``out_dir`` (which must not exist, or be empty).
 
     ``plan`` skips resolution when the caller already validated; ``card_options`` go to
-    :func:`merge_engine.card.render_card` (``hub_url``, ``provenance``, ``repo_id``).
+    :func:`merge_engine.card.render_card` (``hub_url``, ``provenance``, ``repo_id``);
+    ``on_shard_done(path)`` is called (from the writer thread) as each output shard is
+    complete, e.g. to start uploading it while the merge goes on.
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -93,7 +97,7 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     work.mkdir()
     try:
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,
-                            progress=progress)
+                            progress=progress, on_shard_done=on_shard_done)
         files = executor.run()
         files += write_side_files(plan, work, copy_tokenizer)
         (work / "README.md").write_text(render_card(plan, seed=seed, **(card_options or {})))

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,8 +248,8 @@ class ShardedWriter:
         }
         self._shard = -1
         self._fd: int | None = None
-        self.on_shard_done = None
-        """Optional callback ``(path) -> None`` when a shard is complete (e.g. upload it)."""
+        self.on_shard_done: Callable[[Path], None] | None = None
+        """Called with a shard's path once it is complete (e.g. to upload it)."""
 
     def _open_shard(self, i: int) -> None:
         self._finish_shard()

@@ -128,7 +128,8 @@ class Executor:
 
     def __init__(self, plan: Plan, out_dir: Path, *, device: torch.device,
                  max_shard_bytes: int, seed: int, progress: Progress | None = None,
-                 chunk_elems: int = DEFAULT_CHUNK_ELEMS, prefetch_window: int = 2):
+                 chunk_elems: int = DEFAULT_CHUNK_ELEMS, prefetch_window: int = 2,
+                 on_shard_done: Callable[[Path], None] | None = None):
         self.plan = plan
         self.device = device
         self.seed = seed
@@ -136,6 +137,7 @@ class Executor:
         self.chunk_elems = chunk_elems
         self.prefetch_window = prefetch_window
         self.writer = ShardedWriter(out_dir, [t.out for t in plan.tasks], max_shard_bytes)
+        self.writer.on_shard_done = on_shard_done
         self.timings = Timings()
         self.workers, self.threads = (1, 0) if device.type == "cuda" else cpu_layout()
         self._failed = threading.Event()

@@ -8,16 +8,29 @@ when the executor first needs them, with :meth:`Source.fetch`.
 from __future__ import annotations
 
 import json
+import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_download
+import httpx2
+from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
 from huggingface_hub import errors as hub_errors
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from .checkpoint import TensorMeta, read_header, require_safetensors, weight_files
+from .checkpoint import (
+    INDEX_NAME,
+    MAX_HEADER_BYTES,
+    TensorMeta,
+    parse_header,
+    read_header,
+    require_safetensors,
+    weight_files,
+)
 from .errors import MergeEngineError, SourceError
 from .refs import ModelRef
+from .retry import retry
 
 SIDE_FILES = (
     "config.json",
@@ -90,11 +103,11 @@ class Source:
             where = {"local_dir": access.stream_dir / f"{self.ref.path}@{self.revision}"}
         with self._lock:
             try:
-                return Path(hf_hub_download(
+                return Path(retry(lambda: hf_hub_download(
                     self.ref.path, filename, revision=self.revision, token=access.token,
                     endpoint=access.endpoint, **where,
-                ))
-            except hub_errors.HfHubHTTPError as e:
+                )))
+            except (hub_errors.HfHubHTTPError, httpx2.TransportError) as e:
                 raise MergeEngineError(
                     f"could not download {filename} from {self.ref.path}@{self.revision}: {e}"
                 ) from e
@@ -138,30 +151,57 @@ def _open_hub(ref: ModelRef, access: HubAccess) -> Source:
     api = access.api()
     where = f"{ref.path}@{ref.revision}" if ref.revision else ref.path
     try:
-        info = api.model_info(ref.path, revision=ref.revision)
+        info = retry(lambda: api.model_info(ref.path, revision=ref.revision))
         sha = info.sha
         files = sorted(s.rfilename for s in info.siblings or [])
         require_safetensors(files, ref.path)
-        meta = api.get_safetensors_metadata(ref.path, revision=sha)
         config = {}
         if "config.json" in files:
-            config = _read_config(Path(hf_hub_download(
-                ref.path, "config.json", revision=sha, token=access.token,
-                endpoint=access.endpoint, cache_dir=access.cache_dir)))
+            config = _read_config(Path(_download(ref.path, "config.json", sha, access)))
+        tensors = remote_tensors(ref.path, sha, files, access)
     except hub_errors.RevisionNotFoundError as e:
         raise SourceError(f"revision '{ref.revision}' does not exist in {ref.path}") from e
     except (hub_errors.RepositoryNotFoundError, hub_errors.GatedRepoError) as e:
         raise SourceError(
             f"model repo {ref.path} does not exist, or the token used cannot read it") from e
-    except hub_errors.NotASafetensorsRepoError as e:
-        raise SourceError(f"{where} has no safetensors weights") from e
-    except hub_errors.HfHubHTTPError as e:
+    except (hub_errors.HfHubHTTPError, httpx2.TransportError) as e:
         raise MergeEngineError(f"could not read {where} from the Hub: {e}") from e
-    tensors = {
-        name: TensorMeta(file, t.dtype, tuple(t.shape), *t.data_offsets)
-        for file, fm in meta.files_metadata.items()
-        for name, t in fm.tensors.items()
-    }
     card = info.card_data.to_dict() if info.card_data else {}
     return Source(ref, sha, tensors, config, files, card_data=card, access=access)
 
+
+def _download(repo_id: str, filename: str, revision: str, access: HubAccess) -> str:
+    return retry(lambda: hf_hub_download(repo_id, filename, revision=revision,
+                                         token=access.token, endpoint=access.endpoint,
+                                         cache_dir=access.cache_dir))
+
+
+def remote_tensors(repo_id: str, revision: str, files: list[str],
+                   access: HubAccess) -> dict[str, TensorMeta]:
+    """Tensor metadata of a Hub model from exact ranged reads of its safetensors headers.
+
+    Two small range requests per weight file (the 8-byte length, then the header), run in
+    parallel: no byte of weight data is downloaded.
+    """
+    if INDEX_NAME in files:
+        index = json.loads(Path(_download(repo_id, INDEX_NAME, revision, access)).read_text())
+        weights = sorted(set(index["weight_map"].values()))
+    else:
+        weights = [f for f in files if f.endswith(".safetensors") and "/" not in f]
+    headers = build_hf_headers(token=access.token)
+
+    def read_range(url: str, first: int, last: int) -> bytes:
+        response = get_session().get(url, headers={**headers, "range": f"bytes={first}-{last}"})
+        hf_raise_for_status(response)
+        return response.content
+
+    def header_of(filename: str) -> dict[str, TensorMeta]:
+        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=access.endpoint)
+        (size,) = struct.unpack("<Q", retry(lambda: read_range(url, 0, 7)))
+        if size > MAX_HEADER_BYTES:
+            raise SourceError(f"{filename} in {repo_id} is not a safetensors file")
+        return parse_header(retry(lambda: read_range(url, 8, 7 + size)), filename)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return {name: meta for part in pool.map(header_of, weights)
+                for name, meta in part.items()}

@@ -17,7 +17,7 @@ from huggingface_hub import (
 )
 from huggingface_hub.errors import HfHubHTTPError
 
-from .conftest import safetensors_bytes
+from tests.hubtools import safetensors_bytes
 
 
 def _folder(tmp_path: Path) -> Path:

@@ -1,0 +1,20 @@
+"""The bot's errors: one sentence each; transient ones are retried with backoff."""
+
+from __future__ import annotations
+
+from merge_engine import retry
+
+
+class BotError(Exception):
+    """A failure to report as one clear sentence (not retried)."""
+
+
+class TransientError(BotError):
+    """A failure that may pass: HTTP 5xx/429, a timeout, a concurrent change of the
+    target repo. The job is retried with backoff."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Is ``exc`` (or what it was raised from) worth retrying?"""
+    return (any(isinstance(e, TransientError) for e in retry.causes(exc))
+            or retry.is_transient(exc))

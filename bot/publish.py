@@ -1,0 +1,243 @@
+"""Merge a recipe from Hub sources and publish the result as ONE commit.
+
+    result = merge_and_publish(PublishRequest(recipe_text, "me/merged", token, work_dir))
+
+Order of work, so that nothing is half-published:
+1. resolve every source to a commit SHA and plan from safetensors headers only (a bad
+   recipe fails here: no download, no repo);
+2. create the target repo if needed, and note its head (``parent_commit``);
+3. merge, uploading each output shard (LFS pre-upload) as soon as it is written and then
+   deleting it locally, so downloads, math and uploads overlap and disk stays bounded
+   (source shards are deleted once read, too);
+4. one ``create_commit`` with the shards, index, config, tokenizer, recipe and README.md,
+   with ``parent_commit`` set: a concurrent change of the repo fails the commit.
+On any failure no commit is made, and a repo this call created is deleted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+from merge_engine.api import DEFAULT_SHARD_BYTES, run_merge, validate
+from merge_engine.plan import Plan
+from merge_engine.recipe import parse_recipe
+from merge_engine.retry import retry
+from merge_engine.sources import HubAccess, open_source
+from merge_engine.summary import formula
+
+from .errors import BotError, TransientError
+
+Progress = Callable[[str, float], None]
+"""Called with (stage, fraction done): resolving, merging, uploading, committing."""
+JOB_MARKER = "mergebot-job: "
+DEFAULT_HUB = "https://huggingface.co"
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """One merge to publish; see the module docstring."""
+
+    recipe_text: str
+    repo_id: str
+    token: str
+    """Writes the target repo (the bot's token)."""
+    work_dir: Path
+    """Scratch space for downloads and the output; the caller removes it afterwards."""
+    endpoint: str | None = None
+    private: bool = False
+    read_token: str | None = None
+    """Reads the sources (default: ``token``)."""
+    trigger: str = "Merge submitted"
+    """The commit's title: what caused this version."""
+    provenance: str | None = None
+    """Markdown for the card's Provenance section."""
+    job_key: str | None = None
+    """Recorded in the commit message; when a commit with it already exists, nothing is
+    merged and that commit is returned (exactly one commit per job across crashes)."""
+    device: str = "auto"
+    random_seed: int | None = None
+    out_shard_size: int = DEFAULT_SHARD_BYTES
+
+    def __repr__(self) -> str:  # never show tokens
+        return f"PublishRequest(repo_id={self.repo_id!r}, job_key={self.job_key!r})"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    repo_id: str
+    commit_sha: str
+    url: str
+    revisions: dict[str, str | None]
+    """Source repo id (or local path) -> the commit SHA merged (None for local)."""
+    created_repo: bool
+    reused_commit: bool
+
+
+def resolve_revisions(recipe_text: str, *, endpoint: str | None,
+                      token: str | None) -> dict[str, str | None]:
+    """The current commit SHA of every source of a recipe (metadata only)."""
+    access = HubAccess(endpoint=endpoint, token=token)
+    recipe = parse_recipe(recipe_text)
+    return {m.ref.path: open_source(m.ref, access).revision for m in recipe.inputs()}
+
+
+def find_job_commit(api: HfApi, repo_id: str, job_key: str) -> str | None:
+    """The commit on ``repo_id`` made for ``job_key``, if any."""
+    try:
+        commits = retry(lambda: api.list_repo_commits(repo_id))
+    except RepositoryNotFoundError:
+        return None
+    marker = JOB_MARKER + job_key
+    return next((c.commit_id for c in commits
+                 if marker in f"{c.title}\n{c.message}".splitlines()), None)
+
+
+def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> PublishResult:
+    """Resolve, preflight, merge with streaming and publish one commit; see module doc.
+
+    Raises merge_engine's ``InputError`` for recipe or source problems (do not retry),
+    :class:`TransientError` when a retry may succeed, :class:`BotError` otherwise.
+    """
+    report = progress or (lambda stage, fraction: None)
+    report("resolving", 0.0)
+    access = HubAccess(endpoint=req.endpoint, token=req.read_token or req.token,
+                       stream_dir=req.work_dir / "sources")
+    plan = validate(req.recipe_text, access=access)
+    revisions = {s.name: s.revision for s in plan.sources}
+    api = HfApi(endpoint=req.endpoint, token=req.token)
+    hub_url = (req.endpoint or DEFAULT_HUB).rstrip("/")
+    if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key)):
+        return PublishResult(req.repo_id, done, f"{hub_url}/{req.repo_id}", revisions,
+                             created_repo=False, reused_commit=True)
+    created = _ensure_repo(api, req)
+    uploader = ShardUploader(api, req.repo_id, req.work_dir / "upload")
+    try:
+        parent = _call(lambda: api.model_info(req.repo_id).sha, f"read {req.repo_id}")
+        report("resolving", 1.0)
+        out = req.work_dir / "out"
+        run_merge(
+            plan.recipe, out, device=req.device, random_seed=req.random_seed, access=access,
+            out_shard_size=req.out_shard_size,
+            plan=plan, on_shard_done=uploader.submit,
+            card_options={"hub_url": hub_url, "provenance": req.provenance,
+                          "repo_id": req.repo_id},
+            progress=lambda done, total: report("merging", done / total),
+        )
+        report("uploading", 0.0)
+        operations = uploader.finish()
+        report("uploading", 1.0)
+        uploaded = {op.path_in_repo for op in operations}
+        operations += [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
+                       for p in sorted(out.iterdir()) if p.is_file() and p.name not in uploaded]
+        report("committing", 0.0)
+        message = _commit_body(plan, req)
+        info = _call(lambda: api.create_commit(
+            req.repo_id, operations, commit_message=req.trigger, commit_description=message,
+            parent_commit=parent), f"commit to {req.repo_id}")
+        report("committing", 1.0)
+    except BaseException:
+        uploader.cancel()
+        if created:
+            _delete_quietly(api, req.repo_id)
+        raise
+    return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
+                         created_repo=created, reused_commit=False)
+
+
+def _commit_body(plan: Plan, req: PublishRequest) -> str:
+    lines = [formula(plan), ""]
+    lines += [f"{s.name}@{s.revision or 'local'}" for s in plan.sources]
+    if req.job_key:
+        lines += ["", JOB_MARKER + req.job_key]
+    return "\n".join(lines)
+
+
+def _ensure_repo(api: HfApi, req: PublishRequest) -> bool:
+    """Create the target repo unless it exists; True when this call created it."""
+    if _call(lambda: api.repo_exists(req.repo_id), f"look up {req.repo_id}"):
+        return False
+    _call(lambda: api.create_repo(req.repo_id, private=req.private, exist_ok=True),
+          f"create {req.repo_id}")
+    return True
+
+
+def _call(fn, what: str):
+    """Run a Hub call with retries; turn its failure into one sentence."""
+    try:
+        return retry(fn)
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else 0
+        if status == 412:
+            raise TransientError(
+                f"could not {what}: the repo changed while the merge ran") from e
+        if status in (401, 403):
+            raise BotError(f"could not {what}: the bot's token may not write there") from e
+        error = TransientError if status >= 500 or status == 429 else BotError
+        raise error(f"could not {what}: HTTP {status}") from e
+    except (OSError, httpx2.TransportError) as e:
+        raise TransientError(f"could not {what}: {e}") from e
+
+
+def _delete_quietly(api: HfApi, repo_id: str) -> None:
+    """Best effort, while another error is being raised."""
+    with contextlib.suppress(Exception):
+        api.delete_repo(repo_id, missing_ok=True)
+
+
+class ShardUploader:
+    """Uploads finished output shards in the background (LFS pre-upload), then deletes
+    them locally; :meth:`finish` returns their commit operations."""
+
+    def __init__(self, api: HfApi, repo_id: str, staging: Path):
+        self.api = api
+        self.repo_id = repo_id
+        self.staging = staging
+        staging.mkdir(parents=True, exist_ok=True)
+        self._queue: queue.Queue = queue.Queue()
+        self._operations: list[CommitOperationAdd] = []
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def submit(self, path: Path) -> None:
+        """Take over a complete shard (called from the merge's writer thread): it moves
+        into the staging directory at once, out of the merge's output, then uploads."""
+        staged = self.staging / path.name
+        path.rename(staged)
+        self._queue.put(staged)
+
+    def finish(self) -> list[CommitOperationAdd]:
+        """Wait for every queued shard; re-raise the first upload failure."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return list(self._operations)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (path := self._queue.get()) is not None:
+            if self._cancelled.is_set() or self._error is not None:
+                continue
+            try:
+                op = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
+                _call(lambda op=op: self.api.preupload_lfs_files(self.repo_id, [op]),
+                      f"upload {path.name} to {self.repo_id}")
+                if getattr(op, "_upload_mode", None) == "lfs":
+                    path.unlink()  # its bytes are on the Hub; the commit needs only the hash
+                self._operations.append(op)
+            except BaseException as e:  # noqa: BLE001 - re-raised by finish()
+                self._error = e
