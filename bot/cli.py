@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from .merge_cli import add_merge_parser
+
 Runner = Callable[[argparse.Namespace], int]
 
 
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergebot", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_localhub_parser(subparsers)
+    add_merge_parser(subparsers)
     return parser
 
 
