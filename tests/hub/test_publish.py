@@ -26,7 +26,7 @@ def publish(family: Family, tmp_path: Path, recipe: str | None = None, repo="ali
     request = PublishRequest(
         recipe_text=recipe or family.recipe(), repo_id=repo, token=ALICE,
         work_dir=tmp_path / "work", endpoint=family.hub.url, random_seed=0, device="cpu",
-        out_shard_size=100_000, **options)
+        **{"out_shard_size": 100_000, **options})
     return merge_and_publish(request, progress)
 
 
