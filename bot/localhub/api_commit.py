@@ -124,7 +124,7 @@ async def commit(call: Call) -> Response:
     _no_pr(call)
     raw = await call.request.body()
     call.ctx.stats.incr("upload", "commit_bytes", by=len(raw))
-    await throttle(call.ctx.bucket, len(raw))
+    await throttle(call.ctx.uploads, len(raw))
     header, operations = await run_in_threadpool(_parse_commit, call, raw)
     result = await run_in_threadpool(
         lambda: call.ctx.storage.commit(
@@ -197,7 +197,7 @@ async def lfs_upload(call: Call) -> Response:
         async for chunk in call.request.stream():
             if not chunk:
                 continue
-            await throttle(call.ctx.bucket, len(chunk))
+            await throttle(call.ctx.uploads, len(chunk))
             call.ctx.stats.incr("upload", "lfs_bytes", by=len(chunk))
             writer.write(chunk)
             if writer.size > int(size):

@@ -87,7 +87,7 @@ async def _body(
             chunk = f.read(min(CHUNK, remaining))
             if not chunk:
                 break
-            await throttle(ctx.bucket, len(chunk))
+            await throttle(ctx.downloads, len(chunk))
             yield chunk
             ctx.stats.sent(name, len(chunk), header_end, offset)
             offset += len(chunk)

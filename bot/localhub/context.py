@@ -26,7 +26,10 @@ class HubContext:
     dispatcher: Dispatcher
     stats: Stats
     faults: Faults
-    bucket: TokenBucket | None
+    downloads: TokenBucket | None
+    """Throttles bodies sent to clients."""
+    uploads: TokenBucket | None
+    """Throttles bodies received from clients (a link is full duplex: one budget each)."""
     test_hooks: bool
     secret: bytes
 
@@ -49,7 +52,8 @@ class HubContext:
             dispatcher=Dispatcher(stats.delivery),
             stats=stats,
             faults=Faults(),
-            bucket=TokenBucket(bandwidth_mbps * 1e6) if bandwidth_mbps else None,
+            downloads=TokenBucket(bandwidth_mbps * 1e6) if bandwidth_mbps else None,
+            uploads=TokenBucket(bandwidth_mbps * 1e6) if bandwidth_mbps else None,
             test_hooks=test_hooks,
             secret=secrets.token_bytes(32),
         )

@@ -1,4 +1,5 @@
-"""A token bucket shared by all transfers of one server (the `--bandwidth` option).
+"""Token buckets for the `--bandwidth` option: one for downloads and one for uploads,
+shared by all transfers in that direction, like a full-duplex link.
 
 `reserve(n)` books `n` bytes and returns how long the caller must wait before sending or
 accepting them; bookings queue up, so concurrent transfers share the rate fairly in total.
