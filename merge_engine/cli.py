@@ -84,10 +84,12 @@ def _validate(args: argparse.Namespace) -> int:
     plan = validate(args.recipe)
     print(formula(plan))
     print()
-    for row in model_rows(plan):
+    for row, source in zip(model_rows(plan), plan.sources, strict=True):
         params = ", ".join([f"weight {row.weight}"] * bool(row.weight)
                            + [f"{k} {v}" for k, v in row.others.items()])
-        print(f"  {row.role:5}  {row.name}  @ {row.revision or 'local'}  {params}")
+        license_id = source.card_data.get("license", "license unknown")
+        print(f"  {row.role:5}  {row.name}  @ {row.revision or 'local'}  {params}  "
+              f"({license_id}, {_source_bytes(source) / 1e9:.2f} GB)")
     globals_ = ", ".join(f"{k} {fmt(v)}" for k, v in plan.recipe.parameters.items()
                          if k not in plan.method.model_params)
     if globals_:
@@ -98,6 +100,10 @@ def _validate(args: argparse.Namespace) -> int:
     for warning in plan.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+def _source_bytes(source) -> int:
+    return sum(m.end - m.begin for m in source.tensors.values())
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -110,6 +110,8 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
     method = get_method(recipe.merge_method)
     models = recipe.inputs()
     reference = sources[0]
+    if not reference.tensors:
+        raise PlanError(f"{reference.name} has no tensors")
     n_layers = _layer_count(reference)
     out_dtype = _out_dtype(recipe, reference)
     warnings: list[str] = []
@@ -132,8 +134,27 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
             chunkable=len(meta.shape) >= 2 and method.chunkable(global_params, model_params),
             copy=dtype not in FLOAT_DTYPES,
         ))
+    warnings += _architecture_warnings(sources, n_layers)
     return Plan(recipe, method, models, tuple(sources), tasks, out_dtype,
                 DTYPES_BY_NAME.get(recipe.dtype), warnings)
+
+
+def _architecture_warnings(sources: Sequence[Source], n_layers: int) -> list[str]:
+    """Sources whose config names another architecture, or a layout we did not read."""
+    reference = sources[0]
+    found = []
+    if not reference.config:
+        found.append(f"{reference.name} has no config.json; the output will have none")
+    arch = reference.config.get("architectures")
+    for source in sources[1:]:
+        other = source.config.get("architectures")
+        if arch and other and other != arch:
+            found.append(f"{source.name} is a {', '.join(other)} but {reference.name} is a "
+                         f"{', '.join(arch)}; the tensors fit, check that the merge makes sense")
+    if not any(LAYER_RE.search(n) for n in reference.tensors) and n_layers > 1:
+        found.append(f"no layer stack found in {reference.name}'s tensor names; gradient "
+                     "parameters use their first value everywhere")
+    return found
 
 
 def _ordered_names(source: Source) -> list[str]:

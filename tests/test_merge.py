@@ -240,3 +240,14 @@ def test_output_loads_in_transformers_and_runs(family, tmp_path):
     logits = model(torch.tensor([[1, 5, 9, 2]])).logits
     assert logits.shape == (1, 4, TINY.vocab)
     assert math.isfinite(logits.float().abs().sum().item())
+
+
+def test_a_donor_of_another_architecture_is_a_warning(tmp_path):
+    base = write_model(tmp_path / "base", TINY)
+    donor = write_model(tmp_path / "donor", TINY, donor=1)
+    config = json.loads((donor / "config.json").read_text())
+    config["architectures"] = ["MistralForCausalLM"]
+    (donor / "config.json").write_text(json.dumps(config))
+    plan = validate(recipe_text("task_arithmetic", base, [(donor, {"weight": 1.0})]))
+    assert any("is a MistralForCausalLM but" in w and "LlamaForCausalLM" in w
+               for w in plan.warnings)
