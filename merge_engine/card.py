@@ -54,11 +54,8 @@ def front_matter(plan: Plan, seed: int | None) -> dict:
     base = [r for r in rows if r.role == "base"]
     if base:
         block["base_model"] = {"model": base[0].name, "revision": base[0].revision}
-    block["models"] = [
-        {"model": r.name, "revision": r.revision,
-         "parameters": {"weight": r.weight, **r.others} if r.weight else dict(r.others)}
-        for r in rows if r.role == "donor"
-    ]
+    block["models"] = [{"model": r.name, "revision": r.revision, "parameters": r.values}
+                       for r in rows if r.role == "donor"]
     if seed is not None:
         block["random_seed"] = seed
     meta["merge"] = block

@@ -25,6 +25,8 @@ class ModelRow:
     weight: str
     others: dict[str, str]
     """Other parameters that differ from the method's defaults, formatted."""
+    values: dict[str, object]
+    """The same parameters (weight included) as plain YAML/JSON values."""
 
 
 def fmt(value: ParamValue | object) -> str:
@@ -41,6 +43,15 @@ def fmt(value: ParamValue | object) -> str:
     return str(value)
 
 
+def plain(value: ParamValue | object) -> object:
+    """A parameter value as plain data: numbers, lists, ``{filter, value}`` mappings."""
+    if isinstance(value, Gradient):
+        return list(value.values)
+    if isinstance(value, FilterList):
+        return [{"filter": r.filter, "value": plain(r.value)} for r in value.rules]
+    return value
+
+
 def model_rows(plan: Plan) -> list[ModelRow]:
     """A row per input: the base first (if any), with effective per-model parameters."""
     recipe, method = plan.recipe, plan.method
@@ -52,9 +63,11 @@ def model_rows(plan: Plan) -> list[ModelRow]:
             for name, default in method.model_params.items():
                 value = model.parameters.get(name, recipe.parameters.get(name, default))
                 if value is not REQUIRED and (name == "weight" or value != default):
-                    values[name] = fmt(value)
+                    values[name] = value
+        shown = {k: fmt(v) for k, v in values.items()}
         rows.append(ModelRow("base" if is_base else "donor", source.name, source.revision,
-                             values.pop("weight", ""), values))
+                             shown.pop("weight", ""), shown,
+                             {k: plain(v) for k, v in values.items()}))
     return rows
 
 

@@ -54,8 +54,9 @@ BAD_RECIPES = {
     "missing path": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
                      "  - model: /nowhere/model\n    parameters: {{weight: 1}}\n", 2,
                      "/nowhere/model does not exist"),
-    "not supported": ("merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {d1}\n"
-                      "parameters: {{t: 0.5}}\n", 2, "not supported yet"),
+    "not supported": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                      "  - model: {d1}\n    parameters: {{weight: 1}}\n"
+                      "tokenizer_source: union\n", 2, "not supported yet"),
 }
 
 

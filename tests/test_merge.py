@@ -251,3 +251,42 @@ def test_a_donor_of_another_architecture_is_a_warning(tmp_path):
     plan = validate(recipe_text("task_arithmetic", base, [(donor, {"weight": 1.0})]))
     assert any("is a MistralForCausalLM but" in w and "LlamaForCausalLM" in w
                for w in plan.warnings)
+
+
+def test_disk_full_is_a_clear_error_and_leaves_nothing(family, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import merge_engine.checkpoint as checkpoint
+    from merge_engine import MergeEngineError
+
+    real_write = os.write
+    written = [0]
+
+    def filling_write(fd, data):
+        written[0] += len(data)
+        if written[0] > 20_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(checkpoint.os, "write", filling_write)
+    base, d1, _ = family
+    text = recipe_text("task_arithmetic", base, [(d1, {"weight": 1.0})])
+    with pytest.raises(MergeEngineError, match="disk full while writing the merge under"):
+        run_merge(text, tmp_path / "out", device="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_card_merge_block_is_plain_data(family, tmp_path):
+    import yaml
+
+    base, d1, d2 = family
+    text = recipe_text("ties", base, [(d1, {"weight": "[0.2, 0.8]", "density": 0.5}),
+                                      (d2, {"weight": 0.3})])
+    run_merge(text, tmp_path / "out", device="cpu", random_seed=5)
+    meta = yaml.safe_load((tmp_path / "out" / "README.md").read_text().split("---")[1])
+    assert meta["merge"]["models"] == [
+        {"model": str(d1), "revision": None, "parameters": {"weight": [0.2, 0.8], "density": 0.5}},
+        {"model": str(d2), "revision": None, "parameters": {"weight": 0.3}},
+    ]
+    assert meta["merge"]["random_seed"] == 5

@@ -74,7 +74,7 @@ def test_the_card_records_models_weights_revisions_and_provenance(family, tmp_pa
     assert meta["merge"]["base_model"] == {"model": "alice/base", "revision": shas["alice/base"]}
     assert meta["merge"]["models"][1] == {
         "model": "alice/donor-2", "revision": shas["alice/donor-2"],
-        "parameters": {"weight": "0.3"}}
+        "parameters": {"weight": 0.3}}
     assert "merged = base + 1.0 * (donor-1 - base) + 0.3 * (donor-2 - base)" in card
     url = family.hub.url
     assert f"[`{shas['alice/donor-1']}`]({url}/alice/donor-1/commit/{shas['alice/donor-1']})" \

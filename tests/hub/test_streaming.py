@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,9 +14,15 @@ from .test_publish import publish
 SHARD = 40_000
 
 
-def tree_bytes(root: Path) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root)
-               for f in files if os.path.exists(os.path.join(d, f)))
+def weight_bytes(root: Path) -> int:
+    """Bytes of weight files under ``root``: shards, and downloads still in progress."""
+    total = 0
+    for d, _, files in os.walk(root):
+        for f in files:
+            if f.endswith((".safetensors", ".incomplete")):
+                with contextlib.suppress(FileNotFoundError):  # deleted while we looked
+                    total += os.path.getsize(os.path.join(d, f))
+    return total
 
 
 def test_peak_work_dir_disk_is_a_few_shards_per_model(hub, tmp_path):
@@ -29,7 +36,7 @@ def test_peak_work_dir_disk_is_a_few_shards_per_model(hub, tmp_path):
     peak = []
 
     def sample(stage, fraction):
-        peak.append(tree_bytes(tmp_path / "work"))
+        peak.append(weight_bytes(tmp_path / "work"))
 
     publish(family, tmp_path, progress=sample, out_shard_size=SHARD)
     inputs = sum(f.stat().st_size for p in local for f in p.glob("*.safetensors"))
