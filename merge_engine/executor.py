@@ -268,7 +268,7 @@ class Executor:
             scratch = self._scratch_for(k, src.numel()) if task.chunkable else None
             xs.append(src.to(torch.float32) if scratch is None
                       else scratch.view(src.shape).copy_(src))
-        base, tensors = (xs[0], xs[1:]) if self.plan.method.needs_base else (None, xs)
+        base, tensors = (xs[0], xs[1:]) if self.plan.has_base else (None, xs)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(chunk_seed(self.seed, task.out.name, chunk.index))
         return self.plan.method.merge(tensors, base, task.model_params, task.global_params,

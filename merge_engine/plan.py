@@ -90,8 +90,13 @@ class Plan:
     warnings: list[str]
 
     @property
+    def has_base(self) -> bool:
+        """Is the first source the base (passed to the method as ``base``)?"""
+        return self.recipe.has_base_role
+
+    @property
     def base(self) -> Source | None:
-        return self.sources[0] if self.method.needs_base else None
+        return self.sources[0] if self.has_base else None
 
     @property
     def output_bytes(self) -> int:
@@ -124,7 +129,7 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
         out = OutTensor(name, dtype, meta.shape)
         position, layer = _position(name)
         t = layer_t(layer, n_layers, position)
-        donors = models[1:] if method.needs_base else models
+        donors = models[1:] if recipe.has_base_role else models
         global_params = {p: recipe.global_param(p, name, t) for p in method.global_params}
         model_params = tuple(
             {p: recipe.model_param(m, p, name, t) for p in method.model_params} for m in donors

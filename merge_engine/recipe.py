@@ -104,6 +104,12 @@ class Recipe:
 
         return get_method(self.merge_method)
 
+    @property
+    def has_base_role(self) -> bool:
+        """Does the method get a base tensor (it needs one, or takes an optional one and
+        the recipe names a ``base_model``)?"""
+        return self.spec.uses_base(self.base_model is not None)
+
     def is_base(self, model: InputModel) -> bool:
         """True when ``model`` is the recipe's ``base_model``."""
         return self.base_model is not None and _ref_key(model.ref) == _ref_key(self.base_model)
@@ -111,7 +117,7 @@ class Recipe:
     def inputs(self) -> tuple[InputModel, ...]:
         """Every model the merge reads, each once.
 
-        With a method that needs a base: the base first (its ``models`` entry if listed,
+        With a base role (:attr:`has_base_role`): the base first (its ``models`` entry if listed,
         else an entry with loc ``base_model`` and no parameters), then the others in
         recipe order. With a method without a base role, a ``base_model`` is just one
         more input (mergekit adds it too): recipe order, an unlisted base last.
@@ -120,7 +126,7 @@ class Recipe:
             return self.models
         listed = next((m for m in self.models if self.is_base(m)), None)
         base = listed or InputModel(self.base_model, _EMPTY, "base_model")
-        if self.spec.needs_base:
+        if self.has_base_role:
             return (base, *(m for m in self.models if m is not listed))
         return self.models if listed else (*self.models, base)
 
@@ -135,7 +141,7 @@ class Recipe:
         spec = self.spec
         if name not in spec.model_params:
             raise KeyError(f"{name!r} is not a per-model parameter of {spec.name}")
-        base_role = spec.needs_base and self.is_base(model)
+        base_role = self.has_base_role and self.is_base(model)
         if not base_role and name in model.parameters:
             value = evaluate(model.parameters[name], tensor_name, t)
             if value is not None:
@@ -446,9 +452,27 @@ def _check_type(value: ParamValue, default: object, loc: str) -> None:
             raise RecipeError(leaf_loc, f"expected {want}, got {shown}")
 
 
+def _validate_model_count(recipe: Recipe, spec: MethodSpec) -> None:
+    """The number of inputs besides the base must be in [min_donors, max_donors]."""
+    count = len(recipe.inputs()) - recipe.has_base_role
+    low, high = spec.min_donors, spec.max_donors
+    if low <= count and (high is None or count <= high):
+        return
+    if high == low:
+        wanted = f"exactly {low}"
+    elif high is None:
+        wanted = f"at least {low}"
+    else:
+        wanted = f"between {low} and {high}"
+    besides = " besides the base_model" if recipe.has_base_role else ""
+    raise RecipeError("models", f"{spec.name} merges {wanted} model{'s' * (wanted != 'exactly 1')}"
+                                f"{besides}; this recipe gives {count}")
+
+
 def _validate_params(recipe: Recipe, spec: MethodSpec) -> None:
     if spec.needs_base and recipe.base_model is None:
         raise RecipeError("base_model", f"merge method {spec.name!r} needs a base_model")
+    _validate_model_count(recipe, spec)
     known = (*spec.global_params, *spec.model_params)
     for name, value in recipe.parameters.items():
         if name not in known:
@@ -472,7 +496,7 @@ def _validate_params(recipe: Recipe, spec: MethodSpec) -> None:
             else:
                 raise unknown_key(loc, name, spec.model_params)
     for m in recipe.inputs():
-        if spec.needs_base and recipe.is_base(m):
+        if recipe.has_base_role and recipe.is_base(m):
             continue
         for name, default in spec.model_params.items():
             if default is REQUIRED and name not in m.parameters and name not in recipe.parameters:
@@ -529,7 +553,7 @@ def _check_ranges(recipe: Recipe, spec: MethodSpec) -> None:
     if spec.name not in _DELLA:
         return
     for m in recipe.inputs():
-        if spec.needs_base and recipe.is_base(m):
+        if recipe.has_base_role and recipe.is_base(m):
             continue
         eps = [hi for v, _ in _candidates(recipe, spec, m, "epsilon") for _, hi in _numbers(v)]
         emax = max(eps, default=0.0)
@@ -560,5 +584,3 @@ def _reject_unsupported(recipe: Recipe, spec: MethodSpec) -> None:
     for loc, ref in refs:
         if ref is not None and ref.lora is not None:
             raise RecipeError(loc, f"LoRA adapters ({ref}) are not supported yet")
-    if spec.merge is None:
-        raise RecipeError("merge_method", f"merge method {spec.name!r} is not supported yet")

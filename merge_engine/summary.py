@@ -57,7 +57,7 @@ def model_rows(plan: Plan) -> list[ModelRow]:
     recipe, method = plan.recipe, plan.method
     rows = []
     for i, (model, source) in enumerate(zip(plan.models, plan.sources, strict=True)):
-        is_base = method.needs_base and i == 0
+        is_base = plan.has_base and i == 0
         values = {}
         if not is_base:
             for name, default in method.model_params.items():

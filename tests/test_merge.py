@@ -290,3 +290,42 @@ def test_card_merge_block_is_plain_data(family, tmp_path):
         {"model": str(d2), "revision": None, "parameters": {"weight": 0.3}},
     ]
     assert meta["merge"]["random_seed"] == 5
+
+
+NEW_METHODS = {  # method: (uses the base, donors, per-model params, global params)
+    "slerp": (True, 1, {}, {"t": 0.3}),
+    "nuslerp": (False, 2, {"weight": 0.5}, {}),
+    "multislerp": (True, 2, {"weight": 0.5}, {}),
+    "karcher": (False, 3, {}, {}),
+    "model_stock": (True, 2, {}, {}),
+    "passthrough": (False, 1, {"scale": 0.5}, {}),
+    "sce": (True, 2, {"weight": 0.5}, {"select_topk": 0.5}),
+    "nearswap": (True, 1, {}, {"t": 0.001}),
+    "ram": (True, 2, {}, {}),
+    "ramplus_tl": (True, 2, {}, {}),
+    "arcee_fusion": (True, 1, {}, {}),
+}
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_geometric_and_selective_methods_run_through_the_executor(family, tmp_path, method):
+    from merge_engine.methods import get_method
+
+    uses_base, count, params, globals_ = NEW_METHODS[method]
+    base, d1, d2 = family
+    donors = [d1, d2, base][:count] if not uses_base else [d1, d2][:count]
+    spec = get_method(method)
+    params = {k: v for k, v in params.items() if k in spec.model_params}
+    extra = "".join(f"  {k}: {v}\n" for k, v in globals_.items())
+    text = recipe_text(method, base if uses_base else None, [(d, params) for d in donors],
+                       f"parameters:\n{extra}" if extra else "")
+    run_merge(text, tmp_path / "out", device="cpu", random_seed=2)
+    merged = load_model(tmp_path / "out")
+    inputs = [load_model(p) for p in ([base] if uses_base else []) + donors]
+    name = "model.layers.1.mlp.up_proj.weight"
+    tensors = [m[name].float() for m in inputs]
+    b, ts = (tensors[0], tensors[1:]) if uses_base else (None, tensors)
+    model_params = [{**{k: v for k, v in spec.model_params.items()}, **params} for _ in ts]
+    global_params = {**spec.global_params, **globals_}
+    expected = spec.merge(ts, b, model_params, global_params, None)
+    assert torch.equal(merged[name], expected.to(torch.bfloat16)), method

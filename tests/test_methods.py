@@ -597,32 +597,6 @@ def test_table_is_read_only():
         METHODS["ties"].global_params["lambda"] = 2.0  # type: ignore[index]
 
 
-@pytest.mark.parametrize(
-    "name, needs_base, global_params, model_params",
-    [
-        ("slerp", True, {"t": REQUIRED}, {}),
-        ("nuslerp", False, {"nuslerp_flatten": True, "nuslerp_row_wise": False},
-         {"weight": REQUIRED}),
-        ("multislerp", False, {"normalize_weights": True, "eps": 1e-8}, {"weight": REQUIRED}),
-        ("karcher", False, {"max_iter": 10, "tol": 1e-5}, {}),
-        ("model_stock", True, {"filter_wise": False}, {}),
-        ("passthrough", False, {}, {"scale": 1.0}),
-        ("sce", True, {"select_topk": 1.0, "int8_mask": False}, {}),
-        ("nearswap", True, {"t": REQUIRED}, {}),
-        ("ram", True, {"epsilon": 1e-5}, {}),
-        ("ramplus_tl", True, {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}, {}),
-        ("arcee_fusion", True, {}, {}),
-    ],
-)  # fmt: skip
-def test_pending_methods(name, needs_base, global_params, model_params):
-    spec = get_method(name)
-    assert spec.merge is None
-    assert spec.needs_base is needs_base
-    assert dict(spec.global_params) == global_params
-    assert dict(spec.model_params) == model_params
-    assert spec.chunkable({}, []) is False
-
-
 # --- device -------------------------------------------------------------------------------
 
 

@@ -467,20 +467,40 @@ def test_merge_method_not_a_string():
     assert error(SEED.replace("task_arithmetic", "[ties]")).loc == "merge_method"
 
 
-def test_method_not_supported_yet():
-    err = error(
-        """\
+def test_model_counts_follow_the_method():
+    slerp = """\
         merge_method: slerp
         base_model: org/a
         models:
           - model: org/a
           - model: org/b
+          - model: org/c
         parameters:
           t: 0.5
         """
-    )
-    assert err.loc == "merge_method"
-    assert err.msg == "merge method 'slerp' is not supported yet"
+    err = error(slerp)
+    assert err.loc == "models"
+    assert err.msg == ("slerp merges exactly 1 model besides the base_model; "
+                       "this recipe gives 2")
+    assert parse(slerp.replace("          - model: org/c\n", "")).has_base_role
+    stock = error("merge_method: model_stock\nbase_model: org/a\nmodels:\n  - model: org/b\n")
+    assert stock.msg == ("model_stock merges at least 2 models besides the base_model; "
+                         "this recipe gives 1")
+
+
+def test_an_optional_base_takes_the_base_role_only_when_given():
+    with_base = parse(
+        "merge_method: multislerp\nbase_model: org/a\nmodels:\n"
+        "  - model: org/b\n    parameters: {weight: 1}\n"
+        "  - model: org/c\n    parameters: {weight: 1}\n")
+    assert with_base.has_base_role
+    assert [str(m.ref) for m in with_base.inputs()] == ["org/a", "org/b", "org/c"]
+    without = parse(
+        "merge_method: multislerp\nmodels:\n"
+        "  - model: org/b\n    parameters: {weight: 1}\n"
+        "  - model: org/c\n    parameters: {weight: 1}\n")
+    assert not without.has_base_role
+    assert [str(m.ref) for m in without.inputs()] == ["org/b", "org/c"]
 
 
 def test_required_global_parameter():

@@ -2,8 +2,6 @@
 
     spec = get_method("ties")
     spec.merge(tensors, base, model_params, global_params, generator)
-
-``spec.merge is None`` for a method that parses but is not supported yet.
 """
 
 from __future__ import annotations
@@ -11,13 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from . import linear, pending, task_arithmetic
+from . import geometric, linear, passthrough, selective, task_arithmetic
 from .registry import REQUIRED, MethodSpec
 
 __all__ = ["METHODS", "REQUIRED", "MethodSpec", "get_method", "method_names"]
 
 METHODS: Mapping[str, MethodSpec] = MappingProxyType(
-    {spec.name: spec for spec in (*task_arithmetic.SPECS, *linear.SPECS, *pending.SPECS)}
+    {
+        spec.name: spec
+        for module in (task_arithmetic, linear, geometric, passthrough, selective)
+        for spec in module.SPECS
+    }
 )
 """Every known method, by its mergekit name."""
 
@@ -32,5 +34,5 @@ def get_method(name: str) -> MethodSpec:
 
 
 def method_names() -> list[str]:
-    """All known method names, sorted (supported or not yet)."""
+    """All known method names, sorted."""
     return sorted(METHODS)

@@ -7,7 +7,8 @@ float32 tensor. It may modify its inputs in place: the executor hands over owner
     merge(tensors, base, model_params, global_params, generator) -> Tensor
 
 - ``tensors``: one per non-base input model, in recipe order, same shape as ``base``.
-- ``base``: the base model's tensor, or None for methods without a base role.
+- ``base``: the base model's tensor, or None for methods without a base role (and for
+  ``base_optional`` methods when the recipe names no ``base_model``).
 - ``model_params``: one mapping per entry of ``tensors``: every per-model parameter,
   resolved to a number or bool for this tensor (defaults filled in).
 - ``global_params``: every global parameter, resolved likewise.
@@ -48,8 +49,22 @@ class MethodSpec:
     needs_base: bool
     global_params: Mapping[str, object]
     model_params: Mapping[str, object]
-    merge: MergeFn | None = None
-    """None: the method parses but is not supported yet."""
+    merge: MergeFn
     chunkable: Callable[[Params, Sequence[Params]], bool] = field(default=_never)
     """True when, for these resolved parameters, merging row-chunks independently gives
     the same result as merging the whole tensor (element- or row-wise math)."""
+    base_optional: bool = False
+    """Only with ``needs_base`` False: a recipe's ``base_model``, when it gives one, takes
+    the base role (passed as ``base``, never among ``tensors``, its own per-model
+    parameters ignored, first in the inputs as with ``needs_base``); a recipe without one
+    merges every model as a donor with ``base`` None. See :meth:`uses_base`."""
+    min_donors: int = 1
+    """The fewest entries of ``tensors`` (inputs other than the base role) a recipe may
+    give; fewer is a recipe error."""
+    max_donors: int | None = None
+    """The most entries of ``tensors`` a recipe may give (None: no limit)."""
+
+    def uses_base(self, has_base_model: bool) -> bool:
+        """Whether a recipe with (or without) a ``base_model`` gives this method a base
+        tensor: always with ``needs_base``; with ``base_optional``, when it names one."""
+        return self.needs_base or (self.base_optional and has_base_model)

@@ -41,6 +41,7 @@ from types import MappingProxyType
 import torch
 
 from ..errors import InputError
+from .reductions import l1_norm
 from .registry import REQUIRED, MethodSpec, Params, always_chunkable
 
 RESCALE_EPS = 1e-7
@@ -198,10 +199,10 @@ def task_vector(
         return delta.zero_()
     if not delta.is_contiguous():
         delta = delta.contiguous()
-    l1_before = torch.linalg.vector_norm(delta, ord=1) if rescale else None
+    l1_before = l1_norm(delta) if rescale else None
     delta = sparsify(delta, params, generator)
     if l1_before is not None:
-        l1_after = torch.linalg.vector_norm(delta, ord=1)
+        l1_after = l1_norm(delta)
         if l1_before >= RESCALE_EPS and l1_after >= RESCALE_EPS:
             delta.mul_(l1_before / l1_after)
     return delta

@@ -1,0 +1,378 @@
+"""Geometric merges: spherical interpolation (slerp, nuslerp, multislerp), the Karcher
+mean, and Model Stock's angle-derived ratio.
+
+Every norm, dot product and cosine of a whole tensor is summed accurately (see
+``reductions``) and the scalar trigonometry is done in float64; the tensors stay float32.
+Notation: ``b`` the base tensor, ``t_i`` the donors, ``w_i`` their weights, ``|x|`` the L2
+norm of a tensor taken as one flat vector, ``x . y`` the dot product.
+
+- slerp: ``v0 = b`` (the t=0 end), ``v1`` the one donor, ``t`` global. With
+  ``c = (v0 / n0) . (v1 / n1)``, where ``n = |v|`` if ``|v| > 1e-8`` else 1: if
+  ``|c| > 0.9995`` the result is ``lerp(v0, v1, t)``; else, with ``theta = acos(c)``,
+  ``(sin((1 - t) theta) v0 + sin(t theta) v1) / sin(theta)``.
+- nuslerp: two donors, ``t = w2 / (w1 + w2)`` (0.5 when ``|w1 + w2| < 1e-6``); with a
+  base, ``v_i = t_i - b`` and the result is ``b + nuslerp(v1, v2)``, else ``v_i = t_i``.
+  ``nuslerp_flatten`` (default): one angle for the whole tensor; otherwise one per vector
+  along the last dim (``nuslerp_row_wise``: along dim 0). Unit vectors are ``v / max(|v|,
+  1e-7)``, ``theta = acos(clamp(c, -1, 1))``; where ``|sin(theta)| < 1e-8`` the vectors
+  are colinear and it is ``lerp``; else the slerp formula above (no 0.9995 cut-off).
+- multislerp: ``n`` donors, optional base (task vectors ``x_i = t_i - b``, else
+  ``x_i = t_i``); weights divided by their sum with ``normalize_weights`` (a sum with
+  ``|sum| < 1e-8`` divides by 1, as in linear). ``u_i = x_i / (|x_i| + eps)``,
+  ``m = sum w_i u_i``; the result is ``m / |m| * sum w_i |x_i|`` (plus ``b``). When
+  ``|m| < eps``: two donors give ``w_1 x_1 + w_2 x_2`` (plus ``b``), more are an error.
+  One donor is returned as is. (mergekit also projects the points onto the tangent space
+  at ``m / |m|`` and maps their weighted mean back; that weighted mean is exactly zero,
+  so the step is the identity and is left out here.)
+- karcher: the Riemannian mean of the unit vectors ``u_i = t_i / |t_i|`` with equal
+  weights (vectors with ``|t_i| <= tol`` left out), by at most ``max_iter`` steps of
+  ``u <- exp_u(sum a_i log_u(u_i))`` from the normalized Euclidean mean, stopping when the
+  step is shorter than ``tol``; terms with an angle below ``tol`` are skipped. The result
+  is ``u * mean_i |t_i|`` (zero vectors count in the mean). Angles are taken as
+  ``atan2(|u_i - c u|, c)``, accurate also for nearly equal vectors.
+- model_stock: ``d_i = t_i - b`` (``N >= 2`` donors); ``c`` the mean over pairs ``i < j``
+  of ``clamp((d_i . d_j) / max(|d_i| |d_j|, 1e-6), -1, 1)``; ``r = N c / (1 + (N - 1) c)``;
+  result ``b + r * mean_i d_i`` (= ``r * mean_i t_i + (1 - r) b``). With ``filter_wise``
+  one ``r`` per vector along the last dim (a 1-D tensor is one vector). A ratio that is
+  infinite (``c = -1 / (N - 1)``) gives inf/NaN, which the executor reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import MappingProxyType
+
+import torch
+
+from ..errors import InputError
+from .reductions import dot, norm, row_dot, row_norm
+from .registry import REQUIRED, MethodSpec, Params
+
+SLERP_LERP_ABOVE = 0.9995
+"""slerp: above this |cosine| the two tensors count as colinear and are lerped."""
+SLERP_EPS = 1e-8
+"""slerp: a tensor with a norm at most this is used un-normalized for the angle."""
+NUSLERP_NORM_MIN = 1e-7
+"""nuslerp: norms are clamped to at least this when normalizing."""
+NUSLERP_SIN_MIN = 1e-8
+"""nuslerp: below this |sin(theta)| the vectors count as colinear and are lerped."""
+NUSLERP_WEIGHT_SUM_MIN = 1e-6
+"""nuslerp: a weight sum smaller than this in magnitude gives t = 0.5."""
+WEIGHT_SUM_EPS = 1e-8
+"""multislerp: a weight sum smaller than this in magnitude divides by 1."""
+MODEL_STOCK_NORM_PRODUCT_MIN = 1e-6
+"""model_stock: the product of two norms is clamped to at least this in a cosine."""
+
+
+def _count_error(method: str, what: str, got: int) -> InputError:
+    return InputError(f"{method} merges {what}, but this tensor has {got}")
+
+
+# --- slerp ---------------------------------------------------------------------------------
+
+
+def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation from ``v0`` (t=0) to ``v1`` (t=1), in place into ``v0``.
+
+    The angle is that of the flattened, normalized tensors (a tensor with norm <= 1e-8
+    is used as is); nearly colinear tensors (|cos| > 0.9995) are lerped.
+    """
+    n0, n1 = norm(v0), norm(v1)
+    cos = dot(v0, v1) / ((n0 if n0 > SLERP_EPS else 1.0) * (n1 if n1 > SLERP_EPS else 1.0))
+    if abs(cos) > SLERP_LERP_ABOVE:
+        return v0.lerp_(v1, t)
+    theta = math.acos(cos)
+    sin_theta = math.sin(theta)
+    s0 = math.sin((1 - t) * theta) / sin_theta
+    s1 = math.sin(t * theta) / sin_theta
+    return v0.mul_(s0).add_(v1, alpha=s1)
+
+
+def slerp(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``slerp(b, t_1, t)``: from the base (t=0) to the one other model (t=1)."""
+    if base is None:
+        raise ValueError("slerp needs a base tensor")
+    if not tensors:
+        return base
+    if len(tensors) != 1:
+        raise _count_error("slerp", "exactly two models, base_model and one other",
+                           len(tensors) + 1)  # fmt: skip
+    return slerp_tensors(float(global_params["t"]), base, tensors[0])
+
+
+# --- nuslerp -------------------------------------------------------------------------------
+
+
+def _nuslerp_coefficients(t: float, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 factors (c0, c1) of ``c0 v0 + c1 v1`` for cosines ``cos`` (any shape)."""
+    theta = torch.acos(cos.clamp(-1, 1))
+    sin_theta = torch.sin(theta)
+    colinear = sin_theta.abs() < NUSLERP_SIN_MIN
+    safe_sin = torch.where(colinear, torch.ones_like(sin_theta), sin_theta)
+    c0 = torch.where(colinear, 1 - t, torch.sin((1 - t) * theta) / safe_sin)
+    c1 = torch.where(colinear, t, torch.sin(t * theta) / safe_sin)
+    return c0, c1
+
+
+def nuslerp_tensors(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row_wise: bool
+) -> torch.Tensor:
+    """nuslerp of ``v0`` (t=0) and ``v1`` (t=1), in place into ``v0`` (``v1`` is used up).
+
+    ``flatten``: one angle for the whole tensor; else one per vector along the last dim,
+    or along dim 0 with ``row_wise``.
+    """
+    if flatten:
+        n0 = max(norm(v0), NUSLERP_NORM_MIN)
+        n1 = max(norm(v1), NUSLERP_NORM_MIN)
+        cos = torch.tensor(dot(v0, v1) / (n0 * n1), dtype=torch.float64)
+        c0, c1 = (float(c) for c in _nuslerp_coefficients(t, cos))
+        return v0.mul_(c0).add_(v1, alpha=c1)
+    x0, x1 = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
+    n0 = row_norm(x0).clamp_(min=NUSLERP_NORM_MIN)
+    n1 = row_norm(x1).clamp_(min=NUSLERP_NORM_MIN)
+    c0, c1 = _nuslerp_coefficients(t, row_dot(x0, x1) / (n0 * n1))
+    x0.mul_(c0.to(x0.dtype)).add_(x1.mul_(c1.to(x1.dtype)))
+    return v0
+
+
+def nuslerp(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """nuslerp of two models (``t = w2 / (w1 + w2)``), of their task vectors with a base."""
+    if len(tensors) + (base is not None) == 1:
+        return tensors[0] if tensors else base  # type: ignore[return-value]
+    if len(tensors) != 2:
+        raise _count_error("nuslerp", "exactly two models besides an optional base_model",
+                           len(tensors))  # fmt: skip
+    w1, w2 = (float(p["weight"]) for p in model_params)
+    total = w1 + w2
+    t = 0.5 if abs(total) < NUSLERP_WEIGHT_SUM_MIN else w2 / total
+    v0, v1 = tensors
+    if base is not None:
+        v0, v1 = v0.sub_(base), v1.sub_(base)
+    out = nuslerp_tensors(
+        t, v0, v1,
+        flatten=bool(global_params["nuslerp_flatten"]),
+        row_wise=bool(global_params["nuslerp_row_wise"]),
+    )  # fmt: skip
+    return out if base is None else out.add_(base)
+
+
+def _nuslerp_chunkable(global_params: Params, model_params: Sequence[Params]) -> bool:
+    """One angle per vector along the last dim: row-chunks (dim 0) are exact."""
+    return not global_params["nuslerp_flatten"] and not global_params["nuslerp_row_wise"]
+
+
+# --- multislerp ----------------------------------------------------------------------------
+
+
+def multislerp(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``m / |m| * sum w_i |x_i|`` with ``m = sum w_i x_i / (|x_i| + eps)`` (+ base)."""
+    if not tensors:
+        if base is None:
+            raise ValueError("multislerp needs at least one tensor")
+        return base
+    if len(tensors) == 1:
+        return tensors[0]
+    weights = [float(p["weight"]) for p in model_params]
+    if bool(global_params["normalize_weights"]):
+        total = sum(weights)
+        if abs(total) >= WEIGHT_SUM_EPS:
+            weights = [w / total for w in weights]
+    eps = float(global_params["eps"])
+    xs = [t if base is None else t.sub_(base) for t in tensors]
+    norms = [norm(x) for x in xs]
+    mean = torch.mul(xs[0], weights[0] / (norms[0] + eps))
+    term = torch.empty_like(mean)
+    for x, w, n in zip(xs[1:], weights[1:], norms[1:], strict=True):
+        # rounded product, then a plain add (no fused multiply-add): opposite models
+        # with equal weights cancel exactly and take the lerp fallback, as in mergekit
+        mean.add_(torch.mul(x, w / (n + eps), out=term))
+    del term
+    mean_norm = norm(mean)
+    if mean_norm < eps:
+        if len(xs) != 2:
+            raise InputError(
+                "multislerp: the weighted mean of the models' directions is zero (opposite "
+                "models whose weights cancel out); change the weights"
+            )
+        out = xs[0].mul_(weights[0]).add_(xs[1], alpha=weights[1])
+    else:
+        avg_norm = sum(w * n for w, n in zip(weights, norms, strict=True))
+        out = mean.mul_(avg_norm / mean_norm)
+    return out if base is None else out.add_(base)
+
+
+# --- karcher -------------------------------------------------------------------------------
+
+
+def karcher(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The Karcher mean of the unit tensors, scaled by the mean norm (equal weights)."""
+    if not tensors:
+        raise ValueError("karcher needs at least one tensor")
+    if len(tensors) == 1:
+        return tensors[0]
+    max_iter, tol = int(global_params["max_iter"]), float(global_params["tol"])
+    norms = [norm(t) for t in tensors]
+    units = [t.div_(n) for t, n in zip(tensors, norms, strict=True) if n > tol]
+    scale = sum(norms) / len(norms)
+    if not units:
+        return tensors[0].zero_()
+    alpha = 1.0 / len(units)
+    u = torch.zeros_like(units[0])
+    for unit in units:
+        u.add_(unit, alpha=alpha)
+    u_norm = norm(u)
+    if u_norm < tol:
+        u.copy_(units[0])
+    else:
+        u.div_(u_norm)
+    step = torch.empty_like(u)
+    v = torch.empty_like(u)
+    for _ in range(max_iter):
+        step.zero_()
+        for unit in units:
+            cos = max(-1.0, min(1.0, dot(u, unit)))
+            torch.sub(unit, u, alpha=cos, out=v)  # u_i - cos u: length sin(theta)
+            sin = norm(v)
+            theta = math.atan2(sin, cos)
+            if theta < tol:
+                continue
+            step.add_(v, alpha=alpha * theta / sin)  # log_u(u_i)
+        length = norm(step)
+        if length < tol:
+            break
+        u.mul_(math.cos(length)).add_(step, alpha=math.sin(length) / length)  # exp_u(step)
+        u_norm = norm(u)
+        if u_norm > tol:
+            u.div_(u_norm)
+    return u.mul_(scale)
+
+
+# --- model_stock ---------------------------------------------------------------------------
+
+
+def model_stock(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``b + r * mean_i (t_i - b)`` with ``r = N c / (1 + (N - 1) c)``, ``c`` the mean
+    pairwise cosine of the task vectors (per vector along the last dim with filter_wise)."""
+    if base is None:
+        raise ValueError("model_stock needs a base tensor")
+    if not tensors:
+        return base
+    n = len(tensors)
+    if n < 2:
+        raise _count_error("model_stock", "base_model and at least two other models", n + 1)
+    deltas = [t.sub_(base) for t in tensors]
+    pairs = n * (n - 1) // 2
+    if bool(global_params["filter_wise"]):
+        rows = [d if d.dim() >= 2 else d.unsqueeze(0) for d in deltas]
+        norms = [row_norm(r) for r in rows]
+        cos = torch.zeros_like(norms[0])
+        for i in range(n):
+            for j in range(i + 1, n):
+                product = (norms[i] * norms[j]).clamp_(min=MODEL_STOCK_NORM_PRODUCT_MIN)
+                cos.add_((row_dot(rows[i], rows[j]) / product).clamp_(-1, 1))
+        cos.div_(pairs)
+        ratio: torch.Tensor | float = (n * cos / (1 + (n - 1) * cos)).to(base.dtype)
+        if base.dim() < 2:
+            ratio = ratio.squeeze(0)  # type: ignore[union-attr]
+    else:
+        norms_f = [norm(d) for d in deltas]
+        total = 0.0
+        for i in range(n):
+            for j in range(i + 1, n):
+                product = max(norms_f[i] * norms_f[j], MODEL_STOCK_NORM_PRODUCT_MIN)
+                total += max(-1.0, min(1.0, dot(deltas[i], deltas[j]) / product))
+        cos_f = total / pairs
+        denominator = 1 + (n - 1) * cos_f
+        ratio = n * cos_f / denominator if denominator != 0 else math.copysign(math.inf, cos_f)
+    mean = deltas[0]
+    for d in deltas[1:]:
+        mean.add_(d)
+    return mean.mul_(ratio).div_(n).add_(base)
+
+
+def _filter_wise(global_params: Params, model_params: Sequence[Params]) -> bool:
+    """One ratio per vector along the last dim: row-chunks (dim 0) are exact."""
+    return bool(global_params["filter_wise"])
+
+
+# --- the table -----------------------------------------------------------------------------
+
+SPECS: tuple[MethodSpec, ...] = (
+    MethodSpec(
+        name="slerp",
+        needs_base=True,
+        global_params=MappingProxyType({"t": REQUIRED}),
+        model_params=MappingProxyType({}),
+        merge=slerp,
+        min_donors=1,
+        max_donors=1,
+    ),
+    MethodSpec(
+        name="nuslerp",
+        needs_base=False,
+        base_optional=True,
+        global_params=MappingProxyType({"nuslerp_flatten": True, "nuslerp_row_wise": False}),
+        model_params=MappingProxyType({"weight": REQUIRED}),
+        merge=nuslerp,
+        chunkable=_nuslerp_chunkable,
+        min_donors=2,
+        max_donors=2,
+    ),
+    MethodSpec(
+        name="multislerp",
+        needs_base=False,
+        base_optional=True,
+        global_params=MappingProxyType({"normalize_weights": True, "eps": 1e-8}),
+        model_params=MappingProxyType({"weight": REQUIRED}),
+        merge=multislerp,
+    ),
+    MethodSpec(
+        name="karcher",
+        needs_base=False,
+        global_params=MappingProxyType({"max_iter": 10, "tol": 1e-5}),
+        model_params=MappingProxyType({}),
+        merge=karcher,
+    ),
+    MethodSpec(
+        name="model_stock",
+        needs_base=True,
+        global_params=MappingProxyType({"filter_wise": False}),
+        model_params=MappingProxyType({}),
+        merge=model_stock,
+        chunkable=_filter_wise,
+        min_donors=2,
+    ),
+)
+"""The geometric methods (mergekit's names, parameters and defaults)."""

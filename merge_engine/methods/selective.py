@@ -1,0 +1,300 @@
+"""Selective merges: methods that choose, entry by entry, how much of each task vector to
+take (sce, nearswap, ram, ramplus_tl, arcee_fusion).
+
+Notation: ``b`` the base tensor, ``t_i`` the donors, ``d_i = t_i - b`` their task vectors.
+
+- sce: with ``select_topk < 1``, keep in every ``d_i`` only the entries at the
+  ``int(nnz * select_topk)`` positions of largest variance across the ``d_i`` (``nnz`` the
+  positions of non-zero variance; ``select_topk <= 0`` keeps none). Then sign consensus:
+  the elected sign of a position is ``sign(sum_i d_i)`` (0 counts as +), and ``d_i`` is
+  kept where its sign equals it (a zero entry never is). Each model's weight is
+  ``w_i = mean(d_i ** 2) / sum_j mean(d_j ** 2)`` over the (selected) whole tensor, or
+  ``1 / n`` when that sum is below 1e-6. Result ``b + sum_i w_i k_i d_i / max(sum_i w_i k_i,
+  1e-6)`` with ``k_i`` the consensus mask.
+- nearswap: one donor, global ``t``: ``w = clamp(t / max(|t_1 - b|, 1e-6), 0, 1)`` per entry,
+  result ``lerp(b, t_1, w)``: entries close to the base move all the way to the donor.
+- ram: an entry of ``d_i`` with ``|d_i| <= epsilon`` counts as absent. Where one model has
+  it, it is taken as is; where several do, their mean; result ``b + sum_i [present] d_i /
+  max(count, 1)``.
+- ramplus_tl: as ram, but an entry present in one model only is multiplied by
+  ``1 + r * clamp(shared_i / max(unique_i, epsilon), 0, alpha)``, with ``shared_i`` and
+  ``unique_i`` the numbers of model i's present entries that other models share / do not.
+- arcee_fusion: one donor. Importance ``|d| * KL`` with ``KL = sum p log(p / q)`` along the
+  last dim, ``p = softmax(t_1) + 1e-8``, ``q = softmax(b) + 1e-8``; entries whose importance
+  is at least ``median + 1.5 * (q3 - q1)`` of all importances take the donor's value, the
+  rest keep the base's. The quantile ``q`` is the sorted value at index
+  ``floor(q * (n - 1))``; mergekit takes it from a random sample of 1e6 entries on larger
+  tensors, here it is exact (and so deterministic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import MappingProxyType
+
+import torch
+
+from ..errors import InputError
+from .reductions import dot
+from .registry import REQUIRED, MethodSpec, Params, always_chunkable
+from .task_arithmetic import keep_rank_range
+
+SCE_WEIGHT_SUM_MIN = 1e-6
+"""sce: below this sum of mean squares, every model weighs ``1 / n``."""
+SCE_DIVISOR_MIN = 1e-6
+"""sce: the per-entry sum of kept weights is clamped to at least this."""
+NEARSWAP_DIFF_MIN = 1e-6
+"""nearswap: ``|t_1 - b|`` is clamped to at least this."""
+FUSION_SOFTMAX_EPS = 1e-8
+"""arcee_fusion: added to both softmax distributions before the KL divergence."""
+
+
+def _one_donor(method: str, tensors: Sequence[torch.Tensor]) -> None:
+    if len(tensors) != 1:
+        raise InputError(
+            f"{method} merges exactly two models, base_model and one other, but this "
+            f"tensor has {len(tensors) + 1}"
+        )
+
+
+# --- sce -----------------------------------------------------------------------------------
+
+
+def sce_select_mask(deltas: Sequence[torch.Tensor], select_topk: float) -> torch.Tensor:
+    """True at the ``int(nnz * select_topk)`` positions of largest variance across
+    ``deltas`` (ties by position); ``nnz`` the positions whose variance is not zero."""
+    if select_topk <= 0:
+        return torch.zeros_like(deltas[0], dtype=torch.bool)
+    # n^2 * variance = sum over pairs of squared differences: exactly 0 where all agree.
+    spread = torch.zeros_like(deltas[0])
+    diff = torch.empty_like(spread)
+    for i in range(len(deltas)):
+        for j in range(i + 1, len(deltas)):
+            torch.sub(deltas[i], deltas[j], out=diff)
+            spread.addcmul_(diff, diff)
+    del diff
+    nonzero = torch.count_nonzero(spread)
+    keep = int(nonzero * select_topk)  # mergekit's count, float32 product included
+    if keep == 0:
+        return torch.zeros_like(spread, dtype=torch.bool)
+    n = spread.numel()
+    return keep_rank_range(spread, n - keep, n) != 0
+
+
+def sce(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``b + sum_i w_i k_i d_i / max(sum_i w_i k_i, 1e-6)``; see the module docstring."""
+    if base is None:
+        raise ValueError("sce needs a base tensor")
+    if not tensors:
+        return base
+    deltas = [t.sub_(base) for t in tensors]
+    select_topk = float(global_params["select_topk"])
+    if select_topk < 1:
+        selected = sce_select_mask(deltas, select_topk)
+        for d in deltas:
+            d.mul_(selected)
+        del selected
+    mean_squares = [dot(d, d) / d.numel() if d.numel() else 0.0 for d in deltas]
+    total = sum(mean_squares)
+    if abs(total) < SCE_WEIGHT_SUM_MIN:
+        weights = [1.0 / len(deltas)] * len(deltas)
+    else:
+        weights = [m / total for m in mean_squares]
+    elected = torch.zeros_like(base)
+    for d in deltas:
+        elected.add_(d)
+    elected.ge_(0).mul_(2).sub_(1)  # +1 or -1
+    mixed = torch.zeros_like(base)
+    divisor = torch.zeros_like(base)
+    kept = torch.empty_like(base)
+    for d, w in zip(deltas, weights, strict=True):
+        torch.mul(d, elected, out=kept).gt_(0)  # sign(d) == elected, d != 0
+        divisor.add_(kept, alpha=w)
+        mixed.add_(d.mul_(kept), alpha=w)
+    return mixed.div_(divisor.clamp_(min=SCE_DIVISOR_MIN)).add_(base)
+
+
+# --- nearswap ------------------------------------------------------------------------------
+
+
+def nearswap(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``lerp(b, t_1, clamp(t / max(|t_1 - b|, 1e-6), 0, 1))``, in place into ``b``."""
+    if base is None:
+        raise ValueError("nearswap needs a base tensor")
+    if not tensors:
+        return base
+    _one_donor("nearswap", tensors)
+    other = tensors[0]
+    t = float(global_params["t"])
+    weight = torch.sub(other, base).abs_().clamp_(min=NEARSWAP_DIFF_MIN)
+    weight.reciprocal_().mul_(t).clamp_(0, 1)  # t / x, computed as torch's ``t / x`` is
+    return base.lerp_(other, weight)
+
+
+# --- ram and ramplus_tl --------------------------------------------------------------------
+
+
+def _present_deltas(
+    tensors: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Task vectors with absent entries (``|d| <= epsilon``) zeroed, their presence masks,
+    and how many models have each entry."""
+    deltas, masks = [], []
+    count = torch.zeros_like(base)
+    for t in tensors:
+        d = t.sub_(base)
+        present = d.abs() > epsilon
+        d.mul_(present)
+        count.add_(present)
+        deltas.append(d)
+        masks.append(present)
+    return deltas, masks, count
+
+
+def ram(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``b + sum_i [|d_i| > epsilon] d_i / max(count, 1)``."""
+    if base is None:
+        raise ValueError("ram needs a base tensor")
+    if not tensors:
+        return base
+    deltas, masks, count = _present_deltas(tensors, base, float(global_params["epsilon"]))
+    del masks
+    mixed = deltas[0]
+    for d in deltas[1:]:
+        mixed.add_(d)
+    return mixed.div_(count.clamp_(min=1)).add_(base)
+
+
+def ramplus_tl(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """ram, with each model's unique entries scaled by ``1 + r * clamp(rho_i, 0, alpha)``,
+    ``rho_i = shared_i / max(unique_i, epsilon)`` counted over this whole tensor."""
+    if base is None:
+        raise ValueError("ramplus_tl needs a base tensor")
+    if not tensors:
+        return base
+    epsilon = float(global_params["epsilon"])
+    r, alpha = float(global_params["r"]), float(global_params["alpha"])
+    deltas, masks, count = _present_deltas(tensors, base, epsilon)
+    unique = count == 1
+    boosted = torch.zeros_like(base)
+    for d, present in zip(deltas, masks, strict=True):
+        n_present = int(torch.count_nonzero(present))
+        n_unique = int(torch.count_nonzero(present.logical_and_(unique)))
+        rho = (n_present - n_unique) / max(n_unique, epsilon)
+        boosted.add_(d, alpha=1 + r * min(max(rho, 0.0), alpha))
+    del masks
+    shared = deltas[0]
+    for d in deltas[1:]:
+        shared.add_(d)
+    shared.div_(count.clamp_(min=1))
+    return torch.where(unique, boosted, shared).add_(base)
+
+
+# --- arcee_fusion --------------------------------------------------------------------------
+
+
+def sorted_value(flat: torch.Tensor, index: int) -> torch.Tensor:
+    """The value at ``index`` (0-based) of ``flat`` sorted ascending."""
+    return torch.kthvalue(flat, index + 1).values
+
+
+def arcee_fusion(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    model_params: Sequence[Params],
+    global_params: Params,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``b + d * [importance >= median + 1.5 IQR]`` with ``importance = |d| * KL(p || q)``
+    per vector along the last dim; see the module docstring."""
+    if base is None:
+        raise ValueError("arcee_fusion needs a base tensor")
+    if not tensors:
+        return base
+    _one_donor("arcee_fusion", tensors)
+    other = tensors[0]
+    p = torch.softmax(other, dim=-1).add_(FUSION_SOFTMAX_EPS)
+    q = torch.softmax(base, dim=-1).add_(FUSION_SOFTMAX_EPS)
+    kl = p.div(q).log_().mul_(p).sum(dim=-1, keepdim=True)
+    del p, q
+    delta = other.sub_(base)
+    importance = delta.abs().mul_(kl).view(-1)
+    n = importance.numel()
+    median = sorted_value(importance, (n - 1) // 2)
+    q1 = sorted_value(importance, (n - 1) // 4)
+    q3 = sorted_value(importance, 3 * (n - 1) // 4)
+    threshold = median + 1.5 * (q3 - q1)
+    keep = importance.ge_(threshold).view(delta.shape)
+    return delta.mul_(keep).add_(base)
+
+
+# --- the table -----------------------------------------------------------------------------
+
+SPECS: tuple[MethodSpec, ...] = (
+    MethodSpec(
+        name="sce",
+        needs_base=True,
+        global_params=MappingProxyType({"select_topk": 1.0, "int8_mask": False}),
+        model_params=MappingProxyType({}),
+        merge=sce,
+    ),
+    MethodSpec(
+        name="nearswap",
+        needs_base=True,
+        global_params=MappingProxyType({"t": REQUIRED}),
+        model_params=MappingProxyType({}),
+        merge=nearswap,
+        chunkable=always_chunkable,
+        min_donors=1,
+        max_donors=1,
+    ),
+    MethodSpec(
+        name="ram",
+        needs_base=True,
+        global_params=MappingProxyType({"epsilon": 1e-5}),
+        model_params=MappingProxyType({}),
+        merge=ram,
+        chunkable=always_chunkable,
+    ),
+    MethodSpec(
+        name="ramplus_tl",
+        needs_base=True,
+        global_params=MappingProxyType({"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}),
+        model_params=MappingProxyType({}),
+        merge=ramplus_tl,
+    ),
+    MethodSpec(
+        name="arcee_fusion",
+        needs_base=True,
+        global_params=MappingProxyType({}),
+        model_params=MappingProxyType({}),
+        merge=arcee_fusion,
+        min_donors=1,
+        max_donors=1,
+    ),
+)
+"""The selective methods (mergekit's names, parameters and defaults)."""
