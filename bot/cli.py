@@ -70,11 +70,213 @@ def add_localhub_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_localhub)
 
 
+def _configure_logging(level: str) -> None:
+    """The bot's own log lines to stderr; the Hub client's request lines only when debugging."""
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    if level != "debug":
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+def _settings_or_exit(command: str):
+    from .settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"mergebot {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    settings = _settings_or_exit("serve")
+    if settings is None:
+        return 2
+    print(
+        f"mergebot serving on http://{args.host}:{args.port} with {args.workers} worker(s), "
+        f"state in {settings.home}",
+        file=sys.stderr,
+    )
+    _configure_logging(args.log_level)
+    serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    return 0
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the bot: REST API, Hub webhook and workers in one process",
+        description="Configuration comes from the environment: HF_ENDPOINT, HF_TOKEN, "
+        "WEBHOOK_SECRET, MERGEBOT_HOME, MERGEBOT_PUBLIC_URL, MERGEBOT_NAMESPACE (see "
+        "bot/settings.py for the limits).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--workers", type=int, default=1, help="in-process workers (0: none)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from .server import run_worker_process
+
+    settings = _settings_or_exit("worker")
+    if settings is None:
+        return 2
+    _configure_logging("info")
+    run_worker_process(settings, args.workers)
+    return 0
+
+
+def add_worker_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run extra workers against the state of a running `mergebot serve`",
+        description="Uses the same environment as `mergebot serve` (MERGEBOT_HOME above all).",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker threads")
+    parser.set_defaults(run=_run_worker)
+
+
+def _call_api(method: str, url: str, token: str | None, body: dict | None = None):
+    """(status, JSON answer) of one request to a running `mergebot serve`."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data, headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {"error": f"HTTP {exc.code}"}
+
+
+def _print_api_error(command: str, status: int, answer: dict) -> int:
+    for item in answer.get("errors") or []:
+        where = f"{item.get('loc')}: " if item.get("loc") else ""
+        print(f"mergebot {command}: {where}{item.get('msg')}", file=sys.stderr)
+    if answer.get("error"):
+        print(f"mergebot {command}: {answer['error']} (HTTP {status})", file=sys.stderr)
+    return 2 if status in (400, 413, 422) else 1
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    import time
+
+    settings = _settings_or_exit("submit")
+    if settings is None:
+        return 2
+    try:
+        text = args.recipe.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"mergebot submit: cannot read {args.recipe}: {exc}", file=sys.stderr)
+        return 2
+    url = (args.url or settings.server_url).rstrip("/")
+    body = {"recipe": text, "repo_id": args.repo, "private": args.private, "watch": args.watch}
+    try:
+        status, answer = _call_api("POST", f"{url}/api/recipes", settings.token, body)
+        if status != 201:
+            return _print_api_error("submit", status, answer)
+        print(answer["job_id"])
+        print(f"recipe {answer['recipe_id']} -> {answer['repo_id']}", file=sys.stderr)
+        while args.wait:
+            status, job = _call_api("GET", f"{url}/api/jobs/{answer['job_id']}", settings.token)
+            if status == 200 and job["status"] in ("succeeded", "failed", "skipped"):
+                print(
+                    f"{job['status']}: {job.get('commit') or job.get('error') or ''}",
+                    file=sys.stderr,
+                )
+                return 0 if job["status"] != "failed" else 1
+            time.sleep(1)
+    except OSError as exc:
+        print(f"mergebot submit: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    parser = subparsers.add_parser(
+        "submit",
+        help="submit a recipe to a running `mergebot serve`; prints the job id",
+        description="The token is HF_TOKEN; the server is --url or MERGEBOT_URL.",
+    )
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument(
+        "--repo",
+        metavar="OWNER/NAME",
+        help="target repo (default: the bot's namespace and the recipe's name)",
+    )
+    parser.add_argument("--watch", action="store_true", help="remerge when a source changes")
+    parser.add_argument("--private", action="store_true", help="make the merged repo private")
+    parser.add_argument("--wait", action="store_true", help="wait until the job ends")
+    parser.add_argument("--url", help="the server (default MERGEBOT_URL or :7860)")
+    parser.set_defaults(run=_run_submit)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import json
+
+    settings = _settings_or_exit("status")
+    if settings is None:
+        return 2
+    url = (args.url or settings.server_url).rstrip("/")
+    try:
+        status, job = _call_api("GET", f"{url}/api/jobs/{args.job}", settings.token)
+    except OSError as exc:
+        print(f"mergebot status: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        return _print_api_error("status", status, job)
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    progress = f" {job['progress']:.0%}" if job.get("progress") is not None else ""
+    print(
+        f"job {job['id']} ({job['repo_id']}): {job['status']}"
+        f" [{job.get('stage') or '-'}{progress}], attempt {job['attempts']}"
+    )
+    for key in ("trigger", "commit", "error"):
+        if job.get(key):
+            print(f"  {key}: {job[key]}")
+    for repo, sha in (job.get("source_shas") or {}).items():
+        print(f"  source {repo}@{sha}")
+    for line in job.get("log") or []:
+        print(f"  | {line}")
+    return 0
+
+
+def add_status_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("status", help="show a job of a running `mergebot serve`")
+    parser.add_argument("job", type=int)
+    parser.add_argument("--url", help="the server (default MERGEBOT_URL or :7860)")
+    parser.add_argument("--json", action="store_true", help="print the job as JSON")
+    parser.set_defaults(run=_run_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergebot", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_localhub_parser(subparsers)
     add_merge_parser(subparsers)
+    add_serve_parser(subparsers)
+    add_worker_parser(subparsers)
+    add_submit_parser(subparsers)
+    add_status_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,456 @@
+"""The REST API under ``/api`` (used by the UI and ``mergebot submit``/``status``).
+
+    POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?} → 201
+                                    {"recipe_id", "job_id", "repo_id"}
+    GET  /api/recipes?owner=NAME    recipes, newest first
+    GET  /api/recipes/{id}          a recipe with its latest jobs
+    POST /api/recipes/{id}/remerge  {"force"?: bool} → 202 {"job_id", "absorbed"}
+    DELETE /api/recipes/{id}        stop watching and forget the recipe (jobs are kept)
+    GET  /api/jobs/{id}             status, stage, progress, SHAs, commit, error, log tail
+
+Writes need ``Authorization: Bearer <hub token>``, checked with ``whoami`` on the Hub
+(missing or invalid → 401). A recipe and its jobs are public unless the recipe is private:
+then only its owner sees it (others get 404). Errors are ``{"error": "<one sentence>"}``;
+a recipe the engine refuses is 422 ``{"errors": [{"loc", "msg"}]}``.
+
+Submission checks, in order: token (401), body (400/413), recipe syntax and Hub-only
+sources (422), limits on models and parameters (422), target repo (422 malformed, 403 the
+bot cannot write it, 409 another owner's recipe publishes there), preflight from headers
+with the *submitter's* token (422), the bot's token can read every source (422), jobs per
+owner (429). The bot writes to its own namespace and to orgs its whoami lists (with a role
+other than "read"); it never writes to a user's namespace other than its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from merge_engine.api import validate
+from merge_engine.errors import InputError, MergeEngineError, RecipeError
+from merge_engine.recipe import Recipe, parse_recipe
+from merge_engine.sources import HubAccess
+
+from . import queue
+from .settings import Settings
+from .store import Store
+from .webhooks import read_body
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status and JSON body."""
+
+    def __init__(self, status: int, message: str | None = None, *, errors: list | None = None):
+        super().__init__(message or "invalid recipe")
+        self.status = status
+        self.body = {"errors": errors} if errors is not None else {"error": message}
+
+
+def recipe_errors(*items: tuple[str, str]) -> ApiError:
+    return ApiError(422, errors=[{"loc": loc, "msg": msg} for loc, msg in items])
+
+
+@dataclass
+class HubGate:
+    """Who is calling, and who the bot is (its whoami, fetched once and kept)."""
+
+    settings: Settings
+    _bot: dict | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def user(self, token: str | None) -> str:
+        """The Hub user name of ``token``; ApiError 401 when missing or invalid."""
+        if not token:
+            raise ApiError(401, "missing 'Authorization: Bearer <hub token>' header")
+        return self._whoami(token, "the token")["name"]
+
+    def bot(self) -> dict:
+        with self._lock:
+            if self._bot is None:
+                if not self.settings.token:
+                    raise ApiError(503, "the bot has no HF_TOKEN configured")
+                self._bot = self._whoami(self.settings.token, "the bot's token")
+            return self._bot
+
+    def _whoami(self, token: str, whose: str) -> dict:
+        try:
+            return HfApi(endpoint=self.settings.endpoint).whoami(token)
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status in (401, 403):
+                raise ApiError(401, f"{whose} is not a valid Hub token") from None
+            raise ApiError(502, f"could not check {whose} with the Hub (HTTP {status})") from None
+        except OSError as exc:
+            raise ApiError(502, f"could not reach the Hub to check {whose}: {exc}") from None
+
+    def namespace(self) -> str:
+        """Where merged repos go by default."""
+        return self.settings.namespace or self.bot()["name"]
+
+    def check_writable(self, repo_id: str) -> None:
+        """ApiError 403 unless the bot may create/push ``repo_id``."""
+        namespace = repo_id.split("/", 1)[0]
+        bot = self.bot()
+        if namespace == bot["name"]:
+            return
+        for org in bot.get("orgs") or []:
+            if org.get("name") == namespace and org.get("roleInOrg") != "read":
+                return
+        raise ApiError(
+            403,
+            f"the bot ({bot['name']}) cannot write to the namespace {namespace!r}; publish to "
+            f"{self.namespace()!r} or to an organization the bot belongs to",
+        )
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the API needs; kept on ``app.state.services``."""
+
+    settings: Settings
+    store: Store
+    hub: HubGate
+    after_submit: Callable[[], None] = lambda: None
+    """Run in the background after a recipe changes (e.g. reconcile Hub webhooks)."""
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+async def _json(request: Request, limit: int) -> dict:
+    raw = await read_body(request, limit)
+    if raw is None:
+        raise ApiError(413, f"the request body is larger than {limit} bytes")
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def _endpoint(fn):
+    """Turn ApiError into its JSON answer."""
+
+    async def wrapper(request: Request) -> JSONResponse:
+        try:
+            return await fn(request)
+        except ApiError as exc:
+            return JSONResponse(exc.body, status_code=exc.status)
+
+    return wrapper
+
+
+# submission -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    recipe_text: str
+    repo_id: str | None
+    private: bool
+    watch: bool
+
+
+def parse_submission(body: dict, settings: Settings) -> Submission:
+    """Field types and the recipe size limit."""
+    text = body.get("recipe")
+    if not isinstance(text, str) or not text.strip():
+        raise recipe_errors(("recipe", "'recipe' must be the recipe's YAML text"))
+    size = len(text.encode())
+    if size > settings.max_recipe_bytes:
+        raise ApiError(413, f"the recipe is {size} bytes; the limit is {settings.max_recipe_bytes}")
+    repo_id = body.get("repo_id")
+    if repo_id is not None and not isinstance(repo_id, str):
+        raise recipe_errors(("repo_id", "'repo_id' must be a string like 'owner/name'"))
+    for flag in ("private", "watch"):
+        if not isinstance(body.get(flag, False), bool):
+            raise recipe_errors((flag, f"'{flag}' must be true or false"))
+    return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False))
+
+
+def hub_sources(recipe: Recipe) -> list[str]:
+    """The Hub repo ids the recipe reads; 422 for any local path."""
+    found: list[str] = []
+    problems = []
+    for model in recipe.inputs():
+        loc = model.loc if model.loc == "base_model" else f"{model.loc}.model"
+        for ref in (model.ref, model.ref.lora):
+            if ref is None:
+                continue
+            if ref.is_local:
+                problems.append(
+                    (
+                        loc,
+                        f"{ref.path!r} is a local path; the bot merges Hub "
+                        "repos only (use 'owner/name')",
+                    )
+                )
+            elif ref.path not in found:
+                found.append(ref.path)
+    if problems:
+        raise recipe_errors(*problems)
+    return found
+
+
+def target_repo(sub: Submission, recipe: Recipe, hub: HubGate) -> str:
+    """``owner/name``: as given, ``name`` in the default namespace, or the recipe's name."""
+    name = sub.repo_id or recipe.name
+    if not name:
+        raise recipe_errors(("repo_id", "give 'repo_id' (or a 'name' in the recipe)"))
+    if "/" not in name:
+        if not _NAME.match(name):
+            raise recipe_errors(("repo_id", f"{name!r} is not a valid repo name"))
+        name = f"{hub.namespace()}/{name}"
+    if not _REPO_ID.match(name) or "--" in name or ".." in name:
+        raise recipe_errors(("repo_id", f"{name!r} is not a valid repo id like 'owner/name'"))
+    return name
+
+
+def preflight(recipe_text: str, settings: Settings, token: str) -> None:
+    """Headers-only validation with the submitter's token, plus the parameter limit."""
+    try:
+        plan = validate(recipe_text, access=HubAccess(endpoint=settings.endpoint, token=token))
+    except RecipeError as exc:
+        raise recipe_errors((exc.loc, exc.msg)) from None
+    except InputError as exc:
+        raise recipe_errors(("", str(exc))) from None
+    except MergeEngineError as exc:
+        raise ApiError(502, f"could not check the recipe against the Hub: {exc}") from None
+    total = plan.parameter_count * max(len(plan.sources), 1)
+    if total > settings.max_parameters:
+        raise recipe_errors(
+            (
+                "",
+                f"the merge reads {total:,} parameters ({len(plan.sources)} models of "
+                f"{plan.parameter_count:,}); the limit is {settings.max_parameters:,}",
+            )
+        )
+
+
+def check_bot_can_read(sources: list[str], settings: Settings) -> None:
+    """422 when the bot's token cannot see a source (it reads them when merging)."""
+    api = HfApi(endpoint=settings.endpoint, token=settings.token)
+    for repo in sources:
+        try:
+            api.model_info(repo)
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status in (401, 403, 404):
+                raise recipe_errors(
+                    ("", f"the bot cannot read {repo}; make it public or give the bot access")
+                ) from None
+            raise ApiError(502, f"could not look up {repo} on the Hub (HTTP {status})") from None
+
+
+def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
+    """The whole POST /api/recipes check-and-queue (blocking; run in a thread)."""
+    settings, store, hub = services.settings, services.store, services.hub
+    user = hub.user(token)
+    sub = parse_submission(body, settings)
+    try:
+        recipe = parse_recipe(sub.recipe_text)
+    except RecipeError as exc:
+        raise recipe_errors((exc.loc, exc.msg)) from None
+    sources = hub_sources(recipe)
+    if len(recipe.inputs()) > settings.max_models:
+        raise recipe_errors(
+            (
+                "models",
+                f"the recipe has {len(recipe.inputs())} models; the limit is {settings.max_models}",
+            )
+        )
+    repo_id = target_repo(sub, recipe, hub)
+    hub.check_writable(repo_id)
+    with store.read() as db:
+        existing = store.recipe_for_repo(db, repo_id)
+    if existing is not None and existing.owner != user:
+        raise ApiError(409, f"{repo_id} is already published by another user's recipe")
+    preflight(sub.recipe_text, settings, token)
+    check_bot_can_read(sources, settings)
+    with store.write() as db:
+        if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
+            raise ApiError(
+                429,
+                f"you have {settings.max_queued_per_owner} jobs queued or running; "
+                "wait for one to finish",
+            )
+        existing = store.recipe_for_repo(db, repo_id)
+        if existing is not None and existing.owner != user:
+            raise ApiError(409, f"{repo_id} is already published by another user's recipe")
+        fields = {
+            "yaml": sub.recipe_text,
+            "private": sub.private,
+            "watch": sub.watch,
+            "sources": sources,
+        }
+        if existing is None:
+            recipe_id = store.add_recipe(db, owner=user, repo_id=repo_id, **fields)
+            trigger = f"submitted by @{user}"
+        else:
+            recipe_id = existing.id
+            store.replace_recipe(db, recipe_id, **fields)
+            trigger = f"recipe updated by @{user}"
+        job_id, _ = queue.enqueue(db, recipe_id, user, trigger, force=True)
+    return {"recipe_id": recipe_id, "job_id": job_id, "repo_id": repo_id}
+
+
+# endpoints --------------------------------------------------------------------------
+
+
+@_endpoint
+async def post_recipe(request: Request) -> JSONResponse:
+    services = _services(request)
+    body = await _json(request, services.settings.max_recipe_bytes * 2 + 4096)
+    result = await run_in_threadpool(submit_recipe, services, _bearer(request), body)
+    return JSONResponse(result, status_code=201, background=BackgroundTask(services.after_submit))
+
+
+def _viewer(services: Services, request: Request) -> str | None:
+    """The caller's user name when a token is given, else None (anonymous)."""
+    token = _bearer(request)
+    return services.hub.user(token) if token else None
+
+
+def _visible_recipe(services: Services, request: Request, recipe_id: int):
+    recipe = services.store.get_recipe(recipe_id)
+    if recipe is None or (recipe.private and _viewer(services, request) != recipe.owner):
+        raise ApiError(404, f"recipe {recipe_id} not found")
+    return recipe
+
+
+def _int_param(request: Request, name: str) -> int:
+    raw = request.path_params[name]
+    if not raw.isdigit():
+        raise ApiError(404, f"{name} must be a number")
+    return int(raw)
+
+
+@_endpoint
+async def get_recipe(request: Request) -> JSONResponse:
+    services = _services(request)
+    recipe_id = _int_param(request, "id")
+
+    def load() -> dict:
+        recipe = _visible_recipe(services, request, recipe_id)
+        jobs = services.store.recipe_jobs(recipe.id)
+        return {**recipe.to_api(), "jobs": [j.to_api() for j in jobs]}
+
+    return JSONResponse(await run_in_threadpool(load))
+
+
+@_endpoint
+async def list_recipes(request: Request) -> JSONResponse:
+    services = _services(request)
+    owner = request.query_params.get("owner") or None
+
+    def load() -> list[dict]:
+        viewer = _viewer(services, request) if _bearer(request) else None
+        recipes = services.store.list_recipes(owner)
+        return [r.to_api() for r in recipes if not r.private or r.owner == viewer]
+
+    return JSONResponse({"recipes": await run_in_threadpool(load)})
+
+
+@_endpoint
+async def remerge(request: Request) -> JSONResponse:
+    services = _services(request)
+    recipe_id = _int_param(request, "id")
+    body = await _json(request, 4096)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise ApiError(400, "'force' must be true or false")
+
+    def run() -> dict:
+        user = services.hub.user(_bearer(request))
+        store, settings = services.store, services.settings
+        with store.write() as db:
+            recipe = store.get_recipe(recipe_id, db)
+            if recipe is None or recipe.deleted or (recipe.private and recipe.owner != user):
+                raise ApiError(404, f"recipe {recipe_id} not found")
+            if recipe.owner != user:
+                raise ApiError(403, "only the recipe's owner can ask for a remerge")
+            if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
+                raise ApiError(
+                    429,
+                    f"you have {settings.max_queued_per_owner} jobs queued or "
+                    "running; wait for one to finish",
+                )
+            job_id, absorbed = queue.enqueue(
+                db, recipe.id, user, f"remerge asked by @{user}", force=force
+            )
+        return {"job_id": job_id, "absorbed": absorbed}
+
+    return JSONResponse(await run_in_threadpool(run), status_code=202)
+
+
+@_endpoint
+async def delete_recipe(request: Request) -> JSONResponse:
+    services = _services(request)
+    recipe_id = _int_param(request, "id")
+
+    def run() -> dict:
+        user = services.hub.user(_bearer(request))
+        store = services.store
+        with store.write() as db:
+            recipe = store.get_recipe(recipe_id, db)
+            if recipe is None or recipe.deleted or (recipe.private and recipe.owner != user):
+                raise ApiError(404, f"recipe {recipe_id} not found")
+            if recipe.owner != user:
+                raise ApiError(403, "only the recipe's owner can delete it")
+            store.delete_recipe(db, recipe.id)
+        return {"deleted": recipe_id}
+
+    result = await run_in_threadpool(run)
+    return JSONResponse(result, background=BackgroundTask(services.after_submit))
+
+
+@_endpoint
+async def get_job(request: Request) -> JSONResponse:
+    services = _services(request)
+    job_id = _int_param(request, "id")
+
+    def load() -> dict:
+        job = services.store.get_job(job_id)
+        if job is None:
+            raise ApiError(404, f"job {job_id} not found")
+        recipe = _visible_recipe(services, request, job.recipe_id)
+        return {**job.to_api(), "repo_id": recipe.repo_id, "log": services.store.log_tail(job.id)}
+
+    return JSONResponse(await run_in_threadpool(load))
+
+
+ROUTES = [
+    Route("/recipes", post_recipe, methods=["POST"]),
+    Route("/recipes", list_recipes, methods=["GET"]),
+    Route("/recipes/{id}", get_recipe, methods=["GET"]),
+    Route("/recipes/{id}", delete_recipe, methods=["DELETE"]),
+    Route("/recipes/{id}/remerge", remerge, methods=["POST"]),
+    Route("/jobs/{id}", get_job, methods=["GET"]),
+]

@@ -1,0 +1,124 @@
+"""The bot as one ASGI app: REST API, Hub webhook, health check, workers, and a UI slot.
+
+    app = create_app(Settings.from_env(), workers=2)      # uvicorn bot.server:app style
+    serve(settings, host="127.0.0.1", port=7860, workers=1)
+
+Routes: ``/api/...`` (:mod:`bot.api`), ``POST /webhooks/hub`` (:mod:`bot.webhooks`),
+``GET /healthz``, and whatever ``ui(settings, services)`` returns mounted at ``/`` (the
+Gradio UI plugs in there). The lifespan migrates the database, starts ``workers`` worker
+threads (0 for an API-only process) and stops them on shutdown; a merge in progress at
+shutdown is abandoned to its lease, and another worker picks it up after it expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
+
+from . import api, queue
+from .settings import Settings
+from .store import Store
+from .webhooks import hub_webhook
+from .worker import WebhookSync, run_workers
+
+log = logging.getLogger(__name__)
+
+UiFactory = Callable[[Settings, "api.Services"], ASGIApp]
+STOP_TIMEOUT = 5.0
+
+
+async def healthz(request: Request) -> JSONResponse:
+    store: Store = request.app.state.store
+
+    def counts() -> dict:
+        return {status: store.count_jobs(status) for status in queue.ACTIVE}
+
+    threads = request.app.state.worker_threads
+    return JSONResponse(
+        {
+            "ok": True,
+            "jobs": await run_in_threadpool(counts),
+            "workers": sum(t.is_alive() for t in threads),
+        }
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, workers: int = 1, ui: UiFactory | None = None
+) -> Starlette:
+    """The app; see the module docstring."""
+    settings = settings or Settings.from_env()
+    store = Store(settings.db_path)
+    sync = WebhookSync(settings, store)
+    services = api.Services(settings, store, api.HubGate(settings), after_submit=sync.run)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(store.migrate)
+        if not sync.enabled:
+            log.warning(
+                "Hub webhooks are not registered: set MERGEBOT_PUBLIC_URL, "
+                "WEBHOOK_SECRET and HF_TOKEN to remerge when sources change"
+            )
+        stop = threading.Event()
+        app.state.worker_threads = run_workers(settings, workers, stop, store=store, sync=sync)
+        log.info("mergebot serving with %d worker(s), state in %s", workers, settings.home)
+        try:
+            yield
+        finally:
+            stop.set()
+            for thread in app.state.worker_threads:
+                await run_in_threadpool(thread.join, STOP_TIMEOUT)
+
+    routes: list[BaseRoute] = [
+        Mount("/api", routes=api.ROUTES),
+        Route("/webhooks/hub", hub_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    if ui is not None:
+        routes.append(Mount("/", app=ui(settings, services)))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.services = services
+    app.state.worker_threads = []
+    return app
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    workers: int = 1,
+    ui: UiFactory | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM)."""
+    app = create_app(settings, workers=workers, ui=ui)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+
+
+def run_worker_process(settings: Settings, count: int = 1) -> None:
+    """``mergebot worker``: ``count`` workers against the shared state until SIGINT/SIGTERM."""
+    store = Store(settings.db_path)
+    store.migrate()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    threads = run_workers(settings, count, stop, store=store)
+    while not stop.wait(0.5):
+        pass
+    for thread in threads:
+        thread.join(STOP_TIMEOUT)

@@ -1,0 +1,117 @@
+"""All of the bot's configuration, read once from the environment into one frozen object.
+
+    settings = Settings.from_env()          # or Settings.from_env({"MERGEBOT_HOME": ...})
+
+Variables (all optional; limits have defaults):
+    HF_ENDPOINT              the Hub (default https://huggingface.co)
+    HF_TOKEN                 the bot's token: writes merged repos, reads sources, webhooks
+    WEBHOOK_SECRET           the secret the Hub sends as X-Webhook-Secret
+    MERGEBOT_HOME            state (bot.sqlite3) and work dirs (default ./mergebot-home)
+    MERGEBOT_PUBLIC_URL      the URL the Hub calls back (webhooks are registered only if set)
+    MERGEBOT_NAMESPACE       where merged repos go by default (default: the bot's user name)
+    MERGEBOT_URL             where `mergebot submit`/`status` find a running server
+                             (default http://127.0.0.1:7860)
+    MERGEBOT_MAX_RECIPE_BYTES, MERGEBOT_MAX_MODELS, MERGEBOT_MAX_PARAMETERS,
+    MERGEBOT_MAX_QUEUED_PER_OWNER, MERGEBOT_LEASE_SECONDS, MERGEBOT_MAX_ATTEMPTS,
+    MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
+    MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
+
+Tokens and the secret never appear in ``repr``. Nothing else in the bot reads env vars.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the bot cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The bot's configuration; see the module docstring for the variables."""
+
+    home: Path = Path("mergebot-home")
+    endpoint: str = DEFAULT_ENDPOINT
+    token: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+    namespace: str | None = None
+    server_url: str = "http://127.0.0.1:7860"
+    max_recipe_bytes: int = 64 * 1024
+    max_models: int = 16
+    max_parameters: int = 400_000_000_000
+    """Total parameters read by one merge: the merged model's count times its inputs."""
+    max_queued_per_owner: int = 5
+    """Jobs an owner may have queued or running at once."""
+    lease_seconds: float = 60.0
+    max_attempts: int = 5
+    backoff_seconds: float = 5.0
+    """First retry delay; attempt n waits backoff * 2**(n-1), at most 1 hour."""
+    poll_seconds: float = 1.0
+    """How often an idle worker looks for work."""
+    webhook_sync_seconds: float = 60.0
+    """How often workers reconcile the Hub webhooks with the watched recipes."""
+    device: str = "auto"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "bot.sqlite3"
+
+    @property
+    def work_root(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def webhook_url(self) -> str | None:
+        """Where the Hub should POST events, or None when no public URL is set."""
+        return f"{self.public_url}/webhooks/hub" if self.public_url else None
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a running job renews its lease and records its progress."""
+        return max(min(self.lease_seconds / 4, 2.0), 0.05)
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retrying after failed attempt number ``attempt`` (1-based)."""
+        return min(self.backoff_seconds * 2 ** max(attempt - 1, 0), 3600.0)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Read the variables from ``env`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict = {
+            "home": Path(env.get("MERGEBOT_HOME") or "mergebot-home"),
+            "endpoint": (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+            "token": env.get("HF_TOKEN") or None,
+            "webhook_secret": env.get("WEBHOOK_SECRET") or None,
+            "public_url": (env.get("MERGEBOT_PUBLIC_URL") or "").rstrip("/") or None,
+            "namespace": env.get("MERGEBOT_NAMESPACE") or None,
+            "server_url": (env.get("MERGEBOT_URL") or "http://127.0.0.1:7860").rstrip("/"),
+            "device": env.get("MERGEBOT_DEVICE") or "auto",
+        }
+        numeric = {f.name: f.type for f in fields(cls) if f.type in ("int", "float")}
+        for name, kind in numeric.items():
+            raw = env.get(f"MERGEBOT_{name.upper()}")
+            if raw:
+                values[name] = _number(
+                    f"MERGEBOT_{name.upper()}", raw, int if kind == "int" else float
+                )
+        values.update(overrides)
+        return cls(**values)
+
+
+def _number(name: str, raw: str, kind: type) -> int | float:
+    try:
+        value = kind(raw.replace("_", ""))
+    except ValueError:
+        raise SettingsError(f"{name} must be a positive number, not {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be a positive number, not {raw!r}")
+    return value

@@ -1,0 +1,330 @@
+"""Workers: claim a job, merge and publish it, record the outcome; and Hub webhook upkeep.
+
+Contracts of :meth:`Worker.process`:
+- While a job runs, a heartbeat thread extends its lease every ``lease/4`` seconds and
+  records the stage and progress. A worker killed at any point loses nothing: its lease
+  expires, another worker claims the job and starts it again, and ``job_key="job-N"``
+  makes ``merge_and_publish`` reuse a commit the dead attempt already made, so the target
+  repo gets exactly one commit per job.
+- Unless the job is forced, a recipe whose sources' current SHAs equal those of its last
+  good merge ends ``skipped`` without downloading anything.
+- Recipe or source problems (merge_engine ``InputError``) fail the job at once; a
+  ``SourceError`` also marks the recipe broken with the reason. Transient failures are
+  retried with exponential backoff until ``max_attempts``; anything else fails the job
+  with one sentence (the traceback goes to the process log, not to the user).
+- The work dir ``MERGEBOT_HOME/work/job-N`` is emptied before and removed after.
+
+:class:`WebhookSync` makes the bot's Hub webhooks (those pointing at its public URL) match
+the sources of live watched recipes: one webhook per source repo, created when missing,
+deleted when no recipe needs it. It runs after submissions and periodically in workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+from merge_engine.errors import InputError, SourceError
+
+from . import queue
+from .errors import is_transient
+from .publish import PublishRequest, PublishResult, merge_and_publish, resolve_revisions
+from .settings import Settings
+from .store import Job, Recipe, Store
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[..., PublishResult]
+Resolve = Callable[..., dict]
+
+
+def worker_name() -> str:
+    """A name unique to this thread of this process on this host."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseKeeper:
+    """Heartbeats a job's lease from a thread; ``report`` is the merge's progress callback."""
+
+    def __init__(self, settings: Settings, store: Store, job: Job, worker: str) -> None:
+        self._settings, self._store, self._job, self._worker = settings, store, job, worker
+        self._stage: str | None = None
+        self._progress: float | None = None
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-job-{job.id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, stage: str, fraction: float) -> None:
+        if stage != self._stage:
+            self._store.append_log(self._job.id, f"stage: {stage}")
+        self._stage, self._progress = stage, round(float(fraction), 4)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._settings.heartbeat_seconds):
+            try:
+                held = queue.heartbeat(
+                    self._store,
+                    self._job.id,
+                    self._worker,
+                    lease=self._settings.lease_seconds,
+                    stage=self._stage,
+                    progress=self._progress,
+                )
+            except Exception:  # a locked or busy database must not kill the heartbeat
+                log.exception("heartbeat of job %s failed", self._job.id)
+                continue
+            if not held:
+                self.lost.set()
+                return
+
+
+@dataclass
+class Worker:
+    """Runs jobs from the queue; ``publish`` and ``resolve`` are seams for tests."""
+
+    settings: Settings
+    store: Store
+    name: str = field(default_factory=worker_name)
+    publish: Publish = merge_and_publish
+    resolve: Resolve = resolve_revisions
+    webhooks: WebhookSync | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Process jobs until ``stop`` is set (a running job is finished first)."""
+        log.info("worker %s started", self.name)
+        next_sync = 0.0
+        while not stop.is_set():
+            if self.webhooks is not None and time.monotonic() >= next_sync:
+                self.webhooks.run()
+                next_sync = time.monotonic() + self.settings.webhook_sync_seconds
+            try:
+                job = self.run_once()
+            except Exception:  # the loop survives a broken database moment
+                log.exception("worker %s: claiming failed", self.name)
+                job = None
+            if job is None:
+                stop.wait(self.settings.poll_seconds)
+        log.info("worker %s stopped", self.name)
+
+    def run_once(self) -> Job | None:
+        """Claim and process one job; the claimed job (before processing), or None."""
+        job = queue.claim(
+            self.store,
+            self.name,
+            lease=self.settings.lease_seconds,
+            max_attempts=self.settings.max_attempts,
+        )
+        if job is not None:
+            self.process(job)
+        return job
+
+    def process(self, job: Job) -> None:
+        recipe = self.store.get_recipe(job.recipe_id)
+        if recipe is None or recipe.deleted:
+            self.store.append_log(job.id, "the recipe was deleted")
+            self._finish(job, queue.SKIPPED)
+            return
+        work_dir = self.settings.work_root / f"job-{job.id}"
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        try:
+            with LeaseKeeper(self.settings, self.store, job, self.name) as lease:
+                self._run_job(job, recipe, work_dir, lease)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _run_job(self, job: Job, recipe: Recipe, work_dir: Path, lease: LeaseKeeper) -> None:
+        settings = self.settings
+        try:
+            if not job.force and recipe.last_shas is not None:
+                current = self.resolve(
+                    recipe.yaml, endpoint=settings.endpoint, token=settings.token
+                )
+                if current == recipe.last_shas:
+                    self.store.append_log(job.id, "the sources are unchanged since the last merge")
+                    self._finish(job, queue.SKIPPED, source_shas=current)
+                    return
+            result = self.publish(
+                PublishRequest(
+                    recipe_text=recipe.yaml,
+                    repo_id=recipe.repo_id,
+                    token=settings.token or "",
+                    work_dir=work_dir,
+                    endpoint=settings.endpoint,
+                    private=recipe.private,
+                    trigger=_commit_title(job),
+                    provenance=_provenance(job, recipe),
+                    job_key=f"job-{job.id}",
+                    device=settings.device,
+                ),
+                lease.report,
+            )
+        except InputError as exc:
+            self._finish(
+                job,
+                queue.FAILED,
+                error=str(exc),
+                broken=str(exc) if isinstance(exc, SourceError) else None,
+            )
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            if is_transient(exc) and job.attempts < settings.max_attempts:
+                delay = settings.backoff(job.attempts)
+                if not queue.retry_later(self.store, job.id, self.name, error=message, delay=delay):
+                    log.warning("job %s: lease lost before it could be retried", job.id)
+                return
+            if not is_transient(exc):
+                log.exception("job %s failed", job.id)
+            self._finish(job, queue.FAILED, error=message)
+        else:
+            if lease.lost.is_set():
+                self.store.append_log(job.id, f"{self.name}: lease was lost during the merge")
+            verb = "reused existing commit" if result.reused_commit else "committed"
+            self.store.append_log(job.id, f"{verb} {result.commit_sha} to {result.repo_id}")
+            self._finish(
+                job,
+                queue.SUCCEEDED,
+                source_shas=result.revisions,
+                commit=result.commit_sha,
+                success=True,
+            )
+
+    def _finish(
+        self,
+        job: Job,
+        status: str,
+        *,
+        source_shas: dict | None = None,
+        commit: str | None = None,
+        error: str | None = None,
+        broken: str | None = None,
+        success: bool = False,
+    ) -> None:
+        """Record the outcome (and the recipe's new state) in one transaction."""
+        with self.store.write() as db:
+            held = queue.finish(
+                self.store,
+                job.id,
+                self.name,
+                status,
+                source_shas=source_shas,
+                commit=commit,
+                error=error,
+                db=db,
+            )
+            if not held:
+                log.warning("job %s: lease lost; outcome %s not recorded", job.id, status)
+                return
+            if success and source_shas is not None:
+                self.store.record_success(db, job.recipe_id, source_shas, commit)
+            if broken is not None:
+                self.store.set_broken(db, job.recipe_id, broken)
+
+
+def _commit_title(job: Job) -> str:
+    """The commit's first line: what caused this version."""
+    title = job.trigger[0].upper() + job.trigger[1:]
+    if job.triggers > 1:
+        title += f" (+{job.triggers - 1} more)"
+    return title
+
+
+def _provenance(job: Job, recipe: Recipe) -> str:
+    return (
+        f"Merged by mergebot for @{recipe.owner} (recipe {recipe.id}, job {job.id}). "
+        f"Trigger: {job.trigger}."
+        + (" Rebuilt automatically when a source's `main` moves." if recipe.watch else "")
+    )
+
+
+@dataclass
+class WebhookSync:
+    """Reconciles the bot's Hub webhooks with the watched sources; see module docstring."""
+
+    settings: Settings
+    store: Store
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def enabled(self) -> bool:
+        s = self.settings
+        return bool(s.webhook_url and s.webhook_secret and s.token)
+
+    def run(self) -> dict[str, list[str]]:
+        """Create and delete webhooks; {"created": [repo...], "deleted": [repo...]}."""
+        done: dict[str, list[str]] = {"created": [], "deleted": []}
+        if not self.enabled:
+            return done
+        with self._lock:
+            try:
+                self._reconcile(done)
+            except Exception as exc:  # retried at the next run
+                log.warning("could not update the Hub webhooks: %s", exc)
+        return done
+
+    def _reconcile(self, done: dict[str, list[str]]) -> None:
+        s = self.settings
+        api = HfApi(endpoint=s.endpoint, token=s.token)
+        wanted = self.store.watched_sources()
+        seen: set[str] = set()
+        for hook in api.list_webhooks():
+            if hook.url != s.webhook_url:
+                continue
+            names = [w.name for w in hook.watched if w.type == "model"]
+            repo = names[0] if len(names) == 1 else None
+            if repo in wanted and repo not in seen:
+                seen.add(repo)
+                continue
+            api.delete_webhook(hook.id)
+            done["deleted"].append(repo or hook.id)
+        for repo in sorted(wanted - seen):
+            api.create_webhook(
+                url=s.webhook_url,
+                watched=[{"type": "model", "name": repo}],
+                domains=["repo"],
+                secret=s.webhook_secret,
+            )
+            done["created"].append(repo)
+        if done["created"] or done["deleted"]:
+            log.info("webhooks: created %s, deleted %s", done["created"], done["deleted"])
+
+
+def run_workers(
+    settings: Settings,
+    count: int,
+    stop: threading.Event,
+    *,
+    store: Store | None = None,
+    sync: WebhookSync | None = None,
+) -> list[threading.Thread]:
+    """Start ``count`` worker threads (the first also keeps the Hub webhooks in sync);
+    they end when ``stop`` is set."""
+    store = store or Store(settings.db_path)
+    sync = sync or WebhookSync(settings, store)
+    threads = []
+    for i in range(count):
+        worker = Worker(settings, store, webhooks=sync if i == 0 else None)
+        thread = threading.Thread(
+            target=worker.run, args=(stop,), name=f"mergebot-worker-{i}", daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+    return threads

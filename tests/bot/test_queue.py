@@ -1,0 +1,218 @@
+"""Store and queue: migrations, coalescing, atomic claims, leases, fencing, retries."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bot import queue
+from bot.settings import Settings, SettingsError
+from bot.store import MIGRATIONS, Store
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "state" / "bot.sqlite3")
+    store.migrate()
+    return store
+
+
+def new_recipe(store: Store, owner: str = "alice", repo: str = "bot/m") -> int:
+    with store.write() as db:
+        return store.add_recipe(
+            db, owner=owner, yaml="x", repo_id=repo, private=False, watch=True, sources=["a/b"]
+        )
+
+
+def enqueue(store: Store, recipe_id: int, owner: str = "alice", trigger: str = "t"):
+    with store.write() as db:
+        return queue.enqueue(db, recipe_id, owner, trigger)
+
+
+def test_migrations_are_versioned_and_idempotent(db: Store):
+    assert db.version() == MIGRATIONS[-1][0]
+    assert db.migrate() == MIGRATIONS[-1][0]  # second run applies nothing
+    with db.read() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rows = conn.execute("SELECT version FROM schema_migrations").fetchall()
+    assert [r[0] for r in rows] == [v for v, _ in MIGRATIONS]
+
+
+def test_migrate_from_two_processes_at_once(tmp_path: Path):
+    path = tmp_path / "bot.sqlite3"
+    errors = []
+
+    def run():
+        try:
+            Store(path).migrate()
+        except Exception as exc:  # pragma: no cover - the assertion shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and Store(path).version() == MIGRATIONS[-1][0]
+
+
+def test_write_rolls_back_on_error(db: Store):
+    with pytest.raises(RuntimeError), db.write() as conn:
+        db.add_recipe(
+            conn, owner="a", yaml="x", repo_id="b/c", private=False, watch=False, sources=[]
+        )
+        raise RuntimeError("boom")
+    assert db.list_recipes() == []
+
+
+def test_queued_job_absorbs_triggers(db: Store):
+    recipe = new_recipe(db)
+    first, absorbed = enqueue(db, recipe, trigger="one")
+    assert not absorbed
+    for i in range(5):
+        assert enqueue(db, recipe, trigger=f"more {i}") == (first, True)
+    job = db.get_job(first)
+    assert job.triggers == 6 and job.trigger == "one" and job.status == "queued"
+    # A running job does not absorb: the new trigger may carry a newer SHA.
+    claimed = queue.claim(db, "w1", lease=30, max_attempts=3)
+    assert claimed.id == first
+    second, absorbed = enqueue(db, recipe)
+    assert second != first and not absorbed
+
+
+def test_claim_is_atomic_across_threads(db: Store):
+    jobs = {enqueue(db, new_recipe(db, repo=f"bot/m{i}"))[0] for i in range(20)}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def work(name: str) -> None:
+        while (job := queue.claim(db, name, lease=30, max_attempts=3)) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(jobs)  # each job exactly once
+
+
+def test_one_running_job_per_recipe(db: Store):
+    recipe = new_recipe(db)
+    first, _ = enqueue(db, recipe)
+    assert queue.claim(db, "w1", lease=30, max_attempts=3).id == first
+    second, _ = enqueue(db, recipe)
+    assert queue.claim(db, "w2", lease=30, max_attempts=3) is None  # waits for the first
+    assert queue.finish(db, first, "w1", queue.SUCCEEDED, commit="c")
+    assert queue.claim(db, "w2", lease=30, max_attempts=3).id == second
+
+
+def test_expired_lease_is_reclaimed_and_fenced(db: Store):
+    job_id, _ = enqueue(db, new_recipe(db))
+    assert queue.claim(db, "dead", lease=0.05, max_attempts=3).id == job_id
+    assert queue.claim(db, "other", lease=30, max_attempts=3) is None  # lease still live
+    time.sleep(0.1)
+    again = queue.claim(db, "alive", lease=30, max_attempts=3)
+    assert again.id == job_id and again.attempts == 2 and again.lease_owner == "alive"
+    # The dead worker comes back: it can neither heartbeat nor finish.
+    assert not queue.heartbeat(db, job_id, "dead", lease=30)
+    assert not queue.finish(db, job_id, "dead", queue.SUCCEEDED)
+    assert not queue.retry_later(db, job_id, "dead", error="x", delay=1)
+    assert queue.heartbeat(db, job_id, "alive", lease=30, stage="merging", progress=0.5)
+    job = db.get_job(job_id)
+    assert (job.stage, job.progress) == ("merging", 0.5)
+    assert queue.finish(db, job_id, "alive", queue.SUCCEEDED, commit="abc", source_shas={"a": "1"})
+    job = db.get_job(job_id)
+    assert job.status == "succeeded" and job.commit_sha == "abc" and job.lease_owner is None
+
+
+def test_lease_expiring_too_often_fails_the_job(db: Store):
+    job_id, _ = enqueue(db, new_recipe(db))
+    for _ in range(2):
+        assert queue.claim(db, "dying", lease=0.01, max_attempts=2) is not None
+        time.sleep(0.03)
+    assert queue.claim(db, "w", lease=30, max_attempts=2) is None
+    job = db.get_job(job_id)
+    assert job.status == "failed" and "stopped 2 times" in job.error
+
+
+def test_retry_later_waits_for_backoff(db: Store):
+    job_id, _ = enqueue(db, new_recipe(db))
+    queue.claim(db, "w", lease=30, max_attempts=3)
+    assert queue.retry_later(db, job_id, "w", error="HTTP 503", delay=0.2)
+    assert db.get_job(job_id).status == "queued"
+    assert queue.claim(db, "w", lease=30, max_attempts=3) is None
+    time.sleep(0.25)
+    assert queue.claim(db, "w", lease=30, max_attempts=3).attempts == 2
+
+
+def test_active_jobs_and_logs(db: Store):
+    a, b = new_recipe(db, repo="bot/a"), new_recipe(db, repo="bot/b")
+    enqueue(db, a)
+    enqueue(db, b)
+    enqueue(db, new_recipe(db, owner="bob", repo="bot/c"), owner="bob")
+    with db.read() as conn:
+        assert queue.active_jobs(conn, "alice") == 2
+        assert queue.active_jobs(conn, "bob") == 1
+    with pytest.raises(ValueError):
+        queue.finish(db, 1, "w", queue.RUNNING)
+    assert db.log_tail(1) == ["queued: t"]
+
+
+def test_deliveries_dedupe(db: Store):
+    with db.write() as conn:
+        assert db.record_delivery(conn, identity="r@a..b", event="e", repo="r", outcome="x")
+        assert not db.record_delivery(conn, identity="r@a..b", event="e", repo="r", outcome="x")
+        assert db.record_delivery(conn, identity=None, event="e", repo="r", outcome="ignored")
+        assert db.record_delivery(conn, identity=None, event="e", repo="r", outcome="ignored")
+    stats = db.delivery_stats()
+    assert stats == {"recorded": 3, "received": 4, "by_outcome": {"x": 1, "ignored": 2}}
+
+
+def test_writers_wait_for_the_lock_instead_of_failing(db: Store):
+    # A second connection holding the write lock makes writers wait, not fail.
+    blocker = sqlite3.connect(db.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    done = threading.Event()
+
+    def write():
+        new_recipe(db)
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    assert not done.wait(0.3)
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert done.wait(5)
+    thread.join()
+
+
+def test_settings_from_env_and_repr_hides_secrets(tmp_path: Path):
+    env = {
+        "HF_ENDPOINT": "http://hub.local/",
+        "HF_TOKEN": "hf_secret_token",
+        "WEBHOOK_SECRET": "whsecret",
+        "MERGEBOT_HOME": str(tmp_path),
+        "MERGEBOT_PUBLIC_URL": "https://bot.example/",
+        "MERGEBOT_NAMESPACE": "merges",
+        "MERGEBOT_MAX_MODELS": "3",
+        "MERGEBOT_LEASE_SECONDS": "2.5",
+    }
+    s = Settings.from_env(env)
+    assert s.endpoint == "http://hub.local" and s.token == "hf_secret_token"
+    assert s.webhook_url == "https://bot.example/webhooks/hub"
+    assert s.home == tmp_path and s.db_path == tmp_path / "bot.sqlite3"
+    assert s.max_models == 3 and s.lease_seconds == 2.5 and s.namespace == "merges"
+    assert "hf_secret_token" not in repr(s) and "whsecret" not in repr(s)
+    assert [s.backoff(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert Settings.from_env({}).webhook_url is None
+    with pytest.raises(SettingsError, match="MERGEBOT_MAX_MODELS"):
+        Settings.from_env({"MERGEBOT_MAX_MODELS": "many"})
+    with pytest.raises(SettingsError, match="positive"):
+        Settings.from_env({"MERGEBOT_MAX_ATTEMPTS": "0"})
