@@ -122,10 +122,11 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
 
 
 def write_side_files(plan: Plan, directory: Path, copy_tokenizer: bool) -> list[Path]:
-    """``config.json`` (dtype updated), tokenizer and generation files, and the recipe."""
+    """``config.json`` (dtype updated; the plan's own config when slices changed the layers),
+    tokenizer and generation files (the first source's), and the recipe."""
     reference = plan.sources[0]
     written = []
-    config = dict(reference.config)
+    config = dict(plan.out_config if plan.out_config is not None else reference.config)
     dtype_name = str(plan.out_dtype).removeprefix("torch.")
     keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
     for key in keys:

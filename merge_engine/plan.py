@@ -6,40 +6,41 @@ so every shape problem is found before a weight byte is read.
 
 from __future__ import annotations
 
+import copy
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from .architecture import (
+    EMBEDDING_SUFFIXES,
+    LAYER_COUNT_KEYS,
+    LAYER_RE,
+    TIED_ALIASES,
+    Layout,
+    config_get,
+    config_set,
+    detect_layout,
+)
 from .checkpoint import DTYPES, OutTensor, TensorMeta
 from .errors import PlanError
 from .methods import get_method
 from .methods.registry import MethodSpec
 from .params import layer_t
-from .recipe import InputModel, Recipe
+from .recipe import InputModel, OutputSlice, Recipe, SliceSource, ref_key
 from .sources import Source
 
-EMBEDDING_SUFFIXES = (
-    "embed_tokens.weight",
-    "lm_head.weight",
-    "wte.weight",
-    "embed_in.weight",
-    "embed_out.weight",
-    "word_embeddings.weight",
-)
-"""Tensors with one row per vocabulary entry, which may be cut to the base's vocabulary."""
+__all__ = [
+    "EMBEDDING_SUFFIXES", "LAYER_COUNT_KEYS", "LAYER_RE", "TIED_ALIASES", "Plan", "TensorInput",
+    "TensorTask", "build_plan",
+]
+PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
+"""Config lists with one entry per layer: they follow the slices' layers."""
+LAYER_INDEX_KEYS = ("mlp_only_layers",)
+"""Config lists of layer indices: they follow the slices' layers too."""
 
-TIED_ALIASES = {
-    "lm_head.weight": ("model.embed_tokens.weight", "transformer.wte.weight"),
-    "embed_out.weight": ("gpt_neox.embed_in.weight",),
-}
-"""Output head -> the input embedding it equals in a model with tied embeddings."""
-
-LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPES_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -88,10 +89,13 @@ class Plan:
     out_dtype: torch.dtype
     read_dtype: torch.dtype | None
     warnings: list[str]
+    out_config: dict | None = None
+    """The output's config.json when it differs from the first source's (slices change the
+    layer count); None: the first source's, as it is."""
 
     @property
     def has_base(self) -> bool:
-        """Is the first source the base (passed to the method as ``base``)?"""
+        """Is the first input of every task the base (passed to the method as ``base``)?"""
         return self.recipe.has_base_role
 
     @property
@@ -111,40 +115,225 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
     """Check that the sources fit the recipe and lay out every output tensor.
 
     ``sources`` are aligned with ``recipe.inputs()`` (base first when the method has one).
+    Without ``slices`` the output has the first source's tensors, each merged from the
+    same-named tensor of every source. With ``slices`` see :func:`_slice_tasks`.
     """
     method = get_method(recipe.merge_method)
     models = recipe.inputs()
+    if len(sources) != len(models):
+        raise ValueError(f"{len(sources)} sources for {len(models)} recipe inputs")
     reference = sources[0]
     if not reference.tensors:
         raise PlanError(f"{reference.name} has no tensors")
-    n_layers = _layer_count(reference)
     out_dtype = _out_dtype(recipe, reference)
     warnings: list[str] = []
-    tasks = []
-    for name in _ordered_names(reference):
-        inputs = tuple(_find_input(name, i, src, reference, warnings)
-                       for i, src in enumerate(sources))
-        meta = reference.tensors[name]
-        dtype = out_dtype if meta.torch_dtype in FLOAT_DTYPES else meta.torch_dtype
-        out = OutTensor(name, dtype, meta.shape)
-        position, layer = _position(name)
-        t = layer_t(layer, n_layers, position)
+    out_config = None
+    layout = None
+    if recipe.slices is not None:
+        tasks, out_config = _slice_tasks(recipe, method, sources, out_dtype, warnings)
+    else:
+        layout = detect_layout(reference.config, reference.tensors, reference.name)
         donors = models[1:] if recipe.has_base_role else models
-        global_params = {p: recipe.global_param(p, name, t) for p in method.global_params}
-        model_params = tuple(
-            {p: recipe.model_param(m, p, name, t) for p in method.model_params} for m in donors
-        )
-        tasks.append(TensorTask(
-            out, inputs, global_params, model_params,
-            chunkable=len(meta.shape) >= 2 and method.chunkable(global_params, model_params),
-            copy=dtype not in FLOAT_DTYPES,
-        ))
-    warnings += _architecture_warnings(sources, n_layers)
+        tasks = []
+        for name in _ordered_names(reference):
+            inputs = tuple(_find_input(name, i, src, reference, warnings)
+                           for i, src in enumerate(sources))
+            t = _gradient_t(layout, name)
+            tasks.append(_task(recipe, method, name, reference.tensors[name], inputs, out_dtype,
+                               global_params={p: recipe.global_param(p, name, t)
+                                              for p in method.global_params},
+                               model_params=tuple(
+                                   {p: recipe.model_param(m, p, name, t)
+                                    for p in method.model_params} for m in donors)))
+    warnings += _architecture_warnings(sources, layout)
     return Plan(recipe, method, models, tuple(sources), tasks, out_dtype,
-                DTYPES_BY_NAME.get(recipe.dtype), warnings)
+                DTYPES_BY_NAME.get(recipe.dtype), warnings, out_config)
 
 
-def _architecture_warnings(sources: Sequence[Source], n_layers: int) -> list[str]:
+def _task(recipe: Recipe, method: MethodSpec, name: str, meta: TensorMeta,
+          inputs: tuple[TensorInput, ...], out_dtype: torch.dtype, *, global_params: dict,
+          model_params: tuple[dict, ...]) -> TensorTask:
+    dtype = out_dtype if meta.torch_dtype in FLOAT_DTYPES else meta.torch_dtype
+    return TensorTask(
+        OutTensor(name, dtype, meta.shape), inputs, global_params, model_params,
+        chunkable=len(meta.shape) >= 2 and method.chunkable(global_params, model_params),
+        copy=dtype not in FLOAT_DTYPES,
+    )
+
+
+def _gradient_t(layout: Layout, name: str) -> float:
+    """mergekit's ``t`` for a tensor of a whole-model merge: its layer over its stack's
+    layers (the decoder's, or another stack's own, e.g. a vision tower's); 0 outside."""
+    where, index, count = layout.position(name)
+    if index is None:
+        return layer_t(None, 1, "pre")
+    return layer_t(index, max(count, index + 1))
+
+
+# --- slices ------------------------------------------------------------------------------
+
+
+def _slice_tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
+                 out_dtype: torch.dtype, warnings: list[str]) -> tuple[list[TensorTask], dict]:
+    """The tasks of a ``slices:`` merge, as mergekit plans them.
+
+    Output layer ``k`` is the ``k``-th layer over the slices in order; within a slice, its
+    ``offset``-th layer merges layer ``start + offset`` of every source (its tensors are
+    renamed to layer ``k`` of the output), with gradients at ``t = offset / (length - 1)``
+    (1 for a one-layer slice) and the slice's base and parameters. Tensors outside the
+    layer stack come from the first slice's sources (embeddings and everything before the
+    stack) or the last slice's (final norm, output head), at ``t = 0``. The output's names
+    and config follow the first slice's reference (its base, else its first source).
+    """
+    index = {ref_key(m.ref): i for i, m in enumerate(recipe.inputs())}
+    layouts: dict[int, Layout] = {}
+
+    def layout_of(i: int) -> Layout:
+        if i not in layouts:
+            src = sources[i]
+            layouts[i] = detect_layout(src.config, src.tensors, src.name, strict=True)
+        return layouts[i]
+
+    slices = recipe.slices or ()
+    plans: list[tuple[OutputSlice, tuple[SliceSource, ...], list[int]]] = []
+    for out_slice in slices:
+        ins = recipe.slice_inputs(out_slice)
+        idx = [index[ref_key(s.model.ref)] for s in ins]
+        for src, i in zip(ins, idx, strict=True):
+            count = layout_of(i).num_layers
+            if src.layer_range[1] > count:
+                raise PlanError(
+                    f"{recipe.where(src.model.loc + '.layer_range')}: layers "
+                    f"{list(src.layer_range)} are outside {sources[i].name}, which has {count} "
+                    f"layers (0 to {count - 1}; the range's end is excluded)")
+        plans.append((out_slice, ins, idx))
+    ref_index = plans[0][2][0]
+    reference, out_layout = sources[ref_index], layout_of(ref_index)
+    outside = [n for n in _ordered_names(reference) if out_layout.layer_of(n) is None]
+    post = [n for n in outside if out_layout.position(n)[0] == "post"]
+    pre = [n for n in outside if n not in post]
+    tasks = [_fixed_task(recipe, method, n, plans[0], sources, reference, out_dtype, warnings)
+             for n in pre]
+    layer_map: list[tuple[int, int]] = []
+    for out_slice, ins, idx in plans:
+        for offset in range(out_slice.length):
+            t = layer_t(offset, out_slice.length)
+            layers = [s.layer_range[0] + offset for s in ins]
+            k = len(layer_map)
+            layer_map.append((idx[0], layers[0]))
+            ref_src, ref_layout = sources[idx[0]], layout_of(idx[0])
+            suffixes = [found[1] for n in _ordered_names(ref_src)
+                        if (found := ref_layout.layer_of(n)) is not None and found[0] == layers[0]]
+            for suffix in suffixes:
+                out_name = out_layout.layer_name(k, suffix)
+                names = [layout_of(i).layer_name(layer, suffix)
+                         for i, layer in zip(idx, layers, strict=True)]
+                want = ref_src.tensors[names[0]]
+                inputs = []
+                for src, i, name in zip(ins, idx, names, strict=True):
+                    meta = sources[i].tensors.get(name)
+                    if meta is None:
+                        raise PlanError(
+                            f"tensor {name} is missing from {sources[i].name} (output layer {k} "
+                            f"merges it with {names[0]} of {ref_src.name}; "
+                            f"{recipe.where(src.model.loc)})")
+                    if meta.shape != want.shape:
+                        raise PlanError(
+                            f"tensor {name} has shape {list(meta.shape)} in {sources[i].name} "
+                            f"but {names[0]} has {list(want.shape)} in {ref_src.name} "
+                            f"({recipe.where(out_slice.loc)})")
+                    inputs.append(TensorInput(i, name, meta, meta.shape[0] if meta.shape else 1))
+                tasks.append(_slice_task(recipe, method, out_name, want, tuple(inputs), names,
+                                         ins, out_slice, t, out_dtype))
+    tasks += [_fixed_task(recipe, method, n, plans[-1], sources, reference, out_dtype, warnings)
+              for n in post]
+    config = _slice_config(reference, out_layout, layer_map, sources, layouts, warnings)
+    return tasks, config
+
+
+def _slice_task(recipe: Recipe, method: MethodSpec, out_name: str, want: TensorMeta,
+                inputs: tuple[TensorInput, ...], names: Sequence[str],
+                ins: Sequence[SliceSource], out_slice: OutputSlice, t: float,
+                out_dtype: torch.dtype) -> TensorTask:
+    """One tensor of a slice. Like mergekit, global parameters are matched against the
+    output name and each model's parameters against that model's input name."""
+    skip = 1 if recipe.has_base_role else 0
+    global_params = {p: recipe.global_param(p, out_name, t, out_slice)
+                     for p in method.global_params}
+    model_params = tuple(
+        {p: recipe.model_param(src.model, p, name, t, out_slice) for p in method.model_params}
+        for src, name in zip(ins[skip:], names[skip:], strict=True))
+    return _task(recipe, method, out_name, want, inputs, out_dtype,
+                 global_params=global_params, model_params=model_params)
+
+
+def _fixed_task(recipe: Recipe, method: MethodSpec, name: str,
+                plan: tuple[OutputSlice, tuple[SliceSource, ...], list[int]],
+                sources: Sequence[Source], reference: Source, out_dtype: torch.dtype,
+                warnings: list[str]) -> TensorTask:
+    """A tensor outside the layer stack, merged from one slice's sources at ``t = 0``."""
+    out_slice, ins, idx = plan
+    inputs = tuple(_find_input(name, i, sources[i], reference, warnings) for i in idx)
+    t = layer_t(None, 1, "pre")
+    skip = 1 if recipe.has_base_role else 0
+    global_params = {p: recipe.global_param(p, name, t, out_slice) for p in method.global_params}
+    model_params = tuple(
+        {p: recipe.model_param(src.model, p, name, t, out_slice) for p in method.model_params}
+        for src in ins[skip:])
+    return _task(recipe, method, name, reference.tensors[name], inputs, out_dtype,
+                 global_params=global_params, model_params=model_params)
+
+
+def _slice_config(reference: Source, layout: Layout, layer_map: list[tuple[int, int]],
+                  sources: Sequence[Source], layouts: dict[int, Layout],
+                  warnings: list[str]) -> dict | None:
+    """The first slice's reference config with the layer count (and per-layer lists such
+    as ``layer_types``) following the output's layers."""
+    if not reference.config:
+        return None
+    config = copy.deepcopy(reference.config)
+    config_set(config, layout.count_key, len(layer_map))
+    for prefix in ("", "text_config."):
+        for key in (*PER_LAYER_KEYS, *LAYER_INDEX_KEYS):
+            path = prefix + key
+            if not isinstance(config_get(config, path), list):
+                continue
+            values = []
+            for i, layer in layer_map:
+                found = config_get(sources[i].config, path)
+                if not isinstance(found, list):
+                    values = None
+                    break
+                if key in LAYER_INDEX_KEYS:
+                    values.append(layer in found)
+                elif len(found) == layouts[i].num_layers:
+                    values.append(found[layer])
+                else:
+                    values = None
+                    break
+            if values is None:
+                _config_drop(config, path)
+                warnings.append(f"config.json: {path} could not follow the slices (a source "
+                                "lacks it or has one of another length); it was left out")
+            elif key in LAYER_INDEX_KEYS:
+                config_set(config, path, [k for k, on in enumerate(values) if on])
+            else:
+                config_set(config, path, values)
+    return config
+
+
+def _config_drop(config: dict, path: str) -> None:
+    *parents, last = path.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node.pop(last, None)
+
+
+# --- checks and helpers --------------------------------------------------------------------
+
+
+def _architecture_warnings(sources: Sequence[Source], layout: Layout | None) -> list[str]:
     """Sources whose config names another architecture, or a layout we did not read."""
     reference = sources[0]
     found = []
@@ -156,7 +345,9 @@ def _architecture_warnings(sources: Sequence[Source], n_layers: int) -> list[str
         if arch and other and other != arch:
             found.append(f"{source.name} is a {', '.join(other)} but {reference.name} is a "
                          f"{', '.join(arch)}; the tensors fit, check that the merge makes sense")
-    if not any(LAYER_RE.search(n) for n in reference.tensors) and n_layers > 1:
+    if layout is not None and layout.note:
+        found.append(layout.note)
+    if layout is not None and layout.prefix is None and layout.num_layers > 1:
         found.append(f"no layer stack found in {reference.name}'s tensor names; gradient "
                      "parameters use their first value everywhere")
     return found
@@ -186,22 +377,6 @@ def _find_input(name: str, index: int, source: Source, reference: Source,
     raise PlanError(
         f"tensor {name} has shape {list(meta.shape)} in {source.name} but "
         f"{list(want.shape)} in {reference.name}")
-
-
-def _position(name: str) -> tuple[str, int | None]:
-    """Where a tensor sits: ('layer', i) inside the layer stack, else 'pre' or 'post'."""
-    match = LAYER_RE.search(name)
-    if match:
-        return "layer", int(match.group(1))
-    return ("pre", None) if "embed" in name or "wte" in name or "wpe" in name else ("post", None)
-
-
-def _layer_count(source: Source) -> int:
-    for key in LAYER_COUNT_KEYS:
-        if isinstance(source.config.get(key), int):
-            return source.config[key]
-    layers = {int(m.group(1)) for n in source.tensors if (m := LAYER_RE.search(n))}
-    return max(layers) + 1 if layers else 1
 
 
 def _out_dtype(recipe: Recipe, reference: Source) -> torch.dtype:

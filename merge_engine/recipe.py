@@ -7,7 +7,8 @@ is the YAML path of the mistake (``models[1].parameters.weight``, ``merge_method
 
 Parameter values are kept as written (no defaults filled in); ``Recipe.model_param`` and
 ``Recipe.global_param`` resolve them for one tensor: per-model value, then the global
-value of the same name, then the method's default.
+value of the same name, then the method's default. With ``slices:`` (mergekit's order) a
+source's own value comes first, then its slice's ``parameters``, then the top-level ones.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ TOP_KEYS = (
     "name",
 )
 MODEL_KEYS = ("model", "parameters")
+SLICE_KEYS = ("sources", "base_model", "parameters")
+SOURCE_KEYS = ("model", "layer_range", "parameters")
 _DTYPES = {
     "float32": "float32",
     "fp32": "float32",
@@ -75,9 +78,40 @@ class InputModel:
 
 
 @dataclass(frozen=True)
+class SliceSource:
+    """One source of an output slice: a model and the layers ``[start, end)`` it gives."""
+
+    model: InputModel
+    """The model with this source's own parameters; its loc is ``slices[i].sources[j]``."""
+    layer_range: tuple[int, int]
+
+    @property
+    def length(self) -> int:
+        return self.layer_range[1] - self.layer_range[0]
+
+
+@dataclass(frozen=True)
+class OutputSlice:
+    """``slices[i]``: output layers made from the same number of layers of each source."""
+
+    sources: tuple[SliceSource, ...]
+    base_model: ModelRef | None
+    """The slice's own ``base_model`` (None: the recipe's)."""
+    parameters: Mapping[str, ParamValue] = field(hash=False)
+    loc: str
+
+    @property
+    def length(self) -> int:
+        """Output layers this slice makes."""
+        return self.sources[0].length
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """A validated recipe. Raw blocks (``tokenizer``, ``slices``, ``modules``) are kept
-    as parsed from YAML; the engine rejects them for now."""
+    """A validated recipe. Raw blocks (``tokenizer``, ``modules``) are kept as parsed from
+    YAML; the engine rejects a tokenizer block for now. ``slices`` are parsed
+    (:class:`OutputSlice`); a single-part ``modules: {default: ...}`` fills ``models`` or
+    ``slices`` and :attr:`module_parameters`."""
 
     merge_method: str
     models: tuple[InputModel, ...]
@@ -88,12 +122,20 @@ class Recipe:
     tokenizer_source: str | None
     tokenizer: Mapping | None = field(hash=False)
     chat_template: str | None
-    slices: tuple | None = field(hash=False)
+    slices: tuple[OutputSlice, ...] | None = field(hash=False)
     modules: Mapping | None = field(hash=False)
     name: str | None
     text: str
     method: MethodSpec | None = field(default=None, compare=False, repr=False)
     """The method's spec; looked up by name when None."""
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False, hash=False)
+    """The line of each YAML path in :attr:`text` (for errors found after parsing)."""
+    module_parameters: Mapping[str, ParamValue] = field(default_factory=dict, hash=False)
+    """``modules.default.parameters`` (a single-part model written with ``modules:``):
+    looked up after a slice's parameters and before the top-level ones, as in mergekit."""
+    models_loc: str = "models"
+    """Where the models (or slices) are in the YAML: ``models``/``slices``, or under
+    ``modules.default.``."""
 
     @property
     def spec(self) -> MethodSpec:
@@ -107,12 +149,27 @@ class Recipe:
     @property
     def has_base_role(self) -> bool:
         """Does the method get a base tensor (it needs one, or takes an optional one and
-        the recipe names a ``base_model``)?"""
-        return self.spec.uses_base(self.base_model is not None)
+        the recipe names a ``base_model``, at the top level or in a slice)?"""
+        named = self.base_model is not None or any(
+            s.base_model is not None for s in self.slices or ())
+        return self.spec.uses_base(named)
 
-    def is_base(self, model: InputModel) -> bool:
-        """True when ``model`` is the recipe's ``base_model``."""
-        return self.base_model is not None and _ref_key(model.ref) == _ref_key(self.base_model)
+    def slice_base(self, out_slice: OutputSlice) -> ModelRef | None:
+        """The base model of one slice: its own ``base_model``, else the recipe's."""
+        return out_slice.base_model or self.base_model
+
+    def is_base(self, model: InputModel, out_slice: OutputSlice | None = None) -> bool:
+        """True when ``model`` is the recipe's ``base_model`` (or ``out_slice``'s base)."""
+        base = self.slice_base(out_slice) if out_slice is not None else self.base_model
+        return base is not None and ref_key(model.ref) == ref_key(base)
+
+    def slice_inputs(self, out_slice: OutputSlice) -> tuple[SliceSource, ...]:
+        """The sources of one slice in merge order: the base first when the method has a
+        base role, then the others in recipe order."""
+        if not self.has_base_role:
+            return out_slice.sources
+        base = [s for s in out_slice.sources if self.is_base(s.model, out_slice)]
+        return (*base, *(s for s in out_slice.sources if s not in base))
 
     def inputs(self) -> tuple[InputModel, ...]:
         """Every model the merge reads, each once.
@@ -121,7 +178,28 @@ class Recipe:
         else an entry with loc ``base_model`` and no parameters), then the others in
         recipe order. With a method without a base role, a ``base_model`` is just one
         more input (mergekit adds it too): recipe order, an unlisted base last.
+
+        With ``slices``: every source model once, in the order of
+        :meth:`slice_inputs` over the slices (so the first slice's base, or its first
+        source, comes first); each with the loc of its first appearance and, for the
+        summary and the card, the per-model parameters it has there (its own over its
+        slice's). The merge itself reads each slice's values (:meth:`model_param`). A
+        ``base_model`` that no slice lists is not read (mergekit does not add it).
         """
+        if self.slices is not None:
+            seen: dict[tuple, InputModel] = {}
+            for out_slice in self.slices:
+                for source in self.slice_inputs(out_slice):
+                    key = ref_key(source.model.ref)
+                    if key in seen:
+                        continue
+                    m = source.model
+                    inherited = {k: v for k, v in out_slice.parameters.items()
+                                 if k in self.spec.model_params and k not in m.parameters}
+                    params = MappingProxyType({**inherited, **m.parameters}) if inherited \
+                        else m.parameters
+                    seen[key] = InputModel(m.ref, params, m.loc)
+            return tuple(seen.values())
         if self.base_model is None:
             return self.models
         listed = next((m for m in self.models if self.is_base(m)), None)
@@ -130,26 +208,29 @@ class Recipe:
             return (base, *(m for m in self.models if m is not listed))
         return self.models if listed else (*self.models, base)
 
-    def model_param(self, model: InputModel, name: str, tensor_name: str, t: float):
+    def model_param(self, model: InputModel, name: str, tensor_name: str, t: float,
+                    out_slice: OutputSlice | None = None):
         """Per-model parameter ``name`` of ``model`` for one tensor at gradient ``t``.
 
-        Per-model value, else the global value, else the method's default. The base's
-        own values are ignored by methods with a base; a required parameter left unset
-        there gives None. RecipeError when a required parameter has no value for this
-        tensor (e.g. a filter list that matches nothing and no global fallback).
+        Per-model value, else (with ``out_slice``) the slice's value, else the global
+        value, else the method's default. The base's own values are ignored by methods
+        with a base; a required parameter left unset there gives None. RecipeError when a
+        required parameter has no value for this tensor (e.g. a filter list that matches
+        nothing and no global fallback).
         """
         spec = self.spec
         if name not in spec.model_params:
             raise KeyError(f"{name!r} is not a per-model parameter of {spec.name}")
-        base_role = self.has_base_role and self.is_base(model)
-        if not base_role and name in model.parameters:
-            value = evaluate(model.parameters[name], tensor_name, t)
-            if value is not None:
-                return value
-        if name in self.parameters:
-            value = evaluate(self.parameters[name], tensor_name, t)
-            if value is not None:
-                return value
+        base_role = self.has_base_role and self.is_base(model, out_slice)
+        blocks = [] if base_role else [model.parameters]
+        if out_slice is not None:
+            blocks.append(out_slice.parameters)
+        blocks += [self.module_parameters, self.parameters]
+        for block in blocks:
+            if name in block:
+                value = evaluate(block[name], tensor_name, t)
+                if value is not None:
+                    return value
         default = spec.model_params[name]
         if default is REQUIRED:
             if base_role:
@@ -161,21 +242,30 @@ class Recipe:
             )
         return default
 
-    def global_param(self, name: str, tensor_name: str, t: float):
-        """Global parameter ``name`` for one tensor at gradient ``t``, else its default."""
+    def global_param(self, name: str, tensor_name: str, t: float,
+                     out_slice: OutputSlice | None = None):
+        """Global parameter ``name`` for one tensor at gradient ``t`` (the slice's value
+        first, with ``out_slice``), else its default."""
         spec = self.spec
         if name not in spec.global_params and name not in spec.model_params:
             raise KeyError(f"{name!r} is not a parameter of {spec.name}")
-        if name in self.parameters:
-            value = evaluate(self.parameters[name], tensor_name, t)
-            if value is not None:
-                return value
+        blocks = [out_slice.parameters] if out_slice is not None else []
+        for block in (*blocks, self.module_parameters, self.parameters):
+            if name in block:
+                value = evaluate(block[name], tensor_name, t)
+                if value is not None:
+                    return value
         default = spec.global_params.get(name)
         if default is REQUIRED:
             raise RecipeError(
                 f"parameters.{name}", f"no value for tensor {tensor_name!r}: no filter matches it"
             )
         return default
+
+    def where(self, loc: str) -> str:
+        """``loc`` with its recipe line when known: ``slices[1].sources[0] (line 9)``."""
+        line = _line_of(loc, self.lines)
+        return f"{loc} (line {line})" if line is not None else loc
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -194,7 +284,7 @@ def parse_recipe(text: str) -> Recipe:
     """Parse and validate recipe YAML; RecipeError at the YAML path of the first mistake."""
     doc, lines = _load_yaml(text)
     try:
-        return _build(doc, text)
+        return _build(doc, text, lines)
     except RecipeError as e:
         raise _with_line(e, lines) from None
 
@@ -210,16 +300,22 @@ def _located(loc: str, msg: str, line: int | None) -> RecipeError:
     return err
 
 
+def _line_of(loc: str, lines: Mapping[str, int]) -> int | None:
+    """The line of ``loc``, else of its nearest enclosing path that is in the text."""
+    path = loc
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return None
+
+
 def _with_line(err: RecipeError, lines: dict[str, int]) -> RecipeError:
     if getattr(err, "line", None) is not None or not err.loc:
         return err
-    path = err.loc
-    while path:
-        if path in lines:
-            return _located(err.loc, err.msg, lines[path])
-        cut = max(path.rfind("."), path.rfind("["))
-        path = path[:cut] if cut > 0 else ""
-    return err
+    line = _line_of(err.loc, lines)
+    return _located(err.loc, err.msg, line) if line is not None else err
 
 
 def _index(node: yaml.Node, path: str, lines: dict[str, int], stack: set[int]) -> None:
@@ -282,7 +378,7 @@ def _kind(raw: object) -> str:
     return repr(raw)
 
 
-def _build(doc: object, text: str) -> Recipe:
+def _build(doc: object, text: str, lines: Mapping[str, int] = _EMPTY) -> Recipe:
     if doc is None:
         raise RecipeError(
             "", "the recipe is empty; expected a mapping with merge_method and models"
@@ -299,11 +395,14 @@ def _build(doc: object, text: str) -> Recipe:
     base = None
     if doc.get("base_model") is not None:
         base = parse_ref_value(doc["base_model"], "base_model")
+    tokenizer, slices, modules = doc.get("tokenizer"), doc.get("slices"), doc.get("modules")
+    where, raw_models, module_params = "", doc.get("models"), _EMPTY
+    if modules:
+        where, raw_models, slices, module_params = _single_module(modules)
     models = tuple(
-        _input_model(raw, f"models[{i}]") for i, raw in enumerate(doc.get("models") or ())
+        _input_model(raw, f"{where}models[{i}]") for i, raw in enumerate(raw_models or ())
     )
     _check_duplicates(models)
-    tokenizer, slices, modules = doc.get("tokenizer"), doc.get("slices"), doc.get("modules")
     if tokenizer is not None and not isinstance(tokenizer, dict):
         raise RecipeError("tokenizer", f"expected a mapping, got {_kind(tokenizer)}")
     recipe = Recipe(
@@ -316,21 +415,55 @@ def _build(doc: object, text: str) -> Recipe:
         tokenizer_source=_tokenizer_source(doc.get("tokenizer_source")),
         tokenizer=MappingProxyType(tokenizer) if tokenizer is not None else None,
         chat_template=_opt_str(doc.get("chat_template"), "chat_template"),
-        slices=tuple(slices) if slices else None,
+        slices=_slices(slices, f"{where}slices") if slices else None,
         modules=MappingProxyType(modules) if modules else None,
         name=_opt_str(doc.get("name"), "name"),
         text=text,
         method=spec,
+        lines=MappingProxyType(dict(lines)),
+        module_parameters=module_params,
+        models_loc=f"{where}{'slices' if slices else 'models'}",
     )
     if recipe.tokenizer is not None and recipe.tokenizer_source is not None:
         raise RecipeError("tokenizer", "give either tokenizer_source or tokenizer, not both")
     if recipe.slices is not None:
-        raise RecipeError("slices", "slices are not supported yet; list whole models under models")
-    if recipe.modules is not None:
-        raise RecipeError("modules", "modules are not supported yet; list models under models")
-    _validate_params(recipe, spec)
+        _validate_slices(recipe, spec)
+    else:
+        _validate_params(recipe, spec)
     _reject_unsupported(recipe, spec)
     return recipe
+
+
+MODULE_KEYS = ("models", "slices", "parameters")
+
+
+def _single_module(modules: dict) -> tuple[str, object, object, Mapping[str, ParamValue]]:
+    """``modules:`` for a single-part model: mergekit names its one module ``default``.
+    Returns (YAML prefix, models, slices, module parameters). Multi-part architectures
+    (a text decoder with a vision tower, ...) are refused."""
+    names = [str(k) for k in modules]
+    if names != ["default"]:
+        other = next((n for n in names if n != "default"), names[0])
+        raise RecipeError(
+            f"modules.{other}",
+            f"module {other!r}: multi-part architectures (e.g. a text_decoder with a "
+            "vision_tower) are not supported yet; a single-part model has one module, "
+            "'default' (or write its slices or models at the top level)")
+    body, loc = modules["default"], "modules.default"
+    if not isinstance(body, dict):
+        raise RecipeError(loc, f"expected a mapping with models or slices, got {_kind(body)}")
+    for key in body:
+        if key not in MODULE_KEYS:
+            raise unknown_key(f"{loc}.{key}", key, MODULE_KEYS)
+    given = [k for k in ("models", "slices") if body.get(k)]
+    for key in given:
+        if not isinstance(body[key], list):
+            raise RecipeError(f"{loc}.{key}", f"expected a list, got {_kind(body[key])}")
+    if len(given) != 1:
+        raise RecipeError(loc if not given else f"{loc}.{given[1]}",
+                          "give exactly one non-empty list: models or slices")
+    params = _params_block(body.get("parameters"), f"{loc}.parameters")
+    return f"{loc}.", body.get("models"), body.get("slices"), params
 
 
 def _method(raw: object) -> MethodSpec:
@@ -394,15 +527,85 @@ def _params_block(raw: object, loc: str) -> Mapping[str, ParamValue]:
     return MappingProxyType(out)
 
 
-def _ref_key(ref: ModelRef) -> tuple:
+def _slices(raw: list, loc: str = "slices") -> tuple[OutputSlice, ...]:
+    return tuple(_output_slice(item, f"{loc}[{i}]") for i, item in enumerate(raw))
+
+
+def _output_slice(raw: object, loc: str) -> OutputSlice:
+    if not isinstance(raw, dict):
+        raise RecipeError(loc, f"expected a mapping with 'sources' (a list of models with "
+                               f"layer_range), got {_kind(raw)}")
+    for key in raw:
+        if key not in SLICE_KEYS:
+            raise unknown_key(f"{loc}.{key}", key, SLICE_KEYS)
+    items = raw.get("sources")
+    if not isinstance(items, list) or not items:
+        what = "missing" if items is None else f"got {_kind(items)}"
+        raise RecipeError(f"{loc}.sources", f"expected a non-empty list of sources, each a "
+                                            f"model and its layer_range ({what})")
+    sources = tuple(_slice_source(item, f"{loc}.sources[{j}]") for j, item in enumerate(items))
+    first = sources[0]
+    seen: dict[tuple, str] = {}
+    for source in sources:
+        if source.length != first.length:
+            raise RecipeError(
+                f"{source.model.loc}.layer_range",
+                f"{list(source.layer_range)} covers {source.length} layers but "
+                f"{first.model.loc} covers {first.length}; every source of a slice must "
+                "cover the same number of layers")
+        key = ref_key(source.model.ref)
+        if key in seen:
+            raise RecipeError(f"{source.model.loc}.model",
+                              f"{str(source.model.ref)!r} is listed twice in this slice "
+                              f"(also {seen[key]})")
+        seen[key] = source.model.loc
+    base = None
+    if raw.get("base_model") is not None:
+        base = parse_ref_value(raw["base_model"], f"{loc}.base_model")
+    return OutputSlice(sources, base, _params_block(raw.get("parameters"), f"{loc}.parameters"),
+                       loc)
+
+
+def _slice_source(raw: object, loc: str) -> SliceSource:
+    if not isinstance(raw, dict):
+        hint = f"; write '- model: {raw}' and its layer_range" if isinstance(raw, str) else ""
+        raise RecipeError(loc, f"expected a mapping with 'model' and 'layer_range'{hint}")
+    for key in raw:
+        if key not in SOURCE_KEYS:
+            raise unknown_key(f"{loc}.{key}", key, SOURCE_KEYS)
+    if raw.get("model") is None:
+        raise RecipeError(loc, "missing required key 'model'")
+    ref = parse_ref_value(raw["model"], f"{loc}.model")
+    model = InputModel(ref, _params_block(raw.get("parameters"), f"{loc}.parameters"), loc)
+    return SliceSource(model, _layer_range(raw.get("layer_range"), f"{loc}.layer_range"))
+
+
+def _layer_range(raw: object, loc: str) -> tuple[int, int]:
+    if raw is None:
+        raise RecipeError(loc, "missing required key 'layer_range' ([first, end) layers, "
+                               "e.g. [0, 16])")
+    ints = isinstance(raw, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                         for v in raw)
+    if not ints or len(raw) != 2:
+        raise RecipeError(loc, f"expected [start, end] (two whole numbers, end excluded), "
+                               f"got {raw!r}")
+    start, end = raw
+    if start < 0 or end <= start:
+        raise RecipeError(loc, f"[{start}, {end}] is empty or negative; expected 0 <= start "
+                               "< end (end is excluded)")
+    return start, end
+
+
+def ref_key(ref: ModelRef) -> tuple:
+    """What makes two references the same model (a local path resolved)."""
     path = os.path.realpath(ref.path) if ref.is_local else ref.path
-    return (path, ref.revision, _ref_key(ref.lora) if ref.lora else None)
+    return (path, ref.revision, ref_key(ref.lora) if ref.lora else None)
 
 
 def _check_duplicates(models: tuple[InputModel, ...]) -> None:
     seen: dict[tuple, str] = {}
     for m in models:
-        key = _ref_key(m.ref)
+        key = ref_key(m.ref)
         if key in seen:
             raise RecipeError(
                 f"{m.loc}.model", f"{str(m.ref)!r} is listed twice (also {seen[key]})"
@@ -465,41 +668,54 @@ def _validate_model_count(recipe: Recipe, spec: MethodSpec) -> None:
     else:
         wanted = f"between {low} and {high}"
     besides = " besides the base_model" if recipe.has_base_role else ""
-    raise RecipeError("models", f"{spec.name} merges {wanted} model{'s' * (wanted != 'exactly 1')}"
-                                f"{besides}; this recipe gives {count}")
+    plural = "s" * (wanted != "exactly 1")
+    raise RecipeError(recipe.models_loc, f"{spec.name} merges {wanted} model{plural}"
+                                         f"{besides}; this recipe gives {count}")
+
+
+def _check_global_block(params: Mapping[str, ParamValue], prefix: str,
+                        spec: MethodSpec) -> None:
+    """A block that may hold global and per-model parameters (top level, a slice's)."""
+    known = (*spec.global_params, *spec.model_params)
+    for name, value in params.items():
+        if name not in known:
+            raise unknown_key(f"{prefix}.{name}", name, known)
+        default = spec.global_params.get(name, spec.model_params.get(name))
+        _check_type(value, default, f"{prefix}.{name}")
+
+
+def _check_model_block(m: InputModel, spec: MethodSpec, where: str) -> None:
+    """A model's own parameters: per-model names only."""
+    for name, value in m.parameters.items():
+        loc = f"{m.loc}.parameters.{name}"
+        if name in spec.model_params:
+            _check_type(value, spec.model_params[name], loc)
+        elif name in spec.global_params:
+            raise RecipeError(
+                loc, f"{name!r} is a global parameter of {spec.name}; move it to {where}")
+        else:
+            raise unknown_key(loc, name, spec.model_params)
 
 
 def _validate_params(recipe: Recipe, spec: MethodSpec) -> None:
     if spec.needs_base and recipe.base_model is None:
         raise RecipeError("base_model", f"merge method {spec.name!r} needs a base_model")
     _validate_model_count(recipe, spec)
-    known = (*spec.global_params, *spec.model_params)
-    for name, value in recipe.parameters.items():
-        if name not in known:
-            raise unknown_key(f"parameters.{name}", name, known)
-        default = spec.global_params.get(name, spec.model_params.get(name))
-        _check_type(value, default, f"parameters.{name}")
+    _check_global_block(recipe.parameters, "parameters", spec)
+    _check_global_block(recipe.module_parameters, "modules.default.parameters", spec)
     for name, default in spec.global_params.items():
-        if default is REQUIRED and name not in recipe.parameters:
+        if (default is REQUIRED and name not in recipe.parameters
+                and name not in recipe.module_parameters):
             raise RecipeError(f"parameters.{name}", f"missing required parameter {name!r}")
     for m in recipe.models:
-        for name, value in m.parameters.items():
-            loc = f"{m.loc}.parameters.{name}"
-            if name in spec.model_params:
-                _check_type(value, spec.model_params[name], loc)
-            elif name in spec.global_params:
-                raise RecipeError(
-                    loc,
-                    f"{name!r} is a global parameter of {spec.name}; "
-                    "move it to the top-level parameters",
-                )
-            else:
-                raise unknown_key(loc, name, spec.model_params)
+        _check_model_block(m, spec, "the top-level parameters")
     for m in recipe.inputs():
         if recipe.has_base_role and recipe.is_base(m):
             continue
         for name, default in spec.model_params.items():
-            if default is REQUIRED and name not in m.parameters and name not in recipe.parameters:
+            if default is REQUIRED and not any(
+                    name in block for block in (m.parameters, recipe.module_parameters,
+                                                recipe.parameters)):
                 if m.loc == "base_model":
                     raise RecipeError(
                         "base_model",
@@ -509,6 +725,60 @@ def _validate_params(recipe: Recipe, spec: MethodSpec) -> None:
                 raise RecipeError(
                     f"{m.loc}.parameters.{name}", f"missing required parameter {name!r}"
                 )
+    _check_ranges(recipe, spec)
+
+
+def _validate_slices(recipe: Recipe, spec: MethodSpec) -> None:
+    """mergekit's rules for ``slices``: per slice, the base (its own ``base_model`` or the
+    recipe's) must be one of its sources when the method uses one, and the number of other
+    sources must suit the method (passthrough: exactly one source per slice)."""
+    assert recipe.slices is not None
+    named = [recipe.slice_base(s) is not None for s in recipe.slices]
+    for out_slice, has_base in zip(recipe.slices, named, strict=True):
+        if spec.needs_base and not has_base:
+            raise RecipeError(
+                f"{out_slice.loc}.base_model",
+                f"merge method {spec.name!r} needs a base_model: give one at the top level "
+                "or in this slice")
+        if recipe.has_base_role and not has_base:
+            raise RecipeError(
+                f"{out_slice.loc}.base_model",
+                f"another slice gives {spec.name} a base_model and this one has none; give "
+                "every slice one (or one at the top level)")
+        if recipe.has_base_role and not any(recipe.is_base(s.model, out_slice)
+                                            for s in out_slice.sources):
+            raise RecipeError(
+                f"{out_slice.loc}.sources",
+                f"the base model {recipe.slice_base(out_slice)} is not among this slice's "
+                "sources; add it with the layer_range it gives")
+        count = len(out_slice.sources) - recipe.has_base_role
+        low, high = spec.min_donors, spec.max_donors
+        if count < low or (high is not None and count > high):
+            wanted = (f"exactly {low}" if high == low else f"at least {low}" if high is None
+                      else f"between {low} and {high}")
+            besides = " besides its base" if recipe.has_base_role else ""
+            raise RecipeError(
+                f"{out_slice.loc}.sources",
+                f"{spec.name} merges {wanted} source{'s' * (wanted != 'exactly 1')} per slice"
+                f"{besides}; this slice gives {count}")
+    _check_global_block(recipe.parameters, "parameters", spec)
+    _check_global_block(recipe.module_parameters, "modules.default.parameters", spec)
+    for out_slice in recipe.slices:
+        _check_global_block(out_slice.parameters, f"{out_slice.loc}.parameters", spec)
+        for source in out_slice.sources:
+            _check_model_block(source.model, spec, "the slice's or the top-level parameters")
+    for name, default in spec.global_params.items():
+        if default is not REQUIRED or name in recipe.parameters or name in recipe.module_parameters:
+            continue
+        for out_slice in recipe.slices:
+            if name not in out_slice.parameters:
+                raise RecipeError(f"{out_slice.loc}.parameters.{name}",
+                                  f"missing required parameter {name!r}")
+    for m, chain in _param_chains(recipe):
+        for name, default in spec.model_params.items():
+            if default is REQUIRED and not any(name in params for params, _ in chain):
+                raise RecipeError(f"{m.loc}.parameters.{name}",
+                                  f"missing required parameter {name!r}")
     _check_ranges(recipe, spec)
 
 
@@ -525,26 +795,52 @@ def _numbers(value: ParamValue) -> list[tuple[float, float]]:
     return [(min(nums), max(nums))] if nums else []
 
 
-def _candidates(recipe: Recipe, spec: MethodSpec, m: InputModel, name: str):
-    """(value, loc) pairs that can give ``name`` for model ``m`` for some tensor."""
+Blocks = list[tuple[Mapping[str, ParamValue], str]]
+"""Parameter blocks in lookup order, each with its YAML path (``models[0].parameters``)."""
+
+
+def _candidates(blocks: Blocks, spec: MethodSpec, name: str, own_loc: str):
+    """(value, loc) pairs that can give ``name`` for one model for some tensor: each block
+    in lookup order while the earlier ones may leave it unset, then the default."""
     out = []
-    own = m.parameters.get(name)
-    if own is not None:
-        out.append((own, f"{m.loc}.parameters.{name}"))
-    if own is None or not covers_all(own):
-        glob = recipe.parameters.get(name)
-        if glob is not None:
-            out.append((glob, f"parameters.{name}"))
-        if glob is None or not covers_all(glob):
-            default = spec.model_params.get(name)
-            if _is_num(default):
-                out.append((default, f"{m.loc}.parameters.{name}"))
+    for params, prefix in blocks:
+        value = params.get(name)
+        if value is not None:
+            out.append((value, f"{prefix}.{name}"))
+            if covers_all(value):
+                return out
+    default = spec.model_params.get(name)
+    if _is_num(default):
+        out.append((default, f"{own_loc}.{name}"))
     return out
 
 
+def _param_chains(recipe: Recipe) -> list[tuple[InputModel, Blocks]]:
+    """Every (non-base) model input with the parameter blocks its values come from."""
+    chains = []
+    glob = [(recipe.module_parameters, "modules.default.parameters"),
+            (recipe.parameters, "parameters")]
+    if recipe.slices is None:
+        for m in recipe.inputs():
+            if not (recipe.has_base_role and recipe.is_base(m)):
+                chains.append((m, [(m.parameters, f"{m.loc}.parameters"), *glob]))
+        return chains
+    for out_slice in recipe.slices:
+        for source in out_slice.sources:
+            m = source.model
+            if not (recipe.has_base_role and recipe.is_base(m, out_slice)):
+                chains.append((m, [(m.parameters, f"{m.loc}.parameters"),
+                                   (out_slice.parameters, f"{out_slice.loc}.parameters"), *glob]))
+    return chains
+
+
 def _check_ranges(recipe: Recipe, spec: MethodSpec) -> None:
-    blocks = [("parameters", recipe.parameters)]
+    blocks = [("parameters", recipe.parameters),
+              ("modules.default.parameters", recipe.module_parameters)]
     blocks += [(f"{m.loc}.parameters", m.parameters) for m in recipe.models]
+    for out_slice in recipe.slices or ():
+        blocks.append((f"{out_slice.loc}.parameters", out_slice.parameters))
+        blocks += [(f"{s.model.loc}.parameters", s.model.parameters) for s in out_slice.sources]
     for prefix, params in blocks:
         if "density" in params:
             for leaf, loc in iter_leaves(params["density"], f"{prefix}.density"):
@@ -552,12 +848,11 @@ def _check_ranges(recipe: Recipe, spec: MethodSpec) -> None:
                     raise RecipeError(loc, f"density must be between 0 and 1, got {leaf}")
     if spec.name not in _DELLA:
         return
-    for m in recipe.inputs():
-        if recipe.has_base_role and recipe.is_base(m):
-            continue
-        eps = [hi for v, _ in _candidates(recipe, spec, m, "epsilon") for _, hi in _numbers(v)]
+    for m, chain in _param_chains(recipe):
+        own = f"{m.loc}.parameters"
+        eps = [hi for v, _ in _candidates(chain, spec, "epsilon", own) for _, hi in _numbers(v)]
         emax = max(eps, default=0.0)
-        for value, loc in _candidates(recipe, spec, m, "density"):
+        for value, loc in _candidates(chain, spec, "density", own):
             for lo, hi in _numbers(value):
                 if hi <= 0 or lo >= 1:
                     continue  # density 0 drops all, 1 keeps all: no sampling
@@ -581,6 +876,9 @@ def _reject_unsupported(recipe: Recipe, spec: MethodSpec) -> None:
     if recipe.chat_template is not None:
         raise RecipeError("chat_template", "chat_template is not supported yet")
     refs = [("base_model", recipe.base_model)] + [(f"{m.loc}.model", m.ref) for m in recipe.models]
+    for out_slice in recipe.slices or ():
+        refs.append((f"{out_slice.loc}.base_model", out_slice.base_model))
+        refs += [(f"{s.model.loc}.model", s.model.ref) for s in out_slice.sources]
     for loc, ref in refs:
         if ref is not None and ref.lora is not None:
             raise RecipeError(loc, f"LoRA adapters ({ref}) are not supported yet")

@@ -761,8 +761,8 @@ def test_bad_tokenizer_source_reference():
     assert error(SEED + "tokenizer_source: a b\n").loc == "tokenizer_source"
 
 
-def test_slices_not_supported():
-    err = error(
+def test_slices_are_parsed():
+    recipe = parse(
         """\
         merge_method: passthrough
         slices:
@@ -774,7 +774,9 @@ def test_slices_not_supported():
                 layer_range: [8, 24]
         """
     )
-    assert err.loc == "slices" and "not supported yet" in err.msg and err.line == 2
+    assert [s.sources[0].layer_range for s in recipe.slices] == [(0, 16), (8, 24)]
+    assert [str(m.ref) for m in recipe.inputs()] == ["org/a", "org/b"]
+    assert recipe.inputs()[1].loc == "slices[1].sources[0]"
 
 
 def test_modules_not_supported():
@@ -787,7 +789,7 @@ def test_modules_not_supported():
               - model: org/a
         """
     )
-    assert err.loc == "modules" and "not supported yet" in err.msg
+    assert err.loc == "modules.text_decoder" and "not supported yet" in err.msg
 
 
 def test_lora_not_supported():
