@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from merge_engine.api import DEFAULT_SHARD_BYTES, run_merge, validate
 from merge_engine.plan import Plan
 from merge_engine.recipe import parse_recipe
 from merge_engine.retry import retry
-from merge_engine.sources import HubAccess, open_source
+from merge_engine.sources import HubAccess, Source, open_source
 from merge_engine.summary import formula
 
 from .errors import BotError, TransientError
@@ -77,17 +77,28 @@ class PublishResult:
     commit_sha: str
     url: str
     revisions: dict[str, str | None]
-    """Source repo id (or local path) -> the commit SHA merged (None for local)."""
+    """Repo id (or local path) of every model and adapter -> the commit SHA merged."""
     created_repo: bool
     reused_commit: bool
 
 
+def source_revisions(sources: Iterable[Source]) -> dict[str, str | None]:
+    """Repo id (or local path) -> commit SHA of every model and LoRA adapter merged."""
+    revisions: dict[str, str | None] = {}
+    for source in sources:
+        revisions[source.ref.path] = source.revision
+        if source.ref.lora is not None:
+            revisions[source.ref.lora.path] = source.adapter_revision
+    return revisions
+
+
 def resolve_revisions(recipe_text: str, *, endpoint: str | None,
                       token: str | None) -> dict[str, str | None]:
-    """The current commit SHA of every source of a recipe (metadata only)."""
+    """The current commit SHA of every source of a recipe (metadata only), keyed like
+    :attr:`PublishResult.revisions`."""
     access = HubAccess(endpoint=endpoint, token=token)
     recipe = parse_recipe(recipe_text)
-    return {m.ref.path: open_source(m.ref, access).revision for m in recipe.inputs()}
+    return source_revisions(open_source(m.ref, access) for m in recipe.inputs())
 
 
 def find_job_commit(api: HfApi, repo_id: str, job_key: str) -> str | None:
@@ -112,7 +123,7 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     access = HubAccess(endpoint=req.endpoint, token=req.read_token or req.token,
                        stream_dir=req.work_dir / "sources")
     plan = validate(req.recipe_text, access=access)
-    revisions = {s.name: s.revision for s in plan.sources}
+    revisions = source_revisions(plan.sources)
     api = HfApi(endpoint=req.endpoint, token=req.token)
     hub_url = (req.endpoint or DEFAULT_HUB).rstrip("/")
     if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key)):

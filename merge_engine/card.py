@@ -13,7 +13,7 @@ import yaml
 
 from . import __version__
 from .plan import Plan
-from .summary import formula, model_rows
+from .summary import ModelRow, formula, model_rows
 
 DEFAULT_HUB = "https://huggingface.co"
 
@@ -38,11 +38,27 @@ def _pipeline_tag(plan: Plan) -> str | None:
     return "text-generation" if arch.endswith("ForCausalLM") else None
 
 
+def _lora_entry(row: ModelRow) -> dict:
+    """The adapter of a ``model+adapter`` row, for the ``merge`` block (``name`` is the
+    combined reference, ``revision`` the base model's)."""
+    if row.adapter is None:
+        return {}
+    return {"lora": {"model": row.adapter, "revision": row.adapter_revision}}
+
+
+def _linked(name: str, revision: str | None, hub: str) -> tuple[str, str]:
+    """(model, revision) cells of the models table for one repo or directory."""
+    if revision is None:
+        return name, "local files"
+    return f"[{name}]({hub}/{name})", f"[`{revision}`]({hub}/{name}/commit/{revision})"
+
+
 def front_matter(plan: Plan, seed: int | None) -> dict:
     """The card's YAML metadata."""
     rows = model_rows(plan)
     license_id, _ = _license(plan)
-    meta: dict = {"base_model": [r.name for r in rows], "base_model_relation": "merge"}
+    names = [n for r in rows for n in (r.model or r.name, r.adapter) if n]
+    meta: dict = {"base_model": list(dict.fromkeys(names)), "base_model_relation": "merge"}
     if license_id:
         meta["license"] = license_id
     meta["tags"] = ["merge", "mergekit", "mergebot", plan.recipe.merge_method]
@@ -53,8 +69,10 @@ def front_matter(plan: Plan, seed: int | None) -> dict:
     block = {"method": plan.recipe.merge_method, "engine": f"mergebot {__version__}"}
     base = [r for r in rows if r.role == "base"]
     if base:
-        block["base_model"] = {"model": base[0].name, "revision": base[0].revision}
-    block["models"] = [{"model": r.name, "revision": r.revision, "parameters": r.values}
+        block["base_model"] = {"model": base[0].name, "revision": base[0].revision,
+                               **_lora_entry(base[0])}
+    block["models"] = [{"model": r.name, "revision": r.revision, **_lora_entry(r),
+                        "parameters": r.values}
                        for r in rows if r.role == "donor"]
     if seed is not None:
         block["random_seed"] = seed
@@ -66,10 +84,10 @@ def pinned_recipe(plan: Plan) -> str:
     """The recipe with every Hub reference pinned to the commit SHA that was merged."""
     text = plan.recipe.text
     for source in plan.sources:
-        if source.revision:
+        if source.revision or source.adapter_revision:
             written = re.escape(str(source.ref))
-            pinned = f"{source.ref.path}@{source.revision}"
-            text = re.sub(rf"(?<![\w./@-]){written}(?![\w./@-])", pinned, text)
+            text = re.sub(rf"(?<![\w./@+-]){written}(?![\w./@+-])",
+                          lambda _, pinned=source.pinned: pinned, text)
     return text
 
 
@@ -92,9 +110,10 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
         "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        local = r.revision is None
-        model = r.name if local else f"[{r.name}]({hub}/{r.name})"
-        rev = "local files" if local else f"[`{r.revision}`]({hub}/{r.name}/commit/{r.revision})"
+        model, rev = _linked(r.model or r.name, r.revision, hub)
+        if r.adapter is not None:
+            lora_model, lora_rev = _linked(r.adapter, r.adapter_revision, hub)
+            model, rev = f"{model} + LoRA {lora_model}", f"{rev} + {lora_rev}"
         others = ", ".join(f"{k}: {v}" for k, v in r.others.items()) or "-"
         lines.append(f"| {r.role} | {model} | {rev} | {r.weight or '-'} | {others} |")
     if license_note:

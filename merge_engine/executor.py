@@ -59,6 +59,8 @@ class _Chunk:
     slot: list[torch.Tensor]
     """Input buffers, then the output buffer as the last element."""
     views: list[torch.Tensor] = field(default_factory=list)
+    loras: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """Input index -> (A, B) of its LoRA update, whole (shared by the task's chunks)."""
     host: torch.Tensor | None = None
     bad: torch.Tensor | None = None
     event: object = None
@@ -128,13 +130,15 @@ class Executor:
 
     def __init__(self, plan: Plan, out_dir: Path, *, device: torch.device,
                  max_shard_bytes: int, seed: int, progress: Progress | None = None,
-                 chunk_elems: int = DEFAULT_CHUNK_ELEMS, prefetch_window: int = 2,
+                 chunk_elems: int | None = None, prefetch_window: int = 2,
                  on_shard_done: Callable[[Path], None] | None = None):
         self.plan = plan
         self.device = device
         self.seed = seed
         self.progress = progress
-        self.chunk_elems = chunk_elems
+        self.chunk_elems = chunk_elems or DEFAULT_CHUNK_ELEMS
+        """Elements per chunk; None: :data:`DEFAULT_CHUNK_ELEMS`, read at construction
+        (so tests can monkeypatch it)."""
         self.prefetch_window = prefetch_window
         self.writer = ShardedWriter(out_dir, [t.out for t in plan.tasks], max_shard_bytes)
         self.writer.on_shard_done = on_shard_done
@@ -144,7 +148,8 @@ class Executor:
         self._errors: list[BaseException] = []
         n_inputs = max(len(t.inputs) for t in plan.tasks)
         max_item = max(i.meta.torch_dtype.itemsize for t in plan.tasks for i in t.inputs)
-        sizes = [chunk_elems * max_item] * n_inputs + [chunk_elems * plan.out_dtype.itemsize]
+        sizes = ([self.chunk_elems * max_item] * n_inputs
+                 + [self.chunk_elems * plan.out_dtype.itemsize])
         self._slots = _Slots(self.workers + 2, sizes, device.type == "cuda", self._failed)
         self._scratch = threading.local()
 
@@ -204,10 +209,14 @@ class Executor:
 
     def _read_all(self, prefetcher: Prefetcher, read_q: queue.Queue) -> None:
         reader = FileReader()
+        loras: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         try:
             for seq, (t, task, index, row0, rows) in enumerate(self._chunks()):
                 chunk = _Chunk(seq, task, index, row0, rows, self._slots.take())
                 t0 = time.perf_counter()
+                if index == 0:
+                    loras = self._read_loras(t, task, prefetcher, reader)
+                chunk.loras = loras
                 for k, inp in enumerate(task.inputs):
                     path = prefetcher.path(inp.model, inp.meta.file)
                     nbytes = rows * inp.meta.row_bytes if inp.meta.shape else (
@@ -225,6 +234,22 @@ class Executor:
             reader.close()
             for _ in range(self.workers):
                 read_q.put(None)
+
+    def _read_loras(self, t: int, task: TensorTask, prefetcher: Prefetcher,
+                    reader: FileReader) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """A and B of every LoRA input of a task, read whole into fresh buffers (they are
+        small: ``r * (in + out)`` elements) once for all its chunks."""
+        found = {}
+        for k, inp in enumerate(task.inputs):
+            if inp.lora is None:
+                continue
+            path = prefetcher.path(self.plan.adapter_index(inp.model), inp.lora.a.file)
+            pair = []
+            for name, meta in ((inp.lora.a_name, inp.lora.a), (inp.lora.b_name, inp.lora.b)):
+                buf = torch.empty(meta.end - meta.begin, dtype=torch.uint8)
+                pair.append(reader.read(path, meta, 0, meta.shape[0], buf, name))
+            found[k] = (pair[0], pair[1])
+        return found
 
     def _compute_all(self, read_q: queue.Queue, write_q: queue.Queue) -> None:
         try:
@@ -266,13 +291,36 @@ class Executor:
             if self.plan.read_dtype is not None and src.dtype != self.plan.read_dtype:
                 src = src.to(self.plan.read_dtype)
             scratch = self._scratch_for(k, src.numel()) if task.chunkable else None
-            xs.append(src.to(torch.float32) if scratch is None
-                      else scratch.view(src.shape).copy_(src))
+            x = (src.to(torch.float32) if scratch is None
+                 else scratch.view(src.shape).copy_(src))
+            if k in chunk.loras:
+                x = self._add_lora(x, chunk, k, scratch is not None)
+            xs.append(x)
         base, tensors = (xs[0], xs[1:]) if self.plan.has_base else (None, xs)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(chunk_seed(self.seed, task.out.name, chunk.index))
         return self.plan.method.merge(tensors, base, task.model_params, task.global_params,
                                       generator)
+
+    def _add_lora(self, x: torch.Tensor, chunk: _Chunk, k: int, inplace: bool) -> torch.Tensor:
+        """``x + scale * delta`` for this chunk's rows of input ``k``: ``B[r0:r1] @ A``, or
+        ``A[:, r0:r1].T @ B.T`` for a transposed update (embeddings, ``fan_in_fan_out``).
+
+        Computed in float64 and rounded once to float32: float32 matmul kernels differ
+        with the chunk's shape (gemv vs gemm), which made chunked and whole results differ
+        in the last bit; this way they agree, and the delta costs ``r`` multiply-adds per
+        element, small next to the reads."""
+        delta = chunk.task.inputs[k].lora
+        a, b = chunk.loras[k]
+        r0, r1 = chunk.row0, chunk.row0 + x.shape[0]
+        if delta.transpose:
+            left, right = a[:, r0:r1].T, b.T
+        else:
+            left, right = b[r0:r1], a
+        left = left.to(self.device, torch.float64, non_blocking=True)
+        right = right.to(self.device, torch.float64, non_blocking=True)
+        exact = torch.addmm(x.double(), left, right, alpha=delta.scale)
+        return x.copy_(exact) if inplace else exact.float()
 
     @staticmethod
     def _round_to_host(result: torch.Tensor, dtype: torch.dtype,

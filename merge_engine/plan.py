@@ -7,6 +7,7 @@ so every shape problem is found before a weight byte is read.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from .architecture import (
 )
 from .checkpoint import DTYPES, OutTensor, TensorMeta
 from .errors import PlanError
+from .lora import Adapter, LoraDelta
 from .methods import get_method
 from .methods.registry import MethodSpec
 from .params import layer_t
@@ -56,6 +58,9 @@ class TensorInput:
     meta: TensorMeta
     rows: int
     """Rows read from the start of dim 0 (fewer than the tensor has when the vocab is cut)."""
+    lora: LoraDelta | None = None
+    """A LoRA update added to this input in float32 (``model+adapter`` sources); its A and
+    B are read from file ``lora.a.file`` of fetch owner :meth:`Plan.adapter_index`."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,17 @@ class Plan:
         """Is the first input of every task the base (passed to the method as ``base``)?"""
         return self.recipe.has_base_role
 
+    def adapter_index(self, model: int) -> int:
+        """The fetch-owner index of source ``model``'s LoRA adapter (see :meth:`owner`)."""
+        return len(self.sources) + model
+
+    def owner(self, index: int) -> Source | Adapter:
+        """What fetches the files of an input's ``model`` index: a source, or for indices
+        from ``len(sources)`` on, the adapter of source ``index - len(sources)``."""
+        if index < len(self.sources):
+            return self.sources[index]
+        return self.sources[index - len(self.sources)].adapter
+
     @property
     def base(self) -> Source | None:
         return self.sources[0] if self.has_base else None
@@ -136,7 +152,7 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
         donors = models[1:] if recipe.has_base_role else models
         tasks = []
         for name in _ordered_names(reference):
-            inputs = tuple(_find_input(name, i, src, reference, warnings)
+            inputs = tuple(_adapted(_find_input(name, i, src, reference, warnings), sources)
                            for i, src in enumerate(sources))
             t = _gradient_t(layout, name)
             tasks.append(_task(recipe, method, name, reference.tensors[name], inputs, out_dtype,
@@ -242,7 +258,8 @@ def _slice_tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
                             f"tensor {name} has shape {list(meta.shape)} in {sources[i].name} "
                             f"but {names[0]} has {list(want.shape)} in {ref_src.name} "
                             f"({recipe.where(out_slice.loc)})")
-                    inputs.append(TensorInput(i, name, meta, meta.shape[0] if meta.shape else 1))
+                    inputs.append(_adapted(
+                        TensorInput(i, name, meta, meta.shape[0] if meta.shape else 1), sources))
                 tasks.append(_slice_task(recipe, method, out_name, want, tuple(inputs), names,
                                          ins, out_slice, t, out_dtype))
     tasks += [_fixed_task(recipe, method, n, plans[-1], sources, reference, out_dtype, warnings)
@@ -273,7 +290,8 @@ def _fixed_task(recipe: Recipe, method: MethodSpec, name: str,
                 warnings: list[str]) -> TensorTask:
     """A tensor outside the layer stack, merged from one slice's sources at ``t = 0``."""
     out_slice, ins, idx = plan
-    inputs = tuple(_find_input(name, i, sources[i], reference, warnings) for i in idx)
+    inputs = tuple(_adapted(_find_input(name, i, sources[i], reference, warnings), sources)
+                   for i in idx)
     t = layer_t(None, 1, "pre")
     skip = 1 if recipe.has_base_role else 0
     global_params = {p: recipe.global_param(p, name, t, out_slice) for p in method.global_params}
@@ -356,6 +374,20 @@ def _architecture_warnings(sources: Sequence[Source], layout: Layout | None) -> 
 def _ordered_names(source: Source) -> list[str]:
     """Tensor names in file order, so reads are sequential within each shard."""
     return sorted(source.tensors, key=lambda n: (source.tensors[n].file, source.tensors[n].begin))
+
+
+def _adapted(inp: TensorInput, sources: Sequence[Source]) -> TensorInput:
+    """``inp`` with its source's LoRA applied: a delta to add, or the adapter's tensor
+    read instead of the base's (``modules_to_save``)."""
+    adapter = sources[inp.model].adapter
+    if adapter is None:
+        return inp
+    if inp.name in adapter.deltas:
+        return dataclasses.replace(inp, lora=adapter.deltas[inp.name])
+    if inp.name in adapter.replaced:
+        name, meta = adapter.replaced[inp.name]
+        return TensorInput(len(sources) + inp.model, name, meta, inp.rows)
+    return inp
 
 
 def _find_input(name: str, index: int, source: Source, reference: Source,

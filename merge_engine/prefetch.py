@@ -7,7 +7,9 @@ last tensor that needs a file has been read, the file is deleted if it was strea
 work directory. Peak input disk is ``models x window`` files, whatever the model size, and
 the download of the next files overlaps the merge of the current ones. (A donor whose
 shards interleave differently from the reference's may need a file beyond the window; the
-file the reader waits for is always fetched, so the merge never deadlocks.)
+file the reader waits for is always fetched, so the merge never deadlocks.) A LoRA
+adapter's file is one more model here, under :meth:`Plan.adapter_index`: fetched once and
+released after the last tensor it updates.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ class Prefetcher:
         self._last_use: dict[Key, int] = {}
         for t, task in enumerate(plan.tasks):
             for inp in task.inputs:
-                key = (inp.model, inp.meta.file)
-                if key not in self._last_use:
-                    order[inp.model].append(inp.meta.file)
-                self._last_use[key] = t
+                keys = [(inp.model, inp.meta.file)]
+                if inp.lora is not None:
+                    keys.append((plan.adapter_index(inp.model), inp.lora.a.file))
+                for key in keys:
+                    if key not in self._last_use:
+                        order[key[0]].append(key[1])
+                    self._last_use[key] = t
         self._release_at: dict[int, list[Key]] = defaultdict(list)
         for key, t in self._last_use.items():
             self._release_at[t].append(key)
@@ -71,7 +76,7 @@ class Prefetcher:
         """Release the files whose last use was this task; returns those deleted."""
         deleted = []
         for model, file in self._release_at.get(task_index, ()):
-            source = self.plan.sources[model]
+            source = self.plan.owner(model)
             with self._cond:
                 path = self._paths.pop((model, file), None)
                 self._held[model] -= 1
@@ -88,7 +93,7 @@ class Prefetcher:
             self._cond.notify_all()
 
     def _fetch_all(self, model: int, files: list[str]) -> None:
-        source = self.plan.sources[model]
+        source = self.plan.owner(model)
         for file in files:
             with self._cond:
                 while (self._held[model] >= self.window and (model, file) not in self._wanted

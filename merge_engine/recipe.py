@@ -875,10 +875,3 @@ def _reject_unsupported(recipe: Recipe, spec: MethodSpec) -> None:
         )
     if recipe.chat_template is not None:
         raise RecipeError("chat_template", "chat_template is not supported yet")
-    refs = [("base_model", recipe.base_model)] + [(f"{m.loc}.model", m.ref) for m in recipe.models]
-    for out_slice in recipe.slices or ():
-        refs.append((f"{out_slice.loc}.base_model", out_slice.base_model))
-        refs += [(f"{s.model.loc}.model", s.model.ref) for s in out_slice.sources]
-    for loc, ref in refs:
-        if ref is not None and ref.lora is not None:
-            raise RecipeError(loc, f"LoRA adapters ({ref}) are not supported yet")

@@ -29,6 +29,7 @@ from .checkpoint import (
     weight_files,
 )
 from .errors import MergeEngineError, SourceError
+from .lora import Adapter, attach, open_adapter
 from .refs import ModelRef
 from .retry import retry
 
@@ -77,6 +78,9 @@ class Source:
     card_data: dict = field(default_factory=dict)
     local_dir: Path | None = None
     access: HubAccess | None = None
+    adapter: Adapter | None = None
+    """The LoRA adapter of a ``model+adapter`` reference, applied while streaming; the
+    other fields (revision, tensors, files) are the base model's."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -86,12 +90,33 @@ class Source:
 
     @property
     def name(self) -> str:
-        """The reference as written (repo id or directory), without revision."""
+        """The reference as written (repo id or directory), without revisions:
+        ``org/model+org/adapter`` for a LoRA source."""
+        if self.adapter is not None:
+            return f"{self.ref.path}+{self.adapter.ref.path}"
         return self.ref.path
 
     @property
     def short_name(self) -> str:
-        return Path(self.ref.path.rstrip("/")).name
+        short = Path(self.ref.path.rstrip("/")).name
+        if self.adapter is not None:
+            short += "+" + Path(self.adapter.ref.path.rstrip("/")).name
+        return short
+
+    @property
+    def adapter_revision(self) -> str | None:
+        """The commit SHA the LoRA adapter was pinned to (None: no adapter, or a local one).
+        :attr:`revision` stays the base model's."""
+        return self.adapter.revision if self.adapter is not None else None
+
+    @property
+    def pinned(self) -> str:
+        """The reference with every Hub part pinned to its commit SHA."""
+        text = self.ref.path if self.revision is None else f"{self.ref.path}@{self.revision}"
+        if self.adapter is not None:
+            rev = self.adapter.revision
+            text += "+" + (self.adapter.name if rev is None else f"{self.adapter.name}@{rev}")
+        return text
 
     def fetch(self, filename: str) -> Path:
         """A local path of ``filename``, downloading it at the pinned revision if needed."""
@@ -118,7 +143,16 @@ class Source:
 
 
 def open_source(ref: ModelRef, access: HubAccess | None = None) -> Source:
-    """Resolve ``ref`` and read its metadata; no weight bytes are read or downloaded."""
+    """Resolve ``ref`` and read its metadata; no weight bytes are read or downloaded.
+
+    A ``model+adapter`` reference opens the base model and the LoRA adapter (see
+    :mod:`merge_engine.lora`) and checks that every adapter tensor fits the base."""
+    if ref.lora is not None:
+        source = open_source(ModelRef(ref.path, ref.revision), access)
+        adapter = open_adapter(ref.lora, access)
+        attach(adapter, source.tensors, source.name)
+        source.ref, source.adapter = ref, adapter
+        return source
     if ref.is_local:
         return _open_local(ref)
     return _open_hub(ref, access or HubAccess())

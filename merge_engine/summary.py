@@ -27,6 +27,12 @@ class ModelRow:
     """Other parameters that differ from the method's defaults, formatted."""
     values: dict[str, object]
     """The same parameters (weight included) as plain YAML/JSON values."""
+    model: str = ""
+    """The model without its adapter (``name`` is ``model+adapter`` for a LoRA source)."""
+    adapter: str | None = None
+    """The LoRA adapter (repo id or directory), if any."""
+    adapter_revision: str | None = None
+    """The commit SHA the adapter was pinned to (None: local, or no adapter)."""
 
 
 def fmt(value: ParamValue | object) -> str:
@@ -65,9 +71,11 @@ def model_rows(plan: Plan) -> list[ModelRow]:
                 if value is not REQUIRED and (name == "weight" or value != default):
                     values[name] = value
         shown = {k: fmt(v) for k, v in values.items()}
+        adapter = source.adapter.name if source.adapter is not None else None
         rows.append(ModelRow("base" if is_base else "donor", source.name, source.revision,
                              shown.pop("weight", ""), shown,
-                             {k: plain(v) for k, v in values.items()}))
+                             {k: plain(v) for k, v in values.items()},
+                             source.ref.path, adapter, source.adapter_revision))
     return rows
 
 

@@ -792,11 +792,10 @@ def test_modules_not_supported():
     assert err.loc == "modules.text_decoder" and "not supported yet" in err.msg
 
 
-def test_lora_not_supported():
-    err = error(ta("- model: org/a+org/lora\n  parameters: {weight: 1}\n"))
-    assert err.loc == "models[0].model" and "LoRA" in err.msg and "not supported yet" in err.msg
-    err = error(SEED.replace("Platypus2-13B\n", "Platypus2-13B+org/lora\n"))
-    assert err.loc == "base_model" and "not supported yet" in err.msg
+def test_lora_refs_parse_as_model_plus_adapter():
+    recipe = parse(ta("- model: org/a+org/lora@v2\n  parameters: {weight: 1}\n"))
+    ref = next(m.ref for m in recipe.inputs() if m.ref.lora is not None)
+    assert (ref.path, ref.lora.path, ref.lora.revision) == ("org/a", "org/lora", "v2")
 
 
 # --- line numbers ---------------------------------------------------------------------

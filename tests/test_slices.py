@@ -321,11 +321,6 @@ def test_bad_layer_range(layer_range, message):
             "slices[0].sources[1].model",
             "listed twice in this slice",
         ),
-        (
-            "  - sources:\n      - model: org/a+org/lora\n        layer_range: [0, 1]\n",
-            "slices[0].sources[0].model",
-            "LoRA adapters",
-        ),
     ],
 )
 def test_bad_slices(body, loc, message):
