@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 from .merge_cli import add_merge_parser
 
@@ -101,8 +102,23 @@ def _run_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     _configure_logging(args.log_level)
-    serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    ui = _ui_plugin() if args.ui else None
+    serve(settings, host=args.host, port=args.port, workers=args.workers,
+          log_level=args.log_level, ui=ui)
     return 0
+
+
+def _ui_plugin():
+    """The web UI registered under the ``mergebot.ui`` entry point (``spaces_app``), so the
+    bot never imports the layer above it; None, with a note, when it cannot be loaded."""
+    for entry in entry_points(group="mergebot.ui"):
+        try:
+            return entry.load()
+        except ImportError as exc:
+            print(f"mergebot serve: serving without the UI ({exc})", file=sys.stderr)
+            return None
+    print("mergebot serve: no UI installed; serving the API only", file=sys.stderr)
+    return None
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -119,6 +135,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument("--no-ui", dest="ui", action="store_false",
+                        help="serve without the web UI at /")
     parser.set_defaults(run=_run_serve)
 
 

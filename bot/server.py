@@ -87,7 +87,10 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
     ]
     if ui is not None:
-        routes.append(Mount("/", app=ui(settings, services)))
+        try:
+            routes.append(Mount("/", app=ui(settings, services)))
+        except Exception as exc:  # noqa: BLE001 - the API and webhook must come up regardless
+            log.error("the web UI could not start (%s); serving the API only", exc)
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings
     app.state.store = store

@@ -1,0 +1,87 @@
+"""Preflight: what a recipe will do, from safetensors headers only, in seconds.
+
+    summary = check(recipe_text, endpoint="http://127.0.0.1:8765", token="hf_...")
+    summary["ok"]        # False → summary["errors"] = [{"loc", "msg", "line"}]
+    summary["formula"]   # "merged = base + 1.0 * (donor-1 - base) + 0.3 * (donor-2 - base)"
+
+The answer is plain JSON, the same shape a bot ``POST /api/validate`` returns (the UI
+prefers that route when the bot has it). This calls the engine's pure
+``merge_engine.api.validate`` with the *user's* token, so a user only sees models they can
+read. No weight byte is downloaded.
+"""
+
+from __future__ import annotations
+
+from merge_engine.api import validate
+from merge_engine.errors import InputError, MergeEngineError, RecipeError
+from merge_engine.plan import Plan
+from merge_engine.recipe import parse_recipe
+from merge_engine.sources import HubAccess
+from merge_engine.summary import fmt, formula, model_rows
+
+
+def check(recipe_text: str, *, endpoint: str | None, token: str | None) -> dict:
+    """The plan summary of ``recipe_text``, or its errors; never raises for bad input."""
+    if not recipe_text.strip():
+        return failed("", "the recipe is empty; start from an example")
+    try:
+        plan = validate(recipe_text, access=HubAccess(endpoint=endpoint, token=token or None))
+    except RecipeError as exc:
+        return failed(exc.loc, exc.msg, getattr(exc, "line", None))
+    except InputError as exc:
+        return failed("", str(exc))
+    except MergeEngineError as exc:
+        return failed("", f"could not check the recipe against the Hub: {exc}")
+    except OSError as exc:
+        return failed("", f"could not reach the Hub at {endpoint}: {exc}")
+    return summarize(plan)
+
+
+def failed(loc: str, msg: str, line: int | None = None) -> dict:
+    return {"ok": False, "errors": [{"loc": loc, "msg": msg, "line": line}]}
+
+
+def summarize(plan: Plan) -> dict:
+    """A plan as JSON: method, formula, models (revision, weight, license, bytes), warnings."""
+    models = []
+    for row, source in zip(model_rows(plan), plan.sources, strict=True):
+        models.append(
+            {
+                "role": row.role,
+                "name": row.name,
+                "revision": row.revision,
+                "weight": row.weight,
+                "others": row.others,
+                "license": source.card_data.get("license"),
+                "bytes": sum(t.end - t.begin for t in source.tensors.values()),
+            }
+        )
+    warnings = list(plan.warnings)
+    licenses = {m["license"] or "unknown" for m in models}
+    if len(licenses) > 1:
+        named = ", ".join(f"{m['name']}: {m['license'] or 'unknown'}" for m in models)
+        warnings.append(f"the sources have different licenses ({named}); check each before use")
+    return {
+        "ok": True,
+        "method": plan.recipe.merge_method,
+        "formula": formula(plan),
+        "parameters": {k: fmt(v) for k, v in plan.recipe.parameters.items()},
+        "models": models,
+        "output_bytes": plan.output_bytes,
+        "parameter_count": plan.parameter_count,
+        "warnings": warnings,
+    }
+
+
+def line_of(recipe_text: str, loc: str) -> int | None:
+    """The 1-based line of YAML path ``loc`` in ``recipe_text`` (for errors from the API)."""
+    if not loc:
+        return None
+    try:
+        recipe = parse_recipe(recipe_text)
+    except RecipeError as exc:
+        return getattr(exc, "line", None) if exc.loc == loc else None
+    where = recipe.where(loc)
+    if where.endswith(")") and "(line " in where:
+        return int(where.rsplit("(line ", 1)[1][:-1])
+    return None

@@ -1,0 +1,164 @@
+"""Markdown for the UI: preflight results, recipe errors at their YAML line, jobs, cards.
+
+Pure functions from the API's JSON (and the recipe text) to strings; no I/O.
+"""
+
+from __future__ import annotations
+
+FINISHED = ("succeeded", "failed", "skipped")
+_STATUS_MARK = {"queued": "…", "running": "●", "succeeded": "✓", "failed": "✗", "skipped": "–"}
+"""Plain symbols that common fonts have (no emoji font needed)."""
+
+
+def size(nbytes: int | None) -> str:
+    """``1.2 GB`` style (powers of 1000, as the Hub shows sizes)."""
+    if nbytes is None:
+        return "?"
+    value = float(nbytes)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def short_sha(sha: str | None) -> str:
+    return sha[:12] if sha else "local"
+
+
+def errors_md(errors: list[dict], recipe_text: str) -> str:
+    """Each error as ``loc (line N): msg`` with the recipe lines around it."""
+    lines = recipe_text.splitlines()
+    parts = ["### ✗ The recipe cannot be merged"]
+    for error in errors:
+        loc, msg, line = error.get("loc") or "", error.get("msg") or "", error.get("line")
+        where = f"`{loc}`" if loc else "recipe"
+        if line:
+            where += f" (line {line})"
+        parts.append(f"- **{where}**: {msg}")
+        if line and 0 < line <= len(lines):
+            lo, hi = max(line - 2, 1), min(line + 1, len(lines))
+            snippet = [
+                f"{'>' if n == line else ' '} {n:3d} | {lines[n - 1]}" for n in range(lo, hi + 1)
+            ]
+            parts.append("```\n" + "\n".join(snippet) + "\n```")
+    return "\n\n".join(parts)
+
+
+def summary_md(summary: dict, hub_url: str) -> str:
+    """The formula with its real weights, a table of models, output size and warnings."""
+    table = []
+    for m in summary["models"]:
+        revision = m.get("revision")
+        rev = "local"
+        if revision:
+            rev = f"[`{short_sha(revision)}`]({hub_url}/{m['name']}/tree/{revision})"
+        others = ", ".join(f"{k}={v}" for k, v in (m.get("others") or {}).items())
+        table.append(
+            {
+                "role": m["role"],
+                "model": m["name"],
+                "revision": rev,
+                "weight": m.get("weight") or "",
+                "other parameters": others,
+                "license": m.get("license") or "unknown",
+                "size": size(m.get("bytes")),
+            }
+        )
+    columns = [c for c in table[0] if any(row[c] for row in table)] if table else []
+    rows = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    rows += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
+    parts = [
+        f"### ✓ Ready to merge ({summary['method']})",
+        f"```\n{summary['formula']}\n```",
+        "\n".join(rows),
+    ]
+    if summary.get("parameters"):
+        shown = ", ".join(f"`{k}` = {v}" for k, v in summary["parameters"].items())
+        parts.append(f"**Parameters:** {shown}")
+    parts += [
+        f"**Output:** {size(summary.get('output_bytes'))}, "
+        f"{summary.get('parameter_count', 0):,} parameters.",
+    ]
+    warnings = summary.get("warnings") or []
+    if warnings:
+        parts.append("**Warnings**\n\n" + "\n".join(f"- ⚠ {w}" for w in warnings))
+    return "\n\n".join(parts)
+
+
+def progress_bar(fraction: float | None, width: int = 20) -> str:
+    fraction = min(max(fraction or 0.0, 0.0), 1.0)
+    filled = round(fraction * width)
+    return "█" * filled + "░" * (width - filled) + f" {fraction * 100:.0f} %"
+
+
+def job_md(job: dict, hub_url: str) -> str:
+    """A job's status, stage and progress, sources, and the published commit or error."""
+    status = job.get("status", "?")
+    mark = _STATUS_MARK.get(status, "")
+    repo = job.get("repo_id", "")
+    parts = [f"### {mark} Job {job.get('id')} · {status} · `{repo}`"]
+    if status == "running":
+        bar = progress_bar(job.get("progress"))
+        parts.append(f"**Stage:** {job.get('stage') or 'starting'}  \n`{bar}`")
+    elif status == "queued":
+        parts.append("Waiting for a worker.")
+    parts.append(
+        f"Trigger: {job.get('trigger', '')} · attempts: {job.get('attempts', 0)}"
+        + (f" · {job['triggers']} triggers absorbed" if (job.get("triggers") or 1) > 1 else "")
+    )
+    shas = job.get("source_shas") or {}
+    if shas:
+        parts.append(
+            "Sources: " + ", ".join(f"{name}@`{short_sha(sha)}`" for name, sha in shas.items())
+        )
+    commit = job.get("commit")
+    if status == "succeeded" and commit:
+        parts.append(
+            f"**Published:** [{repo}]({hub_url}/{repo}) at commit "
+            f"[`{short_sha(commit)}`]({hub_url}/{repo}/commit/{commit})"
+        )
+    if status == "skipped":
+        parts.append("The sources have not changed since the last merge; nothing to publish.")
+    if job.get("error"):
+        parts.append(f"**Error:** {job['error']}")
+    return "\n\n".join(parts)
+
+
+def card_md(readme: str) -> str:
+    """A model card for ``gr.Markdown``: its body, then its YAML front matter as code."""
+    if readme.startswith("---\n"):
+        end = readme.find("\n---", 4)
+        if end != -1:
+            front, body = readme[4:end], readme[end + 4 :].lstrip("\n")
+            return f"{body.rstrip()}\n\n**Card metadata**\n\n```yaml\n{front}\n```\n"
+    return readme
+
+
+def history_rows(recipes: list[dict]) -> list[list]:
+    """One table row per recipe: id, target repo, method, watch, private, last commit."""
+    rows = []
+    for r in recipes:
+        method = _method(r.get("recipe", ""))
+        rows.append(
+            [
+                r["id"],
+                r["repo_id"],
+                method,
+                "yes" if r.get("watch") else "no",
+                "yes" if r.get("private") else "no",
+                short_sha(r.get("last_commit")) if r.get("last_commit") else "",
+                r.get("broken") or "",
+            ]
+        )
+    return rows
+
+
+HISTORY_HEADERS = ["recipe", "repo", "method", "watch", "private", "last commit", "broken"]
+
+
+def _method(recipe_text: str) -> str:
+    for line in recipe_text.splitlines():
+        if line.strip().startswith("merge_method:"):
+            return line.split(":", 1)[1].split("#", 1)[0].strip()
+    return ""

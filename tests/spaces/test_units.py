@@ -1,0 +1,260 @@
+"""Pure parts of the UI: rendering, error locations, the API client's error mapping,
+configuration, examples, the demo's token rule, and the Space folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import pytest
+import yaml
+
+pytest.importorskip("gradio", reason="gradio is not installed (pip install 'gradio[oauth]')")
+
+from merge_engine.recipe import parse_recipe
+from spaces_app import preflight, render
+from spaces_app.app import MOCK_OAUTH_TOKEN, AppConfig, Handlers, build_app
+from spaces_app.client import ApiError, MergebotClient, _error
+from spaces_app.examples import SEED_MODELS, examples
+from spaces_app.stage import stage
+
+
+def test_examples_parse_and_start_with_the_seed_recipe() -> None:
+    items = examples()
+    assert [e.label.split(" ")[0] for e in items] == ["seed", "ties", "dare_ties", "slerp"]
+    seed = parse_recipe(items[0].text)
+    assert seed.merge_method == "task_arithmetic"
+    assert [m.ref.path for m in seed.inputs()] == list(SEED_MODELS)
+    for item in items[1:]:
+        parse_recipe(item.text)
+    custom = examples("a/base", "a/one", "a/two")[0].text
+    assert "base_model: a/base" in custom and "model: a/two" in custom
+
+
+def test_line_of_finds_yaml_paths() -> None:
+    text = examples()[0].text
+    weight_line = next(n for n, t in enumerate(text.splitlines(), 1) if "weight: 0.3" in t)
+    assert preflight.line_of(text, "models[1].parameters.weight") == weight_line
+    assert preflight.line_of(text, "") is None
+    broken = text.replace("weight: 0.3", "wieght: 0.3")
+    assert preflight.line_of(broken, "models[1].parameters.wieght") == weight_line
+
+
+def test_local_preflight_reports_errors_with_lines(tmp_path: Path) -> None:
+    answer = preflight.check("merge_method: nope\n", endpoint=None, token=None)
+    assert answer["ok"] is False
+    assert answer["errors"][0]["loc"] == "merge_method"
+    assert "unknown merge method" in answer["errors"][0]["msg"]
+    missing = (
+        f"merge_method: linear\nmodels:\n  - model: {tmp_path}/none\n"
+        "    parameters:\n      weight: 1.0\n"
+    )
+    answer = preflight.check(missing, endpoint=None, token=None)
+    assert answer["ok"] is False and "does not exist" in answer["errors"][0]["msg"]
+    assert preflight.check("  \n", endpoint=None, token=None)["errors"][0]["msg"].startswith(
+        "the recipe is empty"
+    )
+
+
+def test_local_preflight_summarizes_a_plan(family: list[Path]) -> None:
+    base, one, two = family
+    text = (
+        f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+        f"  - model: {one}\n    parameters:\n      weight: 1.0\n"
+        f"  - model: {two}\n    parameters:\n      weight: 0.3\n"
+    )
+    answer = preflight.check(text, endpoint=None, token=None)
+    assert answer["ok"] is True, answer
+    assert answer["formula"] == "merged = base + 1.0 * (donor-1 - base) + 0.3 * (donor-2 - base)"
+    assert [m["role"] for m in answer["models"]] == ["base", "donor", "donor"]
+    assert all(m["bytes"] > 0 for m in answer["models"])
+    assert answer["output_bytes"] > 0
+    json.dumps(answer)  # plain JSON, the shape of a bot /api/validate answer
+    shown = render.summary_md(answer, "https://hub.example")
+    assert "| base |" in shown and "local" in shown
+    assert "other parameters" not in shown  # empty columns are left out
+
+
+def test_errors_md_points_at_the_line() -> None:
+    text = "a: 1\nb: 2\nc: 3\nd: 4\n"
+    shown = render.errors_md([{"loc": "c", "msg": "bad value", "line": 3}], text)
+    assert "**`c` (line 3)**: bad value" in shown
+    assert ">   3 | c: 3" in shown and "    2 | b: 2" in shown and "    4 | d: 4" in shown
+    assert "**recipe**: oops" in render.errors_md([{"loc": "", "msg": "oops"}], text)
+
+
+def test_job_md_and_card_md() -> None:
+    job = {
+        "id": 4,
+        "status": "running",
+        "stage": "merging",
+        "progress": 0.5,
+        "trigger": "submitted by @alice",
+        "attempts": 1,
+        "repo_id": "bot/merged",
+        "source_shas": {"a/base": "0123456789abcdef"},
+    }
+    shown = render.job_md(job, "https://hub.example")
+    assert "Job 4 · running" in shown and "merging" in shown and "50 %" in shown
+    assert "a/base@`0123456789ab`" in shown
+    done = {**job, "status": "succeeded", "commit": "f" * 40}
+    assert f"(https://hub.example/bot/merged/commit/{'f' * 40})" in render.job_md(
+        done, "https://hub.example"
+    )
+    failed = render.job_md({**job, "status": "failed", "error": "no such repo"}, "h")
+    assert "**Error:** no such repo" in failed
+    card = render.card_md("---\nlicense: mit\n---\n\n# Title\n")
+    assert card.startswith("# Title\n") and card.endswith("```yaml\nlicense: mit\n```\n")
+    assert render.card_md("# plain\n") == "# plain\n"
+
+
+def test_sizes_and_history_rows() -> None:
+    assert render.size(999) == "999 B" and render.size(5_700_000) == "5.7 MB"
+    rows = render.history_rows(
+        [
+            {
+                "id": 2,
+                "repo_id": "bot/x",
+                "recipe": "merge_method: ties  # c\n",
+                "watch": True,
+                "private": False,
+                "last_commit": "a" * 40,
+                "broken": None,
+            }
+        ]
+    )
+    assert rows == [[2, "bot/x", "ties", "yes", "no", "a" * 12, ""]]
+
+
+def test_client_error_mapping() -> None:
+    err = _error(422, {"errors": [{"loc": "models[0].model", "msg": "not found"}]})
+    assert err.status == 422 and str(err) == "models[0].model: not found"
+    assert err.errors == [{"loc": "models[0].model", "msg": "not found"}]
+    assert str(_error(403, {"error": "the bot cannot write there"})) == "the bot cannot write there"
+    assert str(_error(502, None)) == "the bot answered HTTP 502"
+
+
+def test_client_unreachable_is_one_sentence() -> None:
+    client = MergebotClient("http://127.0.0.1:9", timeout=2)
+    with pytest.raises(ApiError) as info:
+        client.job(1)
+    assert info.value.status == 0 and "unreachable" in str(info.value)
+    assert client.healthy() is False
+
+
+def test_client_sends_the_bearer_token() -> None:
+    seen = {}
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen["auth"] = request.headers.get("authorization")
+        seen["body"] = json.loads(request.content)
+        return httpx2.Response(201, json={"recipe_id": 1, "job_id": 2, "repo_id": "b/m"})
+
+    transport = httpx2.MockTransport(handler)
+    original = httpx2.Client
+
+    class Patched(original):
+        def __init__(self, **kwargs):
+            super().__init__(transport=transport, **kwargs)
+
+    httpx2.Client = Patched
+    try:
+        answer = MergebotClient("http://bot").submit("x: 1\n", "hf_tok", repo_id="m")
+    finally:
+        httpx2.Client = original
+    assert answer["job_id"] == 2
+    assert seen["auth"] == "Bearer hf_tok"
+    assert seen["body"] == {"recipe": "x: 1\n", "repo_id": "m", "private": False, "watch": True}
+
+
+def test_demo_token_only_off_a_space_and_only_without_a_real_token() -> None:
+    env = {"MERGEBOT_DEMO_TOKEN": "hf_demo", "HF_ENDPOINT": "http://127.0.0.1:1/"}
+    config = AppConfig.from_env(env)
+    assert config.demo_token == "hf_demo" and config.hub_url == "http://127.0.0.1:1"
+    assert AppConfig.from_env({**env, "SPACE_ID": "a/b"}).demo_token is None
+    assert "hf_demo" not in repr(config)
+
+    class Token:
+        def __init__(self, token: str) -> None:
+            self.token = token
+
+    handlers = Handlers(MergebotClient("http://bot"), config)
+    assert handlers.token(None) == "hf_demo"
+    assert handlers.token(Token(MOCK_OAUTH_TOKEN)) == "hf_demo"
+    assert handlers.token(Token("hf_real")) == "hf_real"
+    assert Handlers(MergebotClient("http://bot"), AppConfig()).token(None) is None
+
+
+def test_submit_without_a_token_asks_to_sign_in() -> None:
+    handlers = Handlers(MergebotClient("http://127.0.0.1:9"), AppConfig())
+    message, recipe_id, job_id, _ = handlers.submit("x: 1\n", "m", False, True, None)
+    assert message.startswith("Sign in") and recipe_id is None and job_id is None
+    message, *_ = handlers.remerge(3, None)
+    assert message.startswith("Sign in")
+
+
+def test_build_app_without_a_login_outside_a_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradio as gr
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    blocks = build_app(MergebotClient("http://bot"), AppConfig(login=False))
+    assert isinstance(blocks, gr.Blocks)
+    assert not any(isinstance(b, gr.LoginButton) for b in blocks.blocks.values())
+    names = {fn.api_name for fn in blocks.fns.values() if fn.api_visibility == "public"}
+    assert {"check", "submit", "job", "history", "remerge"} <= names
+
+
+def test_stage_builds_the_space_folder(tmp_path: Path) -> None:
+    out = stage(tmp_path / "space")
+    front = (out / "README.md").read_text().split("---\n")[1]
+    card = yaml.safe_load(front)
+    assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
+    assert card["hf_oauth"] is True and "read-repos" in card["hf_oauth_scopes"]
+    assert card["suggested_hardware"]
+    assert (out / "spaces_app" / "app.py").exists() and (out / "merge_engine" / "api.py").exists()
+    assert not list(out.rglob("__pycache__"))
+    requirements = (out / "requirements.txt").read_text()
+    assert "gradio[oauth]>=6.31,<7" in requirements
+    # the staged app imports from its own folder, without this checkout on sys.path
+    code = "import app, spaces_app, merge_engine; print(spaces_app.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=out,
+        env={
+            "MERGEBOT_API_URL": "http://127.0.0.1:9",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(str(out))
+
+
+def test_deploy_workflow_runs_on_release_tags_with_the_token_secret() -> None:
+    path = Path(__file__).resolve().parents[2] / ".github" / "workflows" / "deploy-space.yml"
+    workflow = yaml.safe_load(path.read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["push"]["tags"] == ["v*"]
+    steps = workflow["jobs"]["deploy"]["steps"]
+    upload = next(s for s in steps if "spaces_app.stage" in s.get("run", ""))
+    assert upload["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    assert "--push" in upload["run"]
+
+
+def test_demo_serves_the_ui_alone_without_the_bot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from spaces_app import demo
+    from spaces_app.mount import GradioASGI
+
+    monkeypatch.setitem(sys.modules, "bot.server", None)  # importing it raises ImportError
+    app = demo.build_asgi(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:10")
+    assert isinstance(app, GradioASGI)
+    assert "the bot service is not importable" in capsys.readouterr().err
