@@ -475,9 +475,6 @@ class Store:
         )
         return True
 
-    def set_delivery_outcome(self, db: sqlite3.Connection, identity: str, outcome: str) -> None:
-        db.execute("UPDATE deliveries SET outcome = ? WHERE identity = ?", (outcome, identity))
-
     def delivery_stats(self) -> dict:
         """Deliveries recorded, total received (duplicates included), and by outcome."""
         with self.read() as db:

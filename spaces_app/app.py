@@ -215,7 +215,7 @@ class Handlers:
 
 
 def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blocks:
-    """The Blocks app; launch it, or serve it with :func:`spaces_app.mount.gradio_asgi`."""
+    """The Blocks app; launch it, or serve it with :class:`spaces_app.mount.GradioASGI`."""
     config = config or AppConfig()
     h = Handlers(client, config)
     choices = examples(*config.example_models)

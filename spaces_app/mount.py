@@ -69,10 +69,6 @@ class GradioASGI:
         await self._app(scope, receive, send)
 
 
-def gradio_asgi(blocks: gr.Blocks) -> GradioASGI:
-    return GradioASGI(blocks)
-
-
 def ui_factory(settings, services, *, demo_token: str | None = None, **config: Any) -> GradioASGI:
     """The UI for ``bot.server.create_app(ui=...)``: talks to the same server's ``/api``.
 

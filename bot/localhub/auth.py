@@ -57,9 +57,6 @@ class Users:
                 found = user
         return found
 
-    def by_name(self, name: str) -> User | None:
-        return next((u for u in self._users if u.name == name), None)
-
     def authenticate(self, authorization: str | None) -> User | None:
         """The caller for an `Authorization` header value; raise 401 on a bad token."""
         if not authorization:
