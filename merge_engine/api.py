@@ -26,6 +26,7 @@ from .plan import Plan, build_plan
 from .recipe import Recipe, load_recipe, parse_recipe
 from .sources import HubAccess, Source, open_source
 from .summary import ModelRow, formula, model_rows
+from .vocab import TOKENIZER_FILES, write_tokenizer
 
 DEFAULT_SHARD_BYTES = 5_000_000_000
 RECIPE_NAME = "mergekit_config.yml"
@@ -122,8 +123,10 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
 
 
 def write_side_files(plan: Plan, directory: Path, copy_tokenizer: bool) -> list[Path]:
-    """``config.json`` (dtype updated; the plan's own config when slices changed the layers),
-    tokenizer and generation files (the first source's), and the recipe."""
+    """``config.json`` (dtype updated; the plan's own config when slices changed the layers
+    or a tokenizer merge the vocabulary), generation files (the first source's), tokenizer
+    files (the first source's, or the merged tokenizer: :func:`merge_engine.vocab.
+    write_tokenizer`) with the chat template, and the recipe."""
     reference = plan.sources[0]
     written = []
     config = dict(plan.out_config if plan.out_config is not None else reference.config)
@@ -137,10 +140,11 @@ def write_side_files(plan: Plan, directory: Path, copy_tokenizer: bool) -> list[
         written.append(path)
     if copy_tokenizer:
         for name in reference.side_files():
-            if name != "config.json":
+            if name != "config.json" and name not in TOKENIZER_FILES:
                 path = directory / name
                 shutil.copyfile(reference.fetch(name), path)
                 written.append(path)
+        written += write_tokenizer(directory, plan.vocab, plan.chat_template, plan.sources)
     path = directory / RECIPE_NAME
     path.write_text(plan.recipe.text)
     written.append(path)

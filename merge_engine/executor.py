@@ -33,6 +33,7 @@ from .checkpoint import FileReader, ShardedWriter
 from .errors import MergeEngineError, MergeError
 from .plan import Plan, TensorTask
 from .prefetch import Prefetcher
+from .vocab import fill_missing
 
 DEFAULT_CHUNK_ELEMS = 1 << 18
 Progress = Callable[[int, int], None]
@@ -219,12 +220,15 @@ class Executor:
                 chunk.loras = loras
                 for k, inp in enumerate(task.inputs):
                     path = prefetcher.path(inp.model, inp.meta.file)
-                    nbytes = rows * inp.meta.row_bytes if inp.meta.shape else (
+                    # a row-mapped input (tokenizer merging) is read whole: its rows are
+                    # gathered by token in _merge
+                    first, count = (0, inp.rows) if inp.row_map is not None else (row0, rows)
+                    nbytes = count * inp.meta.row_bytes if inp.meta.shape else (
                         inp.meta.end - inp.meta.begin)
                     buf = chunk.slot[k]
                     if nbytes > buf.numel():
                         buf = torch.empty(nbytes, dtype=torch.uint8)
-                    chunk.views.append(reader.read(path, inp.meta, row0, rows, buf, inp.name))
+                    chunk.views.append(reader.read(path, inp.meta, first, count, buf, inp.name))
                 if chunk.last:
                     for path in prefetcher.task_done(t):
                         reader.close(path)
@@ -296,6 +300,9 @@ class Executor:
             if k in chunk.loras:
                 x = self._add_lora(x, chunk, k, scratch is not None)
             xs.append(x)
+        if task.inputs[0].row_map is not None:
+            maps = [inp.row_map.to(self.device) for inp in task.inputs]
+            xs = fill_missing(xs, maps, self.plan.has_base)
         base, tensors = (xs[0], xs[1:]) if self.plan.has_base else (None, xs)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(chunk_seed(self.seed, task.out.name, chunk.index))

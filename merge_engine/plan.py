@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +33,7 @@ from .methods.registry import MethodSpec
 from .params import layer_t
 from .recipe import InputModel, OutputSlice, Recipe, SliceSource, ref_key
 from .sources import Source
+from .vocab import Vocab, build_vocab, resolve_chat_template
 
 __all__ = [
     "EMBEDDING_SUFFIXES", "LAYER_COUNT_KEYS", "LAYER_RE", "TIED_ALIASES", "Plan", "TensorInput",
@@ -61,6 +62,10 @@ class TensorInput:
     lora: LoraDelta | None = None
     """A LoRA update added to this input in float32 (``model+adapter`` sources); its A and
     B are read from file ``lora.a.file`` of fetch owner :meth:`Plan.adapter_index`."""
+    row_map: torch.Tensor | None = field(default=None, compare=False)
+    """Tokenizer merging: for each output row, this input's row for the same token, -1
+    where the model lacks it (int64). The input is then read whole (``rows`` rows) and its
+    rows gathered and filled by :func:`merge_engine.vocab.fill_missing` before the merge."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,10 @@ class Plan:
     out_config: dict | None = None
     """The output's config.json when it differs from the first source's (slices change the
     layer count); None: the first source's, as it is."""
+    vocab: Vocab | None = None
+    """The output vocabulary when ``tokenizer_source`` is ``union`` or a model."""
+    chat_template: str | None = None
+    """The chat template text to write (``chat_template``), resolved."""
 
     @property
     def has_base(self) -> bool:
@@ -145,14 +154,17 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
     warnings: list[str] = []
     out_config = None
     layout = None
+    vocab = build_vocab(recipe, sources)
     if recipe.slices is not None:
-        tasks, out_config = _slice_tasks(recipe, method, sources, out_dtype, warnings)
+        tasks, out_config = _slice_tasks(recipe, method, sources, out_dtype, warnings,
+                                         vocab is not None)
     else:
         layout = detect_layout(reference.config, reference.tensors, reference.name)
         donors = models[1:] if recipe.has_base_role else models
         tasks = []
         for name in _ordered_names(reference):
-            inputs = tuple(_adapted(_find_input(name, i, src, reference, warnings), sources)
+            inputs = tuple(_adapted(_find_input(name, i, src, reference, warnings,
+                                                vocab is not None), sources)
                            for i, src in enumerate(sources))
             t = _gradient_t(layout, name)
             tasks.append(_task(recipe, method, name, reference.tensors[name], inputs, out_dtype,
@@ -162,8 +174,45 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
                                    {p: recipe.model_param(m, p, name, t)
                                     for p in method.model_params} for m in donors)))
     warnings += _architecture_warnings(sources, layout)
+    if vocab is not None:
+        tasks = [_map_rows(task, vocab, sources) for task in tasks]
+        out_config = _vocab_config(out_config or reference.config, vocab)
+    template = resolve_chat_template(recipe.chat_template, sources)
+    if recipe.chat_template is not None and template is None:
+        warnings.append("chat_template: auto found no chat template in the models; none set")
+    if template is not None and "tokenizer.json" not in sources[
+            vocab.files_from if vocab is not None else 0].files:
+        warnings.append("chat_template: the output has no tokenizer.json to attach it to; "
+                        "it was not written")
     return Plan(recipe, method, models, tuple(sources), tasks, out_dtype,
-                DTYPES_BY_NAME.get(recipe.dtype), warnings, out_config)
+                DTYPES_BY_NAME.get(recipe.dtype), warnings, out_config, vocab, template)
+
+
+def _map_rows(task: TensorTask, vocab: Vocab, sources: Sequence[Source]) -> TensorTask:
+    """An embedding or output-head task re-laid onto the output vocabulary: each input
+    read whole with its row map, the output ``vocab.size`` rows, merged whole."""
+    if not task.out.name.endswith(EMBEDDING_SUFFIXES) or len(task.out.shape) != 2:
+        return task
+    inputs = []
+    for inp in task.inputs:
+        index = inp.model if inp.model < len(sources) else inp.model - len(sources)
+        rows = inp.meta.shape[0]
+        row_map = vocab.maps[index]
+        row_map = torch.where(row_map < rows, row_map, -1)
+        inputs.append(dataclasses.replace(inp, rows=rows, row_map=row_map))
+    out = OutTensor(task.out.name, task.out.dtype, (vocab.size, task.out.shape[1]))
+    return dataclasses.replace(task, out=out, inputs=tuple(inputs), chunkable=False)
+
+
+def _vocab_config(config: dict, vocab: Vocab) -> dict:
+    """``config`` with ``vocab_size`` (top level, else ``text_config``'s) the output's."""
+    config = copy.deepcopy(dict(config))
+    key = "vocab_size"
+    if key not in config and isinstance(config.get("text_config"), dict) and (
+            key in config["text_config"]):
+        key = "text_config.vocab_size"
+    config_set(config, key, vocab.size)
+    return config
 
 
 def _task(recipe: Recipe, method: MethodSpec, name: str, meta: TensorMeta,
@@ -190,7 +239,8 @@ def _gradient_t(layout: Layout, name: str) -> float:
 
 
 def _slice_tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
-                 out_dtype: torch.dtype, warnings: list[str]) -> tuple[list[TensorTask], dict]:
+                 out_dtype: torch.dtype, warnings: list[str],
+                 any_vocab: bool = False) -> tuple[list[TensorTask], dict]:
     """The tasks of a ``slices:`` merge, as mergekit plans them.
 
     Output layer ``k`` is the ``k``-th layer over the slices in order; within a slice, its
@@ -228,8 +278,8 @@ def _slice_tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
     outside = [n for n in _ordered_names(reference) if out_layout.layer_of(n) is None]
     post = [n for n in outside if out_layout.position(n)[0] == "post"]
     pre = [n for n in outside if n not in post]
-    tasks = [_fixed_task(recipe, method, n, plans[0], sources, reference, out_dtype, warnings)
-             for n in pre]
+    tasks = [_fixed_task(recipe, method, n, plans[0], sources, reference, out_dtype, warnings,
+                         any_vocab) for n in pre]
     layer_map: list[tuple[int, int]] = []
     for out_slice, ins, idx in plans:
         for offset in range(out_slice.length):
@@ -262,8 +312,8 @@ def _slice_tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
                         TensorInput(i, name, meta, meta.shape[0] if meta.shape else 1), sources))
                 tasks.append(_slice_task(recipe, method, out_name, want, tuple(inputs), names,
                                          ins, out_slice, t, out_dtype))
-    tasks += [_fixed_task(recipe, method, n, plans[-1], sources, reference, out_dtype, warnings)
-              for n in post]
+    tasks += [_fixed_task(recipe, method, n, plans[-1], sources, reference, out_dtype, warnings,
+                          any_vocab) for n in post]
     config = _slice_config(reference, out_layout, layer_map, sources, layouts, warnings)
     return tasks, config
 
@@ -287,11 +337,11 @@ def _slice_task(recipe: Recipe, method: MethodSpec, out_name: str, want: TensorM
 def _fixed_task(recipe: Recipe, method: MethodSpec, name: str,
                 plan: tuple[OutputSlice, tuple[SliceSource, ...], list[int]],
                 sources: Sequence[Source], reference: Source, out_dtype: torch.dtype,
-                warnings: list[str]) -> TensorTask:
+                warnings: list[str], any_vocab: bool = False) -> TensorTask:
     """A tensor outside the layer stack, merged from one slice's sources at ``t = 0``."""
     out_slice, ins, idx = plan
-    inputs = tuple(_adapted(_find_input(name, i, sources[i], reference, warnings), sources)
-                   for i in idx)
+    inputs = tuple(_adapted(_find_input(name, i, sources[i], reference, warnings, any_vocab),
+                            sources) for i in idx)
     t = layer_t(None, 1, "pre")
     skip = 1 if recipe.has_base_role else 0
     global_params = {p: recipe.global_param(p, name, t, out_slice) for p in method.global_params}
@@ -391,7 +441,9 @@ def _adapted(inp: TensorInput, sources: Sequence[Source]) -> TensorInput:
 
 
 def _find_input(name: str, index: int, source: Source, reference: Source,
-                warnings: list[str]) -> TensorInput:
+                warnings: list[str], any_vocab: bool = False) -> TensorInput:
+    """``name``'s input from ``source``; with ``any_vocab`` (tokenizer merging) an
+    embedding may have any number of rows, since its rows are mapped by token."""
     want = reference.tensors[name]
     found = name if name in source.tensors else next(
         (a for a in TIED_ALIASES.get(name, ()) if a in source.tensors), None)
@@ -400,6 +452,9 @@ def _find_input(name: str, index: int, source: Source, reference: Source,
     meta = source.tensors[found]
     if meta.shape == want.shape:
         return TensorInput(index, found, meta, meta.shape[0] if meta.shape else 1)
+    if (any_vocab and name.endswith(EMBEDDING_SUFFIXES) and len(meta.shape) == 2
+            and len(want.shape) == 2 and meta.shape[1] == want.shape[1]):
+        return TensorInput(index, found, meta, meta.shape[0])
     if (name.endswith(EMBEDDING_SUFFIXES) and len(meta.shape) == 2 and len(want.shape) == 2
             and meta.shape[1] == want.shape[1] and meta.shape[0] > want.shape[0]):
         warnings.append(

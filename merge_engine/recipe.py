@@ -867,11 +867,20 @@ def _check_ranges(recipe: Recipe, spec: MethodSpec) -> None:
 
 def _reject_unsupported(recipe: Recipe, spec: MethodSpec) -> None:
     if recipe.tokenizer is not None:
-        raise RecipeError("tokenizer", "the tokenizer block is not supported yet")
-    if recipe.tokenizer_source not in (None, "base"):
-        raise RecipeError(
-            "tokenizer_source",
-            f"tokenizer_source {recipe.tokenizer_source!r} is not supported yet; use 'base'",
-        )
+        raise RecipeError("tokenizer", "the tokenizer block is not supported yet; use "
+                          "tokenizer_source: base, union or one of the recipe's models")
+    source = recipe.tokenizer_source
+    if source not in (None, "base", "union"):
+        want = ref_key(parse_ref(source, "tokenizer_source"))
+        keys = [ref_key(m.ref) for m in recipe.inputs()]
+        if want not in keys and not (want[2] is None and want[:2] in [k[:2] for k in keys]):
+            raise RecipeError(
+                "tokenizer_source",
+                f"tokenizer_source {source!r} is not one of the recipe's models; use base, "
+                "union or a model the recipe merges")
     if recipe.chat_template is not None:
-        raise RecipeError("chat_template", "chat_template is not supported yet")
+        from .vocab import check_chat_template
+
+        problem = check_chat_template(recipe.chat_template)
+        if problem:
+            raise RecipeError("chat_template", problem)

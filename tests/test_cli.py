@@ -56,7 +56,7 @@ BAD_RECIPES = {
                      "/nowhere/model does not exist"),
     "not supported": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
                       "  - model: {d1}\n    parameters: {{weight: 1}}\n"
-                      "tokenizer_source: union\n", 2, "not supported yet"),
+                      "tokenizer:\n  source: union\n", 2, "not supported yet"),
 }
 
 

@@ -734,10 +734,7 @@ def test_della_ignores_the_base():
 @pytest.mark.parametrize(
     ("extra", "loc"),
     [
-        ("tokenizer_source: union\n", "tokenizer_source"),
-        ("tokenizer_source: org/other\n", "tokenizer_source"),
         ("tokenizer:\n  source: base\n", "tokenizer"),
-        ("chat_template: chatml\n", "chat_template"),
         ("dtype: int8\n", "dtype"),
         ("out_dtype: float64\n", "out_dtype"),
         ("dtype: 16\n", "dtype"),
@@ -750,6 +747,13 @@ def test_unsupported_options(extra, loc):
         assert "not supported yet" in err.msg
     else:
         assert "expected float32, float16 or bfloat16" in err.msg
+
+
+def test_tokenizer_source_and_chat_template_are_accepted():
+    assert parse(SEED + "tokenizer_source: union\n").tokenizer_source == "union"
+    assert parse(SEED + "chat_template: chatml\n").chat_template == "chatml"
+    err = error(SEED + "tokenizer_source: org/other\n")
+    assert err.loc == "tokenizer_source" and "not one of the recipe's models" in err.msg
 
 
 def test_tokenizer_and_tokenizer_source_together():
