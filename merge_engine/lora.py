@@ -36,6 +36,7 @@ from huggingface_hub import hf_hub_download
 from .checkpoint import PICKLE_SUFFIXES, TensorMeta, read_header
 from .errors import MergeEngineError, SourceError
 from .refs import ModelRef
+from .repofiles import PinnedFiles
 from .retry import retry
 
 CONFIG_NAME = "adapter_config.json"
@@ -64,7 +65,7 @@ class LoraDelta:
 
 
 @dataclass
-class Adapter:
+class Adapter(PinnedFiles):
     """A LoRA adapter, resolved: its config, tensor metadata and the mapping onto the base."""
 
     ref: ModelRef
@@ -84,38 +85,6 @@ class Adapter:
     @property
     def name(self) -> str:
         return self.ref.path
-
-    @property
-    def streams_files(self) -> bool:
-        return self.access is not None and self.access.stream_dir is not None
-
-    def fetch(self, filename: str) -> Path:
-        """A local path of ``filename``, downloading it at the pinned revision if needed."""
-        if self.local_dir is not None:
-            return self.local_dir / filename
-        access = self.access
-        where = {"cache_dir": access.cache_dir}
-        if access.stream_dir is not None:
-            where = {"local_dir": access.stream_dir / f"{self.ref.path}@{self.revision}"}
-        with self._lock:
-            try:
-                return Path(
-                    retry(
-                        lambda: hf_hub_download(
-                            self.ref.path,
-                            filename,
-                            revision=self.revision,
-                            token=access.token,
-                            endpoint=access.endpoint,
-                            **where,
-                        )
-                    )
-                )
-            except (hub_errors.HfHubHTTPError, httpx2.TransportError) as e:
-                raise MergeEngineError(
-                    f"could not download {filename} from adapter {self.ref.path}@"
-                    f"{self.revision}: {e}"
-                ) from e
 
 
 def _refuse_files(files: list[str], where: str) -> None:

@@ -31,6 +31,7 @@ from .checkpoint import (
 from .errors import MergeEngineError, SourceError
 from .lora import Adapter, attach, open_adapter
 from .refs import ModelRef
+from .repofiles import PinnedFiles
 from .retry import retry
 
 SIDE_FILES = (
@@ -66,7 +67,7 @@ class HubAccess:
 
 
 @dataclass
-class Source:
+class Source(PinnedFiles):
     """One input model, resolved: its tensors' metadata and a way to fetch its files."""
 
     ref: ModelRef
@@ -82,11 +83,6 @@ class Source:
     """The LoRA adapter of a ``model+adapter`` reference, applied while streaming; the
     other fields (revision, tensors, files) are the base model's."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def streams_files(self) -> bool:
-        """Are weight files deleted once read (downloaded into a stream directory)?"""
-        return self.access is not None and self.access.stream_dir is not None
 
     @property
     def name(self) -> str:
@@ -117,25 +113,6 @@ class Source:
             rev = self.adapter.revision
             text += "+" + (self.adapter.name if rev is None else f"{self.adapter.name}@{rev}")
         return text
-
-    def fetch(self, filename: str) -> Path:
-        """A local path of ``filename``, downloading it at the pinned revision if needed."""
-        if self.local_dir is not None:
-            return self.local_dir / filename
-        access = self.access
-        where = {"cache_dir": access.cache_dir}
-        if access.stream_dir is not None:
-            where = {"local_dir": access.stream_dir / f"{self.ref.path}@{self.revision}"}
-        with self._lock:
-            try:
-                return Path(retry(lambda: hf_hub_download(
-                    self.ref.path, filename, revision=self.revision, token=access.token,
-                    endpoint=access.endpoint, **where,
-                )))
-            except (hub_errors.HfHubHTTPError, httpx2.TransportError) as e:
-                raise MergeEngineError(
-                    f"could not download {filename} from {self.ref.path}@{self.revision}: {e}"
-                ) from e
 
     def side_files(self) -> list[str]:
         """The config/tokenizer files this model has."""
