@@ -17,8 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from huggingface_hub import HfApi, hf_hub_download  # noqa: E402
+from procs import start_localhub  # noqa: E402
 
 from bot.publish import PublishRequest, merge_and_publish  # noqa: E402
 from merge_engine.synth import BENCH_0_2B, BENCH_0_9B, write_family  # noqa: E402
@@ -36,29 +35,6 @@ from merge_engine.synth import BENCH_0_2B, BENCH_0_9B, write_family  # noqa: E40
 FAMILIES = {"0.9b": BENCH_0_9B, "0.2b": BENCH_0_2B}
 TOKEN = "bench-token"
 REPOS = ["bench/base", "bench/donor-1", "bench/donor-2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_hub(data: Path, bandwidth: float | None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "bot.cli", "localhub", "--port", str(port), "--data",
-           str(data), "--user", f"bench:{TOKEN}", "--log-level", "warning"]
-    if bandwidth:
-        cmd += ["--bandwidth", str(bandwidth)]
-    proc = subprocess.Popen(cmd)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            HfApi(endpoint=url, token=TOKEN).whoami()
-            return proc, url
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.1)
-    raise RuntimeError("localhub did not start")
 
 
 def tree_bytes(root: Path) -> int:
@@ -86,7 +62,7 @@ def main() -> int:
     hub_data = args.data / "hub"
     shutil.rmtree(hub_data, ignore_errors=True)
 
-    proc, url = start_hub(hub_data, None)  # load the sources unthrottled
+    proc, url = start_localhub(hub_data, "bench", TOKEN)  # load the sources unthrottled
     api = HfApi(endpoint=url, token=TOKEN)
     for folder, repo in zip(local, REPOS, strict=True):
         api.create_repo(repo)
@@ -94,7 +70,7 @@ def main() -> int:
     proc.terminate()
     proc.wait()
 
-    proc, url = start_hub(hub_data, args.bandwidth)
+    proc, url = start_localhub(hub_data, "bench", TOKEN, args.bandwidth)
     try:
         weights = [(repo, f) for repo in REPOS for f in HfApi(endpoint=url, token=TOKEN)
                    .list_repo_files(repo) if f.endswith(".safetensors")]

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,31 +30,13 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import httpx2  # noqa: E402
 from huggingface_hub import HfApi  # noqa: E402
+from procs import free_port, start_localhub, wait_http  # noqa: E402
 
 from merge_engine.synth import LlamaShape, write_family  # noqa: E402
 
 TOKEN = "bench-token"
 SECRET = "bench-secret"
 REPOS = ["bench/base", "bench/donor-1", "bench/donor-2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[3]} exited with {proc.returncode}")
-        try:
-            httpx2.get(url, timeout=1)
-            return
-        except httpx2.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def payload(kind: str, i: int) -> dict:
@@ -143,30 +124,8 @@ def main() -> int:
     env = {**os.environ, "HF_HUB_DISABLE_XET": "1"}
     procs: list[subprocess.Popen] = []
     try:
-        hub_port = free_port()
-        hub_url = f"http://127.0.0.1:{hub_port}"
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bot.cli",
-                    "localhub",
-                    "--port",
-                    str(hub_port),
-                    "--data",
-                    str(args.data / "hub"),
-                    "--user",
-                    f"bench:{TOKEN}",
-                    "--bandwidth",
-                    str(args.bandwidth),
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-            )
-        )
-        wait_http(hub_url, procs[-1])
+        hub, hub_url = start_localhub(args.data / "hub", "bench", TOKEN, args.bandwidth, env)
+        procs.append(hub)
         api = HfApi(endpoint=hub_url, token=TOKEN)
         for name, repo in zip(("base", "donor-1", "donor-2"), REPOS, strict=True):
             api.create_repo(repo)

@@ -345,6 +345,17 @@ def _visible_recipe(services: Services, request: Request, recipe_id: int):
     return recipe
 
 
+def _owned_recipe(store, db, recipe_id: int, user: str, action: str):
+    """The recipe, for a change only its owner may make: 404 when it is deleted or the
+    caller may not see it (a private recipe of someone else), 403 when it is not theirs."""
+    recipe = store.get_recipe(recipe_id, db)
+    if recipe is None or recipe.deleted or (recipe.private and recipe.owner != user):
+        raise ApiError(404, f"recipe {recipe_id} not found")
+    if recipe.owner != user:
+        raise ApiError(403, f"only the recipe's owner can {action}")
+    return recipe
+
+
 def _int_param(request: Request, name: str) -> int:
     raw = request.path_params[name]
     if not raw.isdigit():
@@ -391,11 +402,7 @@ async def remerge(request: Request) -> JSONResponse:
         user = services.hub.user(_bearer(request))
         store, settings = services.store, services.settings
         with store.write() as db:
-            recipe = store.get_recipe(recipe_id, db)
-            if recipe is None or recipe.deleted or (recipe.private and recipe.owner != user):
-                raise ApiError(404, f"recipe {recipe_id} not found")
-            if recipe.owner != user:
-                raise ApiError(403, "only the recipe's owner can ask for a remerge")
+            recipe = _owned_recipe(store, db, recipe_id, user, "ask for a remerge")
             if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
                 raise ApiError(
                     429,
@@ -419,11 +426,7 @@ async def delete_recipe(request: Request) -> JSONResponse:
         user = services.hub.user(_bearer(request))
         store = services.store
         with store.write() as db:
-            recipe = store.get_recipe(recipe_id, db)
-            if recipe is None or recipe.deleted or (recipe.private and recipe.owner != user):
-                raise ApiError(404, f"recipe {recipe_id} not found")
-            if recipe.owner != user:
-                raise ApiError(403, "only the recipe's owner can delete it")
+            recipe = _owned_recipe(store, db, recipe_id, user, "delete it")
             store.delete_recipe(db, recipe.id)
         return {"deleted": recipe_id}
 

@@ -11,6 +11,12 @@ from safetensors.torch import load_file
 from merge_engine.synth import LlamaShape, write_family
 
 TINY = LlamaShape(hidden=32, intermediate=64, layers=3, vocab=96, heads=4, kv_heads=2)
+LLAMA_LAYER_SUFFIXES = [
+    name.removeprefix("model.layers.0.")
+    for name, _ in LlamaShape(layers=1).tensors()
+    if name.startswith("model.layers.0.")
+]
+"""The tensors of one llama decoder layer, in transformers' order (input_layernorm...)."""
 
 
 @pytest.fixture(scope="session")

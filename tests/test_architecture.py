@@ -19,7 +19,7 @@ from merge_engine.architecture import (
     find_stacks,
 )
 
-from .conftest import load_model
+from .conftest import LLAMA_LAYER_SUFFIXES, load_model
 
 N = 3
 
@@ -28,25 +28,14 @@ def stack(prefix: str, suffixes: list[str], layers: int = N) -> list[str]:
     return [f"{prefix}{i}.{s}" for i in range(layers) for s in suffixes]
 
 
-LLAMA_LAYER = [
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-]
 LLAMA = [
     "model.embed_tokens.weight",
-    *stack("model.layers.", LLAMA_LAYER),
+    *stack("model.layers.", LLAMA_LAYER_SUFFIXES),
     "model.norm.weight",
     "lm_head.weight",
 ]
 GEMMA_LAYER = [
-    *LLAMA_LAYER,
+    *LLAMA_LAYER_SUFFIXES,
     "pre_feedforward_layernorm.weight",
     "post_feedforward_layernorm.weight",
     "self_attn.q_norm.weight",
@@ -97,7 +86,8 @@ CASES = {
     ),
     "gemma": (
         {"model_type": "gemma", "num_hidden_layers": N},
-        ["model.embed_tokens.weight", *stack("model.layers.", LLAMA_LAYER), "model.norm.weight"],
+        ["model.embed_tokens.weight", *stack("model.layers.", LLAMA_LAYER_SUFFIXES),
+         "model.norm.weight"],
         "model.layers.",
         "num_hidden_layers",
         "model.embed_tokens.weight",

@@ -14,19 +14,7 @@ from merge_engine.errors import RecipeError, SourceError
 from merge_engine.recipe import parse_recipe
 from merge_engine.synth import write_model
 
-from .conftest import TINY, load_model
-
-LAYER_SUFFIXES = [
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-]
+from .conftest import LLAMA_LAYER_SUFFIXES, TINY, load_model
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +69,13 @@ def test_passthrough_frankenmerge_loads_in_transformers(pair, tmp_path):
     merged, ma, mb = load_model(out), load_model(a), load_model(b)
     # output layer k <- (model, layer): 0 <- A0, 1 <- A1, 2 <- B1, 3 <- B2
     for k, (src, i) in enumerate([(ma, 0), (ma, 1), (mb, 1), (mb, 2)]):
-        for suffix in LAYER_SUFFIXES:
+        for suffix in LLAMA_LAYER_SUFFIXES:
             assert torch.equal(merged[layer(k, suffix)], src[layer(i, suffix)]), (k, suffix)
     # mergekit: tensors before the stack from the first slice, after it from the last
     assert torch.equal(merged["model.embed_tokens.weight"], ma["model.embed_tokens.weight"])
     assert torch.equal(merged["model.norm.weight"], mb["model.norm.weight"])
     assert torch.equal(merged["lm_head.weight"], mb["lm_head.weight"])
-    assert len(merged) == 3 + 4 * len(LAYER_SUFFIXES)
+    assert len(merged) == 3 + 4 * len(LLAMA_LAYER_SUFFIXES)
     assert result.formula == "merged = passthrough(a, b)"
 
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
@@ -122,11 +110,12 @@ def test_output_tensor_order_follows_the_output_layers(pair):
     plan = validate(slices_recipe("passthrough", [[(b, (2, 3), {})], [(a, (0, 1), {})]]))
     names = [t.out.name for t in plan.tasks]
     assert names[0] == "model.embed_tokens.weight"
-    assert names[1:10] == [layer(0, s) for s in LAYER_SUFFIXES]
-    assert names[10:19] == [layer(1, s) for s in LAYER_SUFFIXES]
+    assert names[1:10] == [layer(0, s) for s in LLAMA_LAYER_SUFFIXES]
+    assert names[10:19] == [layer(1, s) for s in LLAMA_LAYER_SUFFIXES]
     assert names[19:] == ["model.norm.weight", "lm_head.weight"]
     first = plan.tasks[1].inputs[0]
-    assert (first.name, plan.sources[first.model].name) == (layer(2, LAYER_SUFFIXES[0]), str(b))
+    assert (first.name, plan.sources[first.model].name) == (
+        layer(2, LLAMA_LAYER_SUFFIXES[0]), str(b))
     # the config follows the first slice's model, with the new layer count
     assert plan.out_config["num_hidden_layers"] == 2
 
@@ -174,7 +163,7 @@ def test_task_arithmetic_slices_with_per_slice_gradients(family, tmp_path):
         return b64 + lam * (w1 * (x[name_x].double() - b64) + w2 * (y[name_y].double() - b64))
 
     expected = {}
-    for suffix in LAYER_SUFFIXES:
+    for suffix in LLAMA_LAYER_SUFFIXES:
         for k in range(3):  # slice 0: t = k / 2; d1's gradient [0, 1], d2 the slice's 0.5
             expected[layer(k, suffix)] = ref(
                 layer(k, suffix), layer(k, suffix), layer(k, suffix), k / 2, 0.5

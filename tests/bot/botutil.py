@@ -25,7 +25,8 @@ def recipe_yaml(
     return "\n".join(lines) + "\n"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, every: float = 0.05):
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, every: float = 0.05,
+             what: str | None = None):
     """Poll until `predicate()` is truthy; its value, or AssertionError on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -33,5 +34,5 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, every: floa
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(every)

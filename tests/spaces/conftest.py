@@ -11,12 +11,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 import pytest
+
+from tests.bot.botutil import wait_for
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio phones home otherwise
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -75,17 +76,6 @@ def demo_env() -> dict[str, str]:
     return {**env, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
 
 
-def wait_until(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> Demo:
     """The offline demo, started once per session (skips if the bot is not there yet)."""
@@ -113,7 +103,7 @@ def demo(tmp_path_factory) -> Demo:
             return False
 
     try:
-        wait_until(healthy, 180, "the demo to serve /healthz")
+        wait_for(healthy, 180, every=0.2, what="the demo to serve /healthz")
         yield running
     finally:
         proc.terminate()

@@ -8,7 +8,8 @@ import pytest
 
 from spaces_app.demo import REPOS
 from spaces_app.examples import examples
-from tests.spaces.conftest import Demo, wait_until
+from tests.bot.botutil import wait_for
+from tests.spaces.conftest import Demo
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -29,7 +30,7 @@ def follow(client, recipe_id: int | None, job_id: int | None, timeout: float = 1
             return status, log, card, job
         return None
 
-    return wait_until(finished, timeout, f"recipe {recipe_id} / job {job_id}", every=0.5)
+    return wait_for(finished, timeout, every=0.5, what=f"recipe {recipe_id} / job {job_id}")
 
 
 def test_named_endpoints(client) -> None:
@@ -112,7 +113,7 @@ def test_a_donor_push_brings_a_remerge(client, demo: Demo) -> None:
         done = job != job_id and "succeeded" in status
         return (status, card) if done else None
 
-    status, card = wait_until(remerged, 120, "the remerge after the push", every=0.5)
+    status, card = wait_for(remerged, 120, every=0.5, what="the remerge after the push")
     assert "main moved" in status
     assert f"demo/donor-2@`{new_sha[:12]}`" in status
     assert new_sha in card  # the new card records the new revision

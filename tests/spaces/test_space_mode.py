@@ -13,7 +13,8 @@ import pytest
 from spaces_app.demo import REPOS
 from spaces_app.examples import examples
 from spaces_app.stage import stage
-from tests.spaces.conftest import Demo, demo_env, free_port, wait_until
+from tests.bot.botutil import wait_for
+from tests.spaces.conftest import Demo, demo_env, free_port
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -45,7 +46,7 @@ def space(demo: Demo, tmp_path_factory):
             return False
 
     try:
-        wait_until(up, 120, "the Space app to serve")
+        wait_for(up, 120, every=0.2, what="the Space app to serve")
         yield gradio_client.Client(url, verbose=False)
     finally:
         proc.terminate()
