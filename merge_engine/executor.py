@@ -302,7 +302,7 @@ class Executor:
             xs.append(x)
         if task.inputs[0].row_map is not None:
             maps = [inp.row_map.to(self.device) for inp in task.inputs]
-            xs = fill_missing(xs, maps, self.plan.has_base)
+            xs = fill_missing(xs, maps, self.plan.has_base, task.row_rules)
         base, tensors = (xs[0], xs[1:]) if self.plan.has_base else (None, xs)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(chunk_seed(self.seed, task.out.name, chunk.index))

@@ -33,7 +33,7 @@ from .methods.registry import MethodSpec
 from .params import layer_t
 from .recipe import InputModel, OutputSlice, Recipe, SliceSource, ref_key
 from .sources import Source
-from .vocab import Vocab, build_vocab, resolve_chat_template
+from .vocab import RowRule, Vocab, build_vocab, resolve_chat_template
 
 __all__ = [
     "EMBEDDING_SUFFIXES", "LAYER_COUNT_KEYS", "LAYER_RE", "TIED_ALIASES", "Plan", "TensorInput",
@@ -81,6 +81,9 @@ class TensorTask:
     chunkable: bool
     copy: bool
     """Not floating point: copied from the first input, no math."""
+    row_rules: tuple[RowRule, ...] = ()
+    """Tokenizer merging: the ``tokenizer.tokens`` rules, ``model`` an index into
+    :attr:`inputs` (see :func:`merge_engine.vocab.fill_missing`)."""
 
     @property
     def rows(self) -> int:
@@ -103,7 +106,7 @@ class Plan:
     """The output's config.json when it differs from the first source's (slices change the
     layer count); None: the first source's, as it is."""
     vocab: Vocab | None = None
-    """The output vocabulary when ``tokenizer_source`` is ``union`` or a model."""
+    """The output vocabulary when tokens are mapped (see :func:`merge_engine.vocab.build_vocab`)."""
     chat_template: str | None = None
     """The chat template text to write (``chat_template``), resolved."""
 
@@ -154,7 +157,7 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
     warnings: list[str] = []
     out_config = None
     layout = None
-    vocab = build_vocab(recipe, sources)
+    vocab = build_vocab(recipe, sources, warnings)
     if recipe.slices is not None:
         tasks, out_config = _slice_tasks(recipe, method, sources, out_dtype, warnings,
                                          vocab is not None)
@@ -193,15 +196,28 @@ def _map_rows(task: TensorTask, vocab: Vocab, sources: Sequence[Source]) -> Tens
     read whole with its row map, the output ``vocab.size`` rows, merged whole."""
     if not task.out.name.endswith(EMBEDDING_SUFFIXES) or len(task.out.shape) != 2:
         return task
-    inputs = []
-    for inp in task.inputs:
+    inputs, position = [], {}
+    for k, inp in enumerate(task.inputs):
         index = inp.model if inp.model < len(sources) else inp.model - len(sources)
+        position.setdefault(index, k)
         rows = inp.meta.shape[0]
         row_map = vocab.maps[index]
         row_map = torch.where(row_map < rows, row_map, -1)
         inputs.append(dataclasses.replace(inp, rows=rows, row_map=row_map))
+    rules = []
+    for rule in vocab.rules:
+        k = position.get(rule.model) if rule.model is not None else None
+        if rule.model is not None and k is None:
+            raise PlanError(f"{rule.loc}: {sources[rule.model].name} is not an input of "
+                            f"{task.out.name}, so its row cannot be taken")
+        if k is not None and rule.source_row >= inputs[k].rows:
+            raise PlanError(f"{rule.loc}: row {rule.source_row} is past the "
+                            f"{inputs[k].rows} rows of {task.out.name} in "
+                            f"{sources[rule.model].name}")
+        rules.append(dataclasses.replace(rule, model=k))
     out = OutTensor(task.out.name, task.out.dtype, (vocab.size, task.out.shape[1]))
-    return dataclasses.replace(task, out=out, inputs=tuple(inputs), chunkable=False)
+    return dataclasses.replace(task, out=out, inputs=tuple(inputs), chunkable=False,
+                               row_rules=tuple(rules))
 
 
 def _vocab_config(config: dict, vocab: Vocab) -> dict:

@@ -34,6 +34,7 @@ from merge_engine.params import (
     unknown_key,
 )
 from merge_engine.refs import ModelRef, parse_ref, parse_ref_value
+from merge_engine.tokenizer_block import TokenizerBlock, parse_tokenizer_block
 
 TOP_KEYS = (
     "merge_method",
@@ -108,8 +109,7 @@ class OutputSlice:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A validated recipe. Raw blocks (``tokenizer``, ``modules``) are kept as parsed from
-    YAML; the engine rejects a tokenizer block for now. ``slices`` are parsed
+    """A validated recipe. ``modules`` is kept as parsed from YAML. ``slices`` are parsed
     (:class:`OutputSlice`); a single-part ``modules: {default: ...}`` fills ``models`` or
     ``slices`` and :attr:`module_parameters`."""
 
@@ -120,7 +120,7 @@ class Recipe:
     dtype: str | None
     out_dtype: str | None
     tokenizer_source: str | None
-    tokenizer: Mapping | None = field(hash=False)
+    tokenizer: TokenizerBlock | None
     chat_template: str | None
     slices: tuple[OutputSlice, ...] | None = field(hash=False)
     modules: Mapping | None = field(hash=False)
@@ -153,6 +153,12 @@ class Recipe:
         named = self.base_model is not None or any(
             s.base_model is not None for s in self.slices or ())
         return self.spec.uses_base(named)
+
+    @property
+    def vocab_source(self) -> str | None:
+        """Where the output vocabulary comes from: ``tokenizer.source`` or
+        ``tokenizer_source`` (``base``, ``union``, a model), None when neither is given."""
+        return self.tokenizer.source if self.tokenizer is not None else self.tokenizer_source
 
     def slice_base(self, out_slice: OutputSlice) -> ModelRef | None:
         """The base model of one slice: its own ``base_model``, else the recipe's."""
@@ -403,8 +409,6 @@ def _build(doc: object, text: str, lines: Mapping[str, int] = _EMPTY) -> Recipe:
         _input_model(raw, f"{where}models[{i}]") for i, raw in enumerate(raw_models or ())
     )
     _check_duplicates(models)
-    if tokenizer is not None and not isinstance(tokenizer, dict):
-        raise RecipeError("tokenizer", f"expected a mapping, got {_kind(tokenizer)}")
     recipe = Recipe(
         merge_method=spec.name,
         models=models,
@@ -413,7 +417,7 @@ def _build(doc: object, text: str, lines: Mapping[str, int] = _EMPTY) -> Recipe:
         dtype=_dtype(doc.get("dtype"), "dtype"),
         out_dtype=_dtype(doc.get("out_dtype"), "out_dtype"),
         tokenizer_source=_tokenizer_source(doc.get("tokenizer_source")),
-        tokenizer=MappingProxyType(tokenizer) if tokenizer is not None else None,
+        tokenizer=parse_tokenizer_block(tokenizer) if tokenizer is not None else None,
         chat_template=_opt_str(doc.get("chat_template"), "chat_template"),
         slices=_slices(slices, f"{where}slices") if slices else None,
         modules=MappingProxyType(modules) if modules else None,
@@ -430,7 +434,7 @@ def _build(doc: object, text: str, lines: Mapping[str, int] = _EMPTY) -> Recipe:
         _validate_slices(recipe, spec)
     else:
         _validate_params(recipe, spec)
-    _reject_unsupported(recipe, spec)
+    _check_tokenizer_settings(recipe)
     return recipe
 
 
@@ -865,22 +869,27 @@ def _check_ranges(recipe: Recipe, spec: MethodSpec) -> None:
                     )
 
 
-def _reject_unsupported(recipe: Recipe, spec: MethodSpec) -> None:
-    if recipe.tokenizer is not None:
-        raise RecipeError("tokenizer", "the tokenizer block is not supported yet; use "
-                          "tokenizer_source: base, union or one of the recipe's models")
-    source = recipe.tokenizer_source
-    if source not in (None, "base", "union"):
-        want = ref_key(parse_ref(source, "tokenizer_source"))
-        keys = [ref_key(m.ref) for m in recipe.inputs()]
-        if want not in keys and not (want[2] is None and want[:2] in [k[:2] for k in keys]):
-            raise RecipeError(
-                "tokenizer_source",
-                f"tokenizer_source {source!r} is not one of the recipe's models; use base, "
-                "union or a model the recipe merges")
+def _check_tokenizer_settings(recipe: Recipe) -> None:
+    """Models named by the tokenizer settings are the recipe's; the chat template is usable."""
+    loc = "tokenizer.source" if recipe.tokenizer is not None else "tokenizer_source"
+    _check_recipe_model(recipe, recipe.vocab_source, loc)
+    for rule in recipe.tokenizer.tokens if recipe.tokenizer is not None else ():
+        if rule.source is not None and rule.source.model is not None:
+            _check_recipe_model(recipe, rule.source.model, rule.source.loc)
     if recipe.chat_template is not None:
         from .vocab import check_chat_template
 
         problem = check_chat_template(recipe.chat_template)
         if problem:
             raise RecipeError("chat_template", problem)
+
+
+def _check_recipe_model(recipe: Recipe, source: str | None, loc: str) -> None:
+    """``source`` (from the tokenizer settings) must be one of the recipe's models."""
+    if source in (None, "base", "union"):
+        return
+    want = ref_key(parse_ref(source, loc))
+    keys = [ref_key(m.ref) for m in recipe.inputs()]
+    if want not in keys and not (want[2] is None and want[:2] in [k[:2] for k in keys]):
+        raise RecipeError(loc, f"{source!r} is not one of the recipe's models; name a model "
+                               "the recipe merges")

@@ -1,22 +1,27 @@
 """Tokenizer merging: the output vocabulary, each model's rows mapped onto it, chat templates.
 
-``tokenizer_source`` (mergekit's meaning):
+``tokenizer_source``, or the ``tokenizer:`` block's ``source`` (mergekit's meaning):
 
-- ``base`` (or absent): the base's tokenizer as it is; embeddings keep the base's rows
-  (a donor with more rows is cut, as before). Nothing here runs.
+- absent: the base's tokenizer files as they are; embeddings keep the base's rows (a
+  donor with more rows is cut). Nothing here runs.
+- ``base``: the base's vocabulary; every model's rows are mapped onto it by token (when
+  every model's vocabulary is the base's, that is the same as absent, and nothing runs).
 - ``<model>``: that model's tokenizer (it must be one of the recipe's models).
 - ``union``: the base's vocabulary first, unchanged, then the regular tokens of the other
   models not in it (models in recipe order, each model's tokens by increasing id), then
   the added tokens of every model (base first, by id; the first model's settings win).
   mergekit walks each vocabulary in dict order, which is not stable; increasing id is.
 
+The block adds per-token rules (``tokens``, see :mod:`merge_engine.tokenizer_block`) and
+``pad_to_multiple_of`` (the row count rounded up; the tokenizer files are unchanged).
+
 Each model then gets a row map: for every output token id, the row of that model's
 embedding (and output head) for the same token string, or -1 when the model lacks it (or
 its id is past the model's ``vocab_size``). Missing rows are filled before the merge, as
 mergekit's ``PermutedEmbeddings`` does (see :func:`fill_missing`).
 
-The tokenizers are read from their ``tokenizer.json`` with the ``tokenizers`` library;
-Hub models fetch only their small tokenizer files.
+Vocabularies are read by :mod:`merge_engine.vocab_files` (tokenizer.json, or a slow
+tokenizer's files); Hub models fetch only their small tokenizer files.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .errors import PlanError
 from .recipe import Recipe, ref_key
 from .refs import parse_ref
 from .sources import Source
+from .vocab_files import ModelVocab, read_vocab, tokenizers_module
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -82,37 +88,37 @@ NAMED_TEMPLATES = {
 }
 
 
+@dataclass(frozen=True)
+class RowRule:
+    """A ``tokenizer.tokens`` entry resolved: output row ``row`` takes row ``source_row``
+    of input ``model`` (zeros when ``model`` is None) where a model lacks the token, or
+    for every model with ``force``. In :class:`Vocab`, ``model`` indexes the plan's
+    sources; in a task (:attr:`merge_engine.plan.TensorTask.row_rules`), its inputs."""
+
+    row: int
+    model: int | None
+    source_row: int
+    force: bool
+    loc: str
+
+
 @dataclass
 class Vocab:
     """The output vocabulary and how every source's rows map onto it."""
 
     source: str
-    """``union`` or the tokenizer model's reference."""
+    """``union``, ``base`` or the tokenizer model's reference."""
     size: int
-    """Rows of the output embeddings (and ``vocab_size`` in the config)."""
+    """Rows of the output embeddings (and ``vocab_size`` in the config), padded to
+    ``tokenizer.pad_to_multiple_of`` (the padding rows are zeros)."""
     maps: tuple[torch.Tensor, ...]
     """Per plan source: int64 ``[size]``, the source row of each output token, -1 missing."""
     tokenizer: object | None = None
     """The union's ``tokenizers.Tokenizer``, written as the output's tokenizer.json."""
     files_from: int = 0
     """The source whose other tokenizer files (tokenizer_config.json, ...) are used."""
-
-
-def _tokenizers():
-    try:
-        import tokenizers
-    except ImportError as e:  # pragma: no cover - installed with transformers
-        raise PlanError("tokenizer merging needs the 'tokenizers' package "
-                        "(pip install tokenizers)") from e
-    return tokenizers
-
-
-def load_tokenizer(source: Source):
-    """``source``'s tokenizer.json as a ``tokenizers.Tokenizer`` (fetches only that file)."""
-    if "tokenizer.json" not in source.files:
-        raise PlanError(f"{source.name} has no tokenizer.json; tokenizer merging needs one "
-                        "(slow-only tokenizers, e.g. a lone tokenizer.model, are not read)")
-    return _tokenizers().Tokenizer.from_file(str(source.fetch("tokenizer.json")))
+    rules: tuple[RowRule, ...] = ()
+    """The ``tokenizer.tokens`` entries, in recipe order."""
 
 
 def _limit(source: Source) -> int | None:
@@ -122,66 +128,119 @@ def _limit(source: Source) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def tokenizer_index(recipe: Recipe) -> int | None:
-    """The recipe input whose tokenizer ``tokenizer_source`` names (None for base/union)."""
-    name = recipe.tokenizer_source
-    if name in (None, "base", "union"):
-        return None
-    want = ref_key(parse_ref(name, "tokenizer_source"))
+def model_index(recipe: Recipe, name: str) -> int:
+    """The index in ``recipe.inputs()`` of the model ``name`` refers to (a LoRA source
+    may be named without its adapter); -1 when none."""
+    want = ref_key(parse_ref(name, "tokenizer"))
     models = recipe.inputs()
     for i, m in enumerate(models):
         if ref_key(m.ref) == want:
             return i
-    for i, m in enumerate(models):  # a LoRA source named without its adapter
+    for i, m in enumerate(models):
         if ref_key(m.ref)[:2] == want[:2] and want[2] is None:
             return i
     return -1
 
 
-def build_vocab(recipe: Recipe, sources: Sequence[Source]) -> Vocab | None:
-    """The output vocabulary for ``recipe.tokenizer_source``; None for ``base``."""
-    source = recipe.tokenizer_source
-    if source in (None, "base"):
+def build_vocab(recipe: Recipe, sources: Sequence[Source],
+                warnings: list[str]) -> Vocab | None:
+    """The output vocabulary for ``recipe.vocab_source``; None when there is nothing to
+    map: no tokenizer setting, or ``base`` with every model's vocabulary the base's."""
+    source = recipe.vocab_source
+    if source is None:
         return None
-    toks = [load_tokenizer(s) for s in sources]
+    block = recipe.tokenizer
+    if source == "base" and block is None and not all(_has_vocab(s) for s in sources):
+        missing = next(s.name for s in sources if not _has_vocab(s))
+        warnings.append(f"tokenizer_source: {missing} has no tokenizer files; embeddings "
+                        "are matched by row, not by token")
+        return None
+    vocabs = [read_vocab(s) for s in sources]
     limits = [_limit(s) for s in sources]
+    out, files_from = None, 0
     if source == "union":
-        out = _union(toks, limits)
-        files_from = 0
+        out = _union(vocabs, limits, sources[0].name)
+        out_vocab = out.get_vocab(with_added_tokens=True)
     else:
-        files_from = tokenizer_index(recipe)
-        out = None
-    out_vocab = (out or toks[files_from]).get_vocab(with_added_tokens=True)
+        files_from = 0 if source == "base" else model_index(recipe, source)
+        out_vocab = vocabs[files_from].full()
     size = max(out_vocab.values()) + 1 if out_vocab else 0
+    pad = block.pad_to_multiple_of if block is not None else None
+    if pad:
+        size = -(-size // pad) * pad
     maps = []
-    for tok, limit in zip(toks, limits, strict=True):
-        vocab = tok.get_vocab(with_added_tokens=True)
+    for vocab, limit in zip(vocabs, limits, strict=True):
+        have = vocab.full()
         row = torch.full((size,), -1, dtype=torch.int64)
         for token, new_id in out_vocab.items():
-            old = vocab.get(token)
+            old = have.get(token)
             if old is not None and (limit is None or old < limit):
                 row[new_id] = old
         maps.append(row)
-    return Vocab(source, size, tuple(maps), out, files_from)
+    rules = _rules(recipe, sources, vocabs, limits, out_vocab, warnings)
+    identity = torch.arange(size)
+    same = all(limit == size and torch.equal(m, identity)
+               for m, limit in zip(maps, limits, strict=True))
+    if source == "base" and not rules and same:
+        return None
+    return Vocab(source, size, tuple(maps), out, files_from, rules)
 
 
-def _union(toks: Sequence, limits: Sequence[int | None]):
-    """The base's tokenizer (``toks[0]``, a fresh copy) with the others' tokens added."""
-    tk = _tokenizers()
-    out = tk.Tokenizer.from_str(toks[0].to_str())
+def _has_vocab(source: Source) -> bool:
+    return any(n in source.files for n in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
+def _rules(recipe: Recipe, sources: Sequence[Source], vocabs: Sequence[ModelVocab],
+           limits: Sequence[int | None], out_vocab: dict[str, int],
+           warnings: list[str]) -> tuple[RowRule, ...]:
+    """``tokenizer.tokens`` resolved to rows; PlanError (with the YAML path) when a
+    named token or id is not in its model."""
+    rules = []
+    for rule in recipe.tokenizer.tokens if recipe.tokenizer is not None else ():
+        row = out_vocab.get(rule.token)
+        if row is None:
+            warnings.append(f"{rule.loc}: {rule.token!r} is not in the output vocabulary; "
+                            "ignored")
+            continue
+        src = rule.source
+        if src is None:
+            continue
+        if src.kind == "zero":
+            rules.append(RowRule(row, None, 0, rule.force, rule.loc))
+            continue
+        k = model_index(recipe, src.model)
+        source_row = src.token_id
+        if source_row is None:
+            want = rule.token if src.token is None else src.token
+            source_row = vocabs[k].full().get(want)
+            if source_row is None:
+                raise PlanError(f"{recipe.where(rule.loc)}: {sources[k].name} has no token "
+                                f"{want!r}")
+        if limits[k] is not None and source_row >= limits[k]:
+            raise PlanError(f"{recipe.where(rule.loc)}: token id {source_row} is past "
+                            f"{sources[k].name}'s vocab_size {limits[k]}")
+        rules.append(RowRule(row, k, source_row, rule.force, rule.loc))
+    return tuple(rules)
+
+
+def _union(vocabs: Sequence[ModelVocab], limits: Sequence[int | None], base_name: str):
+    """The base's tokenizer (``vocabs[0]``, a fresh copy) with the others' tokens added."""
+    if vocabs[0].tokenizer is None:
+        raise PlanError(f"tokenizer union: {base_name} (the first model, whose tokenizer is "
+                        "extended) has no tokenizer.json")
+    out = tokenizers_module().Tokenizer.from_str(vocabs[0].tokenizer.to_str())
     have = set(out.get_vocab(with_added_tokens=True))
-    added_by_model = [tok.get_added_tokens_decoder() for tok in toks]
-    added_names = {a.content for added in added_by_model for a in added.values()}
-    for tok, limit, added in zip(toks[1:], limits[1:], added_by_model[1:], strict=True):
-        regular = sorted((i, t) for t, i in tok.get_vocab(with_added_tokens=False).items()
-                         if i not in added and (limit is None or i < limit))
+    added_names = {a.content for v in vocabs for a in v.added.values()}
+    for vocab, limit in zip(vocabs[1:], limits[1:], strict=True):
+        regular = sorted((i, t) for t, i in vocab.regular.items()
+                         if limit is None or i < limit)
         new = [t for _, t in regular if t not in have and t not in added_names]
         if new:
             out.add_tokens(new)
             have.update(new)
-    for added, limit in zip(added_by_model, limits, strict=True):
-        for i in sorted(added):
-            info = added[i]
+    for vocab, limit in zip(vocabs, limits, strict=True):
+        for i in sorted(vocab.added):
+            info = vocab.added[i]
             if info.content in have or (limit is not None and i >= limit):
                 continue
             if info.special:
@@ -193,12 +252,14 @@ def _union(toks: Sequence, limits: Sequence[int | None]):
 
 
 def fill_missing(xs: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
-                 has_base: bool) -> list[torch.Tensor]:
+                 has_base: bool, rules: Sequence[RowRule] = ()) -> list[torch.Tensor]:
     """Every input's rows in output-vocabulary order, missing ones filled (mergekit's rule).
 
-    A model that has a token keeps its own row. A model that lacks it gets: the row of the
-    only model that has it; else the base's row when there is a base and it has the token;
-    else the mean of the rows of the models that have it; zeros when no model has it.
+    A model that has a token keeps its own row. A model that lacks it gets: the row a
+    ``tokenizer.tokens`` rule gives (``rules``, ``model`` indexing ``xs``); else the row of
+    the only model that has it; else the base's row when there is a base and it has the
+    token; else the mean of the rows of the models that have it; zeros when no model has
+    it (padding rows too). A forced rule's row replaces every model's row.
     So with a base, a token only a donor has comes out as that donor's row for any method
     whose result is the base when the donors equal it.
     """
@@ -210,7 +271,15 @@ def fill_missing(xs: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
     default = (total / count.clamp(min=1).unsqueeze(1)).to(xs[0].dtype)
     if has_base:
         default = torch.where(present[0].unsqueeze(1), rows[0], default)
-    return [torch.where(p.unsqueeze(1), r, default) for r, p in zip(rows, present, strict=True)]
+    values = [(r, xs[r.model][r.source_row] if r.model is not None else 0.0) for r in rules]
+    for rule, value in values:
+        default[rule.row] = value
+    out = [torch.where(p.unsqueeze(1), r, default) for r, p in zip(rows, present, strict=True)]
+    for rule, value in values:
+        if rule.force:
+            for x in out:
+                x[rule.row] = value
+    return out
 
 
 # --- chat templates ------------------------------------------------------------------------

@@ -54,9 +54,10 @@ BAD_RECIPES = {
     "missing path": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
                      "  - model: /nowhere/model\n    parameters: {{weight: 1}}\n", 2,
                      "/nowhere/model does not exist"),
-    "not supported": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
-                      "  - model: {d1}\n    parameters: {{weight: 1}}\n"
-                      "tokenizer:\n  source: union\n", 2, "not supported yet"),
+    "bad tokenizer block": ("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                            "  - model: {d1}\n    parameters: {{weight: 1}}\n"
+                            "tokenizer:\n  pad_to_multiple_of: -8\n", 2,
+                            "tokenizer.pad_to_multiple_of (line 7): expected a positive"),
 }
 
 

@@ -728,25 +728,21 @@ def test_della_ignores_the_base():
     )
 
 
-# --- not supported yet ------------------------------------------------------------------
+# --- unsupported dtypes -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("extra", "loc"),
     [
-        ("tokenizer:\n  source: base\n", "tokenizer"),
         ("dtype: int8\n", "dtype"),
         ("out_dtype: float64\n", "out_dtype"),
         ("dtype: 16\n", "dtype"),
     ],
 )
-def test_unsupported_options(extra, loc):
+def test_unsupported_dtypes(extra, loc):
     err = error(SEED + extra)
     assert err.loc == loc
-    if "dtype" not in loc:
-        assert "not supported yet" in err.msg
-    else:
-        assert "expected float32, float16 or bfloat16" in err.msg
+    assert "expected float32, float16 or bfloat16" in err.msg
 
 
 def test_tokenizer_source_and_chat_template_are_accepted():

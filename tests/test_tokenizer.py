@@ -10,52 +10,15 @@ import torch
 from merge_engine import run_merge, validate
 from merge_engine.errors import RecipeError
 from merge_engine.recipe import parse_recipe
-from merge_engine.synth import write_model
 from merge_engine.vocab import NAMED_TEMPLATES, fill_missing
 
 from .conftest import TINY, load_model
-
-SPECIALS = ["<unk>", "<s>", "</s>"]
-SHARED = [f"w{i}" for i in range(30)]
-
-
-def write_tokenizer(path, words: list[str], added: list[tuple[str, bool]]) -> dict[str, int]:
-    """A word-level tokenizer (whitespace pre-tokenizer) with ``added`` tokens after the
-    words; returns its full vocabulary."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-
-    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIALS])
-    for content, special in added:
-        tok.add_tokens([AddedToken(content, special=special, normalized=False)])
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<unk>",
-        "bos_token": "<s>", "eos_token": "</s>", "model_max_length": 256}))
-    return tok.get_vocab(with_added_tokens=True)
+from .tokutil import SHARED, SPECIALS, make_pair, recipe
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """Models A and B (96 embedding rows each) with different tokenizers: shared words
-    in another order, 10 words of their own, and one added token each."""
-    root = tmp_path_factory.mktemp("tok")
-    a, b = write_model(root / "a", TINY, seed=0), write_model(root / "b", TINY, seed=1)
-    va = write_tokenizer(a, SHARED + [f"a{i}" for i in range(10)], [("<|a_tok|>", True)])
-    vb = write_tokenizer(b, SHARED[::-1] + [f"b{i}" for i in range(10)],
-                         [("<|b_tok|>", False)])
-    return a, b, va, vb
-
-
-def recipe(method: str, a, b, extra: str, *, base=None, wa=0.6, wb=0.4) -> str:
-    lines = [f"merge_method: {method}", "out_dtype: float32"]
-    if base is not None:
-        lines.append(f"base_model: {base}")
-    lines += ["models:", f"  - model: {a}", "    parameters:", f"      weight: {wa}",
-              f"  - model: {b}", "    parameters:", f"      weight: {wb}"]
-    return "\n".join(lines) + "\n" + extra
+    return make_pair(tmp_path_factory.mktemp("tok"))
 
 
 def test_union_merge_maps_rows_and_loads(pair, tmp_path):
@@ -187,13 +150,6 @@ def test_chat_template_auto_and_bad(pair, tmp_path):
     with pytest.raises(RecipeError) as err:
         parse_recipe(recipe("linear", a, b, "chat_template: nosuch\n"))
     assert err.value.loc == "chat_template" and "unknown chat template" in err.value.msg
-
-
-def test_tokenizer_block_still_refused(pair):
-    a, b, _, _ = pair
-    with pytest.raises(RecipeError) as err:
-        parse_recipe(recipe("linear", a, b, "tokenizer:\n  source: union\n"))
-    assert err.value.loc == "tokenizer" and "not supported yet" in err.value.msg
 
 
 def test_fill_missing_rule():
