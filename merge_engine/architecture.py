@@ -43,6 +43,24 @@ _FINAL_NORM_RE = re.compile(
 )
 _PRE_HINTS = ("embed", "wte", "wpe")
 
+MODULE_PATTERNS = (
+    ("multi_modal_projector",
+     re.compile(r"(?:^|\.)(?:multi_modal_projector|mm_projector)\.|(?:^|\.)visual\.merger\.")),
+    ("vision_tower",
+     re.compile(r"(?:^|\.)(?:vision_tower|vision_model|visual|vision_encoder)\.")),
+)
+"""Parts of a multi-part (vision-language) model by tensor name, as mergekit's
+``modules`` names them; every other tensor belongs to ``text_decoder``. Covers the
+Llava / Mistral3 / Gemma3 / Llama4 layouts (``vision_tower.``, ``multi_modal_projector.``,
+with or without a ``model.`` prefix) and Qwen2-VL's (``visual.``, ``visual.merger.``)."""
+TEXT_MODULE = "text_decoder"
+
+
+def module_of(name: str) -> str:
+    """The part of a multi-part model tensor ``name`` belongs to (see :data:`MODULE_PATTERNS`)."""
+    return next((part for part, pattern in MODULE_PATTERNS if pattern.search(name)),
+                TEXT_MODULE)
+
 
 @dataclass(frozen=True)
 class Family:

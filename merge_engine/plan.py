@@ -24,6 +24,7 @@ from .architecture import (
     config_get,
     config_set,
     detect_layout,
+    module_of,
 )
 from .checkpoint import DTYPES, OutTensor, TensorMeta
 from .errors import PlanError
@@ -155,27 +156,10 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
         raise PlanError(f"{reference.name} has no tensors")
     out_dtype = _out_dtype(recipe, reference)
     warnings: list[str] = []
-    out_config = None
-    layout = None
     vocab = build_vocab(recipe, sources, warnings)
-    if recipe.slices is not None:
-        tasks, out_config = _slice_tasks(recipe, method, sources, out_dtype, warnings,
-                                         vocab is not None)
-    else:
-        layout = detect_layout(reference.config, reference.tensors, reference.name)
-        donors = models[1:] if recipe.has_base_role else models
-        tasks = []
-        for name in _ordered_names(reference):
-            inputs = tuple(_adapted(_find_input(name, i, src, reference, warnings,
-                                                vocab is not None), sources)
-                           for i, src in enumerate(sources))
-            t = _gradient_t(layout, name)
-            tasks.append(_task(recipe, method, name, reference.tensors[name], inputs, out_dtype,
-                               global_params={p: recipe.global_param(p, name, t)
-                                              for p in method.global_params},
-                               model_params=tuple(
-                                   {p: recipe.model_param(m, p, name, t)
-                                    for p in method.model_params} for m in donors)))
+    plan_tasks = _part_tasks if recipe.parts else _tasks
+    tasks, out_config, layout = plan_tasks(recipe, method, sources, out_dtype, warnings,
+                                           vocab is not None)
     warnings += _architecture_warnings(sources, layout)
     if vocab is not None:
         tasks = [_map_rows(task, vocab, sources) for task in tasks]
@@ -189,6 +173,85 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
                         "it was not written")
     return Plan(recipe, method, models, tuple(sources), tasks, out_dtype,
                 DTYPES_BY_NAME.get(recipe.dtype), warnings, out_config, vocab, template)
+
+
+def _tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
+           out_dtype: torch.dtype, warnings: list[str],
+           any_vocab: bool) -> tuple[list[TensorTask], dict | None, Layout | None]:
+    """(tasks, output config or None, layout or None) of a recipe with models or slices."""
+    if recipe.slices is not None:
+        tasks, config = _slice_tasks(recipe, method, sources, out_dtype, warnings, any_vocab)
+        return tasks, config, None
+    reference = sources[0]
+    layout = detect_layout(reference.config, reference.tensors, reference.name)
+    donors = recipe.inputs()[1:] if recipe.has_base_role else recipe.inputs()
+    tasks = []
+    for name in _ordered_names(reference):
+        inputs = tuple(_adapted(_find_input(name, i, src, reference, warnings, any_vocab),
+                                sources) for i, src in enumerate(sources))
+        t = _gradient_t(layout, name)
+        tasks.append(_task(recipe, method, name, reference.tensors[name], inputs, out_dtype,
+                           global_params={p: recipe.global_param(p, name, t)
+                                          for p in method.global_params},
+                           model_params=tuple(
+                               {p: recipe.model_param(m, p, name, t)
+                                for p in method.model_params} for m in donors)))
+    return tasks, None, layout
+
+
+def _part_tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
+                out_dtype: torch.dtype, warnings: list[str],
+                any_vocab: bool) -> tuple[list[TensorTask], dict | None, None]:
+    """Multi-part ``modules``: each part's tensors (:func:`module_of`) planned with the
+    part's own recipe (models or slices, parameters) over the sources seen through that
+    part alone. Every part of the first source must have a module in the recipe."""
+    index = {ref_key(m.ref): i for i, m in enumerate(recipe.inputs())}
+    first = sources[0]
+    have = list(dict.fromkeys(module_of(n) for n in _ordered_names(first)))
+    named = [part.part for part in recipe.parts]
+    for name in named:
+        if name not in have:
+            raise PlanError(f"{recipe.where('modules.' + name)}: {first.name} has no part "
+                            f"{name!r} (its parts: {', '.join(have)})")
+    missing = [name for name in have if name not in named]
+    if missing:
+        raise PlanError(f"{recipe.where('modules')}: {first.name} also has "
+                        f"{', '.join(missing)}; add modules.{missing[0]} with its models or "
+                        "slices, so that every part of the output is merged")
+    tasks, configs = [], []
+    for part in recipe.parts:
+        idx = [index[ref_key(m.ref)] for m in part.inputs()]
+        scoped = [_scoped(sources[i], part.part) for i in idx]
+        for src in scoped:
+            if not src.tensors:
+                raise PlanError(f"{recipe.where(part.models_loc)}: {src.name} has no "
+                                f"{part.part} tensors")
+        sub, config, _ = _tasks(part, method, scoped, out_dtype, warnings, any_vocab)
+        tasks += [_renumber(task, idx, len(sources)) for task in sub]
+        if config is not None:
+            configs.append((part, config))
+    if len(configs) > 1:
+        raise PlanError(f"{recipe.where(configs[1][0].models_loc)}: slices re-stack the "
+                        f"layers of one module only (here also {configs[0][0].part})")
+    return tasks, configs[0][1] if configs else None, None
+
+
+def _scoped(source: Source, part: str) -> Source:
+    """``source`` with only the tensors of one part (a shallow copy: files are shared)."""
+    scoped = copy.copy(source)
+    scoped.tensors = {n: m for n, m in source.tensors.items() if module_of(n) == part}
+    return scoped
+
+
+def _renumber(task: TensorTask, idx: Sequence[int], total: int) -> TensorTask:
+    """A part's task with its inputs' model indices turned into the plan's: source ``k``
+    of the part is ``idx[k]``; adapter indices (``len(idx) + k``) become ``total + idx[k]``."""
+    def fix(inp: TensorInput) -> TensorInput:
+        k = inp.model
+        model = idx[k] if k < len(idx) else total + idx[k - len(idx)]
+        return dataclasses.replace(inp, model=model)
+
+    return dataclasses.replace(task, inputs=tuple(fix(inp) for inp in task.inputs))
 
 
 def _map_rows(task: TensorTask, vocab: Vocab, sources: Sequence[Source]) -> TensorTask:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import yaml
@@ -131,11 +131,16 @@ class Recipe:
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False, hash=False)
     """The line of each YAML path in :attr:`text` (for errors found after parsing)."""
     module_parameters: Mapping[str, ParamValue] = field(default_factory=dict, hash=False)
-    """``modules.default.parameters`` (a single-part model written with ``modules:``):
-    looked up after a slice's parameters and before the top-level ones, as in mergekit."""
+    """The module's ``parameters`` (``modules.<name>.parameters``): looked up after a
+    slice's parameters and before the top-level ones, as in mergekit."""
+    part: str | None = None
+    """In :attr:`parts`: the module this recipe merges (``text_decoder``, ...)."""
+    parts: tuple[Recipe, ...] = field(default=(), hash=False)
+    """Multi-part ``modules``: one recipe per module, each with its own models or slices
+    and parameters (see :func:`merge_engine.plan.build_plan`); empty otherwise."""
     models_loc: str = "models"
-    """Where the models (or slices) are in the YAML: ``models``/``slices``, or under
-    ``modules.default.``."""
+    """Where the models (or slices) are in the YAML: ``models``/``slices``, under
+    ``modules.<name>.``, or ``modules`` for a multi-part recipe."""
 
     @property
     def spec(self) -> MethodSpec:
@@ -398,17 +403,31 @@ def _build(doc: object, text: str, lines: Mapping[str, int] = _EMPTY) -> Recipe:
             raise unknown_key(str(key), key, TOP_KEYS)
     spec = _method(doc.get("merge_method"))
     _check_sources(doc)
+    modules = doc.get("modules")
+    if modules and [str(k) for k in modules] != ["default"]:
+        return _multi_part(doc, text, lines, spec, modules)
+    where, raw_models, slices, module_params = "", doc.get("models"), doc.get("slices"), _EMPTY
+    if modules:
+        where, raw_models, slices, module_params = _module_body(modules["default"],
+                                                                "modules.default")
+    recipe = _assemble(doc, text, lines, spec, where, raw_models, slices, module_params)
+    _check_tokenizer_settings(recipe)
+    return recipe
+
+
+def _assemble(doc: dict, text: str, lines: Mapping[str, int], spec: MethodSpec, where: str,
+              raw_models: object, slices: object, module_params: Mapping[str, ParamValue],
+              part: str | None = None) -> Recipe:
+    """The recipe of ``raw_models`` or ``slices`` (at YAML prefix ``where``) with the
+    document's other keys, its parameters checked."""
     base = None
     if doc.get("base_model") is not None:
         base = parse_ref_value(doc["base_model"], "base_model")
-    tokenizer, slices, modules = doc.get("tokenizer"), doc.get("slices"), doc.get("modules")
-    where, raw_models, module_params = "", doc.get("models"), _EMPTY
-    if modules:
-        where, raw_models, slices, module_params = _single_module(modules)
     models = tuple(
         _input_model(raw, f"{where}models[{i}]") for i, raw in enumerate(raw_models or ())
     )
     _check_duplicates(models)
+    tokenizer, modules = doc.get("tokenizer"), doc.get("modules")
     recipe = Recipe(
         merge_method=spec.name,
         models=models,
@@ -427,6 +446,7 @@ def _build(doc: object, text: str, lines: Mapping[str, int] = _EMPTY) -> Recipe:
         lines=MappingProxyType(dict(lines)),
         module_parameters=module_params,
         models_loc=f"{where}{'slices' if slices else 'models'}",
+        part=part,
     )
     if recipe.tokenizer is not None and recipe.tokenizer_source is not None:
         raise RecipeError("tokenizer", "give either tokenizer_source or tokenizer, not both")
@@ -434,6 +454,29 @@ def _build(doc: object, text: str, lines: Mapping[str, int] = _EMPTY) -> Recipe:
         _validate_slices(recipe, spec)
     else:
         _validate_params(recipe, spec)
+    return recipe
+
+
+def _multi_part(doc: dict, text: str, lines: Mapping[str, int], spec: MethodSpec,
+                modules: dict) -> Recipe:
+    """``modules:`` naming the parts of a multi-part model (``text_decoder``,
+    ``vision_tower``, ``multi_modal_projector``): one recipe per part in :attr:`Recipe.parts`;
+    the whole recipe's :attr:`Recipe.models` is every part's inputs, each once."""
+    parts = []
+    for name, body in modules.items():
+        name = str(name)
+        if name == "default":
+            raise RecipeError("modules.default", "'default' is the one module of a single-part "
+                              "model; with several modules, name each part (text_decoder, "
+                              "vision_tower, multi_modal_projector)")
+        where, raw_models, slices, params = _module_body(body, f"modules.{name}")
+        parts.append(_assemble(doc, text, lines, spec, where, raw_models, slices, params, name))
+    seen: dict[tuple, InputModel] = {}
+    for part in parts:
+        for m in part.inputs():
+            seen.setdefault(ref_key(m.ref), m)
+    recipe = replace(parts[0], models=tuple(seen.values()), slices=None, part=None,
+                     module_parameters=_EMPTY, parts=tuple(parts), models_loc="modules")
     _check_tokenizer_settings(recipe)
     return recipe
 
@@ -441,19 +484,9 @@ def _build(doc: object, text: str, lines: Mapping[str, int] = _EMPTY) -> Recipe:
 MODULE_KEYS = ("models", "slices", "parameters")
 
 
-def _single_module(modules: dict) -> tuple[str, object, object, Mapping[str, ParamValue]]:
-    """``modules:`` for a single-part model: mergekit names its one module ``default``.
-    Returns (YAML prefix, models, slices, module parameters). Multi-part architectures
-    (a text decoder with a vision tower, ...) are refused."""
-    names = [str(k) for k in modules]
-    if names != ["default"]:
-        other = next((n for n in names if n != "default"), names[0])
-        raise RecipeError(
-            f"modules.{other}",
-            f"module {other!r}: multi-part architectures (e.g. a text_decoder with a "
-            "vision_tower) are not supported yet; a single-part model has one module, "
-            "'default' (or write its slices or models at the top level)")
-    body, loc = modules["default"], "modules.default"
+def _module_body(body: object, loc: str) -> tuple[str, object, object,
+                                                 Mapping[str, ParamValue]]:
+    """One module of ``modules:``: (YAML prefix, models, slices, module parameters)."""
     if not isinstance(body, dict):
         raise RecipeError(loc, f"expected a mapping with models or slices, got {_kind(body)}")
     for key in body:

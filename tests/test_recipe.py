@@ -779,19 +779,6 @@ def test_slices_are_parsed():
     assert recipe.inputs()[1].loc == "slices[1].sources[0]"
 
 
-def test_modules_not_supported():
-    err = error(
-        """\
-        merge_method: linear
-        modules:
-          text_decoder:
-            models:
-              - model: org/a
-        """
-    )
-    assert err.loc == "modules.text_decoder" and "not supported yet" in err.msg
-
-
 def test_lora_refs_parse_as_model_plus_adapter():
     recipe = parse(ta("- model: org/a+org/lora@v2\n  parameters: {weight: 1}\n"))
     ref = next(m.ref for m in recipe.inputs() if m.ref.lora is not None)

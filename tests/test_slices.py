@@ -413,14 +413,6 @@ def test_shape_mismatch_inside_a_slice_names_both_tensors(tmp_path, pair):
         validate(text)
 
 
-def test_multi_part_modules_are_refused_clearly():
-    err = recipe_error(
-        "merge_method: linear\nmodules:\n  text_decoder:\n    models:\n      - model: org/a\n"
-    )
-    assert err.loc == "modules.text_decoder" and "not supported yet" in err.msg
-    assert "multi-part architectures" in err.msg and err.line == 3
-
-
 def test_single_part_module_is_read_like_top_level_slices(pair, tmp_path):
     a, b = pair
     text = (
