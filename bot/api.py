@@ -5,13 +5,15 @@
     GET  /api/recipes?owner=NAME    recipes, newest first
     GET  /api/recipes/{id}          a recipe with its latest jobs
     POST /api/recipes/{id}/remerge  {"force"?: bool} → 202 {"job_id", "absorbed"}
+    POST /api/validate              {"recipe", ...} → 200 the plan's summary (bot.validation)
     DELETE /api/recipes/{id}        stop watching and forget the recipe (jobs are kept)
     GET  /api/jobs/{id}             status, stage, progress, SHAs, commit, error, log tail
 
-Writes need ``Authorization: Bearer <hub token>``, checked with ``whoami`` on the Hub
+Writes and checks need ``Authorization: Bearer <hub token>``, checked with ``whoami`` on the Hub
 (missing or invalid → 401). A recipe and its jobs are public unless the recipe is private:
 then only its owner sees it (others get 404). Errors are ``{"error": "<one sentence>"}``;
-a recipe the engine refuses is 422 ``{"errors": [{"loc", "msg"}]}``.
+a recipe the engine refuses is 422 ``{"errors": [{"loc", "msg", "line"}]}`` (from
+``/api/validate`` with ``"ok": false``).
 
 Submission checks, in order: token (401), body (400/413), recipe syntax and Hub-only
 sources (422), limits on models and parameters (422), target repo (422 malformed, 403 the
@@ -19,15 +21,25 @@ bot cannot write it, 409 another owner's recipe publishes there), preflight from
 with the *submitter's* token (422), the bot's token can read every source (422), jobs per
 owner (429). The bot writes to its own namespace and to orgs its whoami lists (with a role
 other than "read"); it never writes to a user's namespace other than its own.
+
+Validation takes a submission's body and makes its checks of the recipe (token, body,
+syntax, Hub-only sources, limits, preflight), not those of the target; its preflight reads
+the sources with the *caller's* token only (never the bot's, so nobody reaches a model
+they cannot read). Checks in flight are bounded per caller and in all (429). Preflights
+download configs into a temporary cache that is removed afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import tempfile
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
@@ -39,12 +51,14 @@ from starlette.routing import Route
 
 from merge_engine.api import validate
 from merge_engine.errors import InputError, MergeEngineError, RecipeError
+from merge_engine.plan import Plan
 from merge_engine.recipe import Recipe, parse_recipe
 from merge_engine.sources import HubAccess
 
 from . import queue
 from .settings import Settings
 from .store import Store
+from .validation import error_item, line_of, summary
 from .webhooks import read_body
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -60,8 +74,9 @@ class ApiError(Exception):
         self.body = {"errors": errors} if errors is not None else {"error": message}
 
 
-def recipe_errors(*items: tuple[str, str]) -> ApiError:
-    return ApiError(422, errors=[{"loc": loc, "msg": msg} for loc, msg in items])
+def recipe_errors(*items: tuple) -> ApiError:
+    """422 with an error ``{"loc", "msg", "line"}`` per item ``(loc, msg[, line])``."""
+    return ApiError(422, errors=[error_item(*item) for item in items])
 
 
 @dataclass
@@ -117,6 +132,35 @@ class HubGate:
         )
 
 
+@dataclass
+class CheckSlots:
+    """Preflights in flight, per caller and in all: each holds a thread and Hub requests."""
+
+    _running: Counter = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def hold(self, user: str, settings: Settings) -> Iterator[None]:
+        """A slot for one check by ``user``; ApiError 429 when none is free."""
+        with self._lock:
+            if self._running[user] >= settings.max_checks_per_owner:
+                raise ApiError(
+                    429,
+                    f"you have {settings.max_checks_per_owner} checks running; "
+                    "wait for one to finish",
+                )
+            if self._running.total() >= settings.max_checks:
+                raise ApiError(429, "the bot is checking too many recipes; try again shortly")
+            self._running[user] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[user] -= 1
+                if not self._running[user]:
+                    del self._running[user]
+
+
 @dataclass(frozen=True)
 class Services:
     """What the API needs; kept on ``app.state.services``."""
@@ -126,6 +170,7 @@ class Services:
     hub: HubGate
     after_submit: Callable[[], None] = lambda: None
     """Run in the background after a recipe changes (e.g. reconcile Hub webhooks)."""
+    checks: CheckSlots = field(default_factory=CheckSlots)
 
 
 def _services(request: Request) -> Services:
@@ -210,6 +255,7 @@ def hub_sources(recipe: Recipe) -> list[str]:
                         loc,
                         f"{ref.path!r} is a local path; the bot merges Hub "
                         "repos only (use 'owner/name')",
+                        line_of(recipe, loc),
                     )
                 )
             elif ref.path not in found:
@@ -233,12 +279,32 @@ def target_repo(sub: Submission, recipe: Recipe, hub: HubGate) -> str:
     return name
 
 
-def preflight(recipe_text: str, settings: Settings, token: str) -> None:
-    """Headers-only validation with the submitter's token, plus the parameter limit."""
+def parse(recipe_text: str) -> Recipe:
+    """The parsed recipe; 422 at the YAML path (and line) of its first mistake."""
     try:
-        plan = validate(recipe_text, access=HubAccess(endpoint=settings.endpoint, token=token))
+        return parse_recipe(recipe_text)
     except RecipeError as exc:
-        raise recipe_errors((exc.loc, exc.msg)) from None
+        raise recipe_errors((exc.loc, exc.msg, getattr(exc, "line", None))) from None
+
+
+def check_model_count(recipe: Recipe, settings: Settings) -> None:
+    count = len(recipe.inputs())
+    if count > settings.max_models:
+        raise recipe_errors(
+            ("models", f"the recipe has {count} models; the limit is {settings.max_models}")
+        )
+
+
+def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
+    """Headers-only validation with the caller's token (never the bot's), plus the
+    parameter limit; configs go to a temporary cache, removed on return."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="mergebot-check-") as cache:
+            access = HubAccess(endpoint=settings.endpoint, token=token, cache_dir=Path(cache))
+            plan = validate(recipe, access=access)
+    except RecipeError as exc:
+        line = getattr(exc, "line", None) or line_of(recipe, exc.loc)
+        raise recipe_errors((exc.loc, exc.msg, line)) from None
     except InputError as exc:
         raise recipe_errors(("", str(exc))) from None
     except MergeEngineError as exc:
@@ -252,6 +318,7 @@ def preflight(recipe_text: str, settings: Settings, token: str) -> None:
                 f"{plan.parameter_count:,}); the limit is {settings.max_parameters:,}",
             )
         )
+    return plan
 
 
 def check_bot_can_read(sources: list[str], settings: Settings) -> None:
@@ -274,25 +341,16 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     settings, store, hub = services.settings, services.store, services.hub
     user = hub.user(token)
     sub = parse_submission(body, settings)
-    try:
-        recipe = parse_recipe(sub.recipe_text)
-    except RecipeError as exc:
-        raise recipe_errors((exc.loc, exc.msg)) from None
+    recipe = parse(sub.recipe_text)
     sources = hub_sources(recipe)
-    if len(recipe.inputs()) > settings.max_models:
-        raise recipe_errors(
-            (
-                "models",
-                f"the recipe has {len(recipe.inputs())} models; the limit is {settings.max_models}",
-            )
-        )
+    check_model_count(recipe, settings)
     repo_id = target_repo(sub, recipe, hub)
     hub.check_writable(repo_id)
     with store.read() as db:
         existing = store.recipe_for_repo(db, repo_id)
     if existing is not None and existing.owner != user:
         raise ApiError(409, f"{repo_id} is already published by another user's recipe")
-    preflight(sub.recipe_text, settings, token)
+    preflight(recipe, settings, token)
     check_bot_can_read(sources, settings)
     with store.write() as db:
         if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
@@ -321,6 +379,21 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     return {"recipe_id": recipe_id, "job_id": job_id, "repo_id": repo_id}
 
 
+def check_recipe(services: Services, token: str | None, body: dict) -> dict:
+    """The whole POST /api/validate (blocking; run in a thread): the plan's summary.
+
+    A submission's checks of the recipe, the preflight with the caller's token included;
+    nothing is stored or queued."""
+    settings = services.settings
+    user = services.hub.user(token)
+    recipe_text = parse_submission(body, settings).recipe_text
+    recipe = parse(recipe_text)
+    hub_sources(recipe)
+    check_model_count(recipe, settings)
+    with services.checks.hold(user, settings):
+        return summary(preflight(recipe, settings, token))
+
+
 # endpoints --------------------------------------------------------------------------
 
 
@@ -330,6 +403,19 @@ async def post_recipe(request: Request) -> JSONResponse:
     body = await _json(request, services.settings.max_recipe_bytes * 2 + 4096)
     result = await run_in_threadpool(submit_recipe, services, _bearer(request), body)
     return JSONResponse(result, status_code=201, background=BackgroundTask(services.after_submit))
+
+
+@_endpoint
+async def post_validate(request: Request) -> JSONResponse:
+    services = _services(request)
+    body = await _json(request, services.settings.max_recipe_bytes * 2 + 4096)
+    try:
+        result = await run_in_threadpool(check_recipe, services, _bearer(request), body)
+    except ApiError as exc:
+        if "errors" in exc.body:
+            exc.body = {"ok": False, **exc.body}
+        raise
+    return JSONResponse(result)
 
 
 def _viewer(services: Services, request: Request) -> str | None:
@@ -455,5 +541,6 @@ ROUTES = [
     Route("/recipes/{id}", get_recipe, methods=["GET"]),
     Route("/recipes/{id}", delete_recipe, methods=["DELETE"]),
     Route("/recipes/{id}/remerge", remerge, methods=["POST"]),
+    Route("/validate", post_validate, methods=["POST"]),
     Route("/jobs/{id}", get_job, methods=["GET"]),
 ]

@@ -7,8 +7,11 @@ Contracts:
 - ``claim``: one atomic ``UPDATE ... WHERE id = (SELECT ...) RETURNING`` inside a write
   transaction hands a job to exactly one worker, with a lease until ``now + lease``. It
   takes queued jobs whose backoff has passed and running jobs whose lease expired (their
-  worker died), never a job of a recipe that another live lease is merging. A job whose
-  lease expired ``max_attempts`` times is failed instead.
+  worker died) with attempts left, never a job of a recipe that another live lease is
+  merging.
+- ``give_up``: a running job whose lease expired after its ``max_attempts``-th attempt
+  is failed; workers call it before ``claim`` and remove the work dirs of the ids it
+  returns.
 - ``heartbeat``/``finish``/``retry_later`` are fenced by the lease owner: a worker that
   lost its lease changes nothing (they return False).
 """
@@ -58,18 +61,25 @@ def active_jobs(db: sqlite3.Connection, owner: str) -> int:
     ).fetchone()[0]
 
 
-def claim(store: Store, worker: str, *, lease: float, max_attempts: int) -> Job | None:
-    """The next runnable job, now leased to ``worker``; None when there is none."""
+def give_up(store: Store, *, max_attempts: int) -> list[int]:
+    """Fail the running jobs whose lease expired on their last attempt; their ids."""
     now = time.time()
     with store.write() as db:
         lost = db.execute(
             "UPDATE jobs SET status = ?, lease_owner = NULL, finished_at = ?,"
-            " error = 'the worker running it stopped ' || attempts || ' times; giving up'"
+            " error = 'no worker finished it in ' || attempts || ' attempt(s); giving up'"
             " WHERE status = ? AND lease_expires < ? AND attempts >= ? RETURNING id",
             (FAILED, now, RUNNING, now, max_attempts),
         ).fetchall()
         for row in lost:
             _log(db, row["id"], "failed: lease expired too many times")
+    return [row["id"] for row in lost]
+
+
+def claim(store: Store, worker: str, *, lease: float, max_attempts: int) -> Job | None:
+    """The next runnable job, now leased to ``worker``; None when there is none."""
+    now = time.time()
+    with store.write() as db:
         row = db.execute(
             """
             UPDATE jobs SET status = :running, lease_owner = :worker,
@@ -78,14 +88,22 @@ def claim(store: Store, worker: str, *, lease: float, max_attempts: int) -> Job 
             WHERE id = (
                 SELECT j.id FROM jobs j
                 WHERE ((j.status = :queued AND j.not_before <= :now)
-                       OR (j.status = :running AND j.lease_expires < :now))
+                       OR (j.status = :running AND j.lease_expires < :now
+                           AND j.attempts < :max_attempts))
                   AND NOT EXISTS (
                       SELECT 1 FROM jobs r WHERE r.recipe_id = j.recipe_id AND r.id != j.id
                       AND r.status = :running AND r.lease_expires >= :now)
                 ORDER BY j.id LIMIT 1)
             RETURNING *
             """,
-            {"running": RUNNING, "queued": QUEUED, "worker": worker, "now": now, "lease": lease},
+            {
+                "running": RUNNING,
+                "queued": QUEUED,
+                "worker": worker,
+                "now": now,
+                "lease": lease,
+                "max_attempts": max_attempts,
+            },
         ).fetchone()
         if row is None:
             return None

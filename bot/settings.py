@@ -12,7 +12,8 @@ Variables (all optional; limits have defaults):
     MERGEBOT_URL             where `mergebot submit`/`status` find a running server
                              (default http://127.0.0.1:7860)
     MERGEBOT_MAX_RECIPE_BYTES, MERGEBOT_MAX_MODELS, MERGEBOT_MAX_PARAMETERS,
-    MERGEBOT_MAX_QUEUED_PER_OWNER, MERGEBOT_LEASE_SECONDS, MERGEBOT_MAX_ATTEMPTS,
+    MERGEBOT_MAX_QUEUED_PER_OWNER, MERGEBOT_MAX_CHECKS_PER_OWNER, MERGEBOT_MAX_CHECKS,
+    MERGEBOT_LEASE_SECONDS, MERGEBOT_MAX_ATTEMPTS,
     MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
     MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
 
@@ -50,6 +51,10 @@ class Settings:
     """Total parameters read by one merge: the merged model's count times its inputs."""
     max_queued_per_owner: int = 5
     """Jobs an owner may have queued or running at once."""
+    max_checks_per_owner: int = 2
+    """Recipe checks (``POST /api/validate``) a caller may have in flight at once."""
+    max_checks: int = 8
+    """Recipe checks in flight at once, all callers together."""
     lease_seconds: float = 60.0
     max_attempts: int = 5
     backoff_seconds: float = 5.0

@@ -12,7 +12,10 @@ Contracts of :meth:`Worker.process`:
   ``SourceError`` also marks the recipe broken with the reason. Transient failures are
   retried with exponential backoff until ``max_attempts``; anything else fails the job
   with one sentence (the traceback goes to the process log, not to the user).
-- The work dir ``MERGEBOT_HOME/work/job-N`` is emptied before and removed after.
+- Each attempt works in its own dir (:mod:`bot.workdirs`), removed when the attempt ends,
+  whatever the outcome. A killed worker's dir is removed by the job's next attempt as it
+  starts, or, when no attempt is left, by the worker that gives the job up before its
+  next claim; a worker also sweeps the dirs no live lease owns when it starts.
 
 :class:`WebhookSync` makes the bot's Hub webhooks (those pointing at its public URL) match
 the sources of live watched recipes: one webhook per source repo, created when missing,
@@ -36,7 +39,7 @@ from huggingface_hub import HfApi
 
 from merge_engine.errors import InputError, SourceError
 
-from . import queue
+from . import queue, workdirs
 from .errors import is_transient
 from .publish import PublishRequest, PublishResult, merge_and_publish, resolve_revisions
 from .settings import Settings
@@ -108,8 +111,13 @@ class Worker:
     webhooks: WebhookSync | None = None
 
     def run(self, stop: threading.Event) -> None:
-        """Process jobs until ``stop`` is set (a running job is finished first)."""
+        """Sweep orphaned work dirs, then process jobs until ``stop`` is set (a running
+        job is finished first)."""
         log.info("worker %s started", self.name)
+        try:
+            workdirs.sweep(self.settings.work_root, self.store)
+        except Exception:  # a locked database or a busy disk must not stop the worker
+            log.exception("worker %s: sweeping work dirs failed", self.name)
         next_sync = 0.0
         while not stop.is_set():
             if self.webhooks is not None and time.monotonic() >= next_sync:
@@ -125,7 +133,10 @@ class Worker:
         log.info("worker %s stopped", self.name)
 
     def run_once(self) -> Job | None:
-        """Claim and process one job; the claimed job (before processing), or None."""
+        """Give up on jobs out of attempts (removing their work dirs), then claim and
+        process one job; the claimed job (before processing), or None."""
+        for job_id in queue.give_up(self.store, max_attempts=self.settings.max_attempts):
+            workdirs.remove(self.settings.work_root, job_id)
         job = queue.claim(
             self.store,
             self.name,
@@ -137,15 +148,15 @@ class Worker:
         return job
 
     def process(self, job: Job) -> None:
+        workdirs.remove(self.settings.work_root, job.id, up_to=job.attempts)  # dead attempts'
         recipe = self.store.get_recipe(job.recipe_id)
         if recipe is None or recipe.deleted:
             self.store.append_log(job.id, "the recipe was deleted")
             self._finish(job, queue.SKIPPED)
             return
-        work_dir = self.settings.work_root / f"job-{job.id}"
-        shutil.rmtree(work_dir, ignore_errors=True)
-        work_dir.mkdir(parents=True)
+        work_dir = workdirs.path(self.settings.work_root, job)
         try:
+            work_dir.mkdir(parents=True)
             with LeaseKeeper(self.settings, self.store, job, self.name) as lease:
                 self._run_job(job, recipe, work_dir, lease)
         finally:

@@ -5,12 +5,14 @@
 
 Contracts:
 - Everything about recipes and jobs goes through the bot's REST API (``client``); the UI
-  reads only whoami and model cards from the Hub, and runs the header-only preflight
-  (through the bot's ``/api/validate`` when it has one, else the engine's ``validate``).
+  reads only whoami and model cards from the Hub. Check is the bot's ``/api/validate``;
+  only when no bot answers does the UI run the engine's ``validate`` itself
+  (:mod:`spaces_app.preflight`), with the same token.
 - The user's token comes from ``gr.OAuthToken`` (Sign in with Hugging Face) and is sent as
-  the Bearer token. Without one, reading public recipes and jobs works; submitting and
-  remerging say "sign in". ``AppConfig.demo_token`` stands in for a missing (or mocked)
-  OAuth token; only the offline demo sets it, and it is ignored on a Space.
+  the Bearer token. Without one, reading public recipes and jobs works; checking,
+  submitting and remerging say "sign in" (a check reads the models with your token).
+  ``AppConfig.demo_token`` stands in for a missing (or mocked) OAuth token; only the
+  offline demo sets it, and it is ignored on a Space.
 - Named API endpoints for ``gradio_client``: ``/check``, ``/submit``, ``/job``,
   ``/history``, ``/remerge``.
 """
@@ -87,7 +89,7 @@ class Handlers:
         token = self.token(oauth)
         name = self.hub.user_name(token)
         if name is None:
-            return "Not signed in: you can check recipes and follow public jobs; sign in to submit."
+            return "Not signed in: you can follow public jobs; sign in to check and submit recipes."
         how = "demo user" if oauth is None or oauth.token == MOCK_OAUTH_TOKEN else "signed in"
         return f"Acting as **{name}** ({how})."
 
@@ -96,13 +98,14 @@ class Handlers:
     def check(self, recipe: str, oauth: gr.OAuthToken | None = None) -> str:
         """Preflight from headers only: the formula and models, or errors at their line."""
         token = self.token(oauth)
+        if not token:
+            return "Sign in with Hugging Face to check a recipe: the check reads its models as you."
         try:
             summary = self.client.validate(recipe, token)
         except ApiError as exc:
-            if exc.errors:
-                summary = {"ok": False, "errors": exc.errors}
-            else:
-                summary = preflight.failed("", str(exc))
+            if not exc.errors:
+                return f"✗ {exc}"
+            summary = {"ok": False, "errors": exc.errors}
         if summary is None:
             summary = preflight.check(recipe, endpoint=self.config.hub_url, token=token)
         if not summary.get("ok", True) or "errors" in summary:

@@ -61,11 +61,12 @@ class MergebotClient:
         return self._call("POST", "/api/recipes", token, body)
 
     def validate(self, recipe: str, token: str | None) -> dict | None:
-        """POST /api/validate (a header-only preflight) or None if the bot has no such route."""
+        """POST /api/validate → the header-only preflight's summary (``"ok": true``); None
+        when no bot answers: unreachable, or no such route there (the UI served alone)."""
         try:
             return self._call("POST", "/api/validate", token, {"recipe": recipe})
         except ApiError as exc:
-            if exc.status in (404, 405):
+            if exc.status in (0, 404, 405):
                 return None
             raise
 

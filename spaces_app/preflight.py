@@ -4,10 +4,11 @@
     summary["ok"]        # False → summary["errors"] = [{"loc", "msg", "line"}]
     summary["formula"]   # "merged = base + 1.0 * (donor-1 - base) + 0.3 * (donor-2 - base)"
 
-The answer is plain JSON, the same shape a bot ``POST /api/validate`` returns (the UI
-prefers that route when the bot has it). This calls the engine's pure
-``merge_engine.api.validate`` with the *user's* token, so a user only sees models they can
-read. No weight byte is downloaded.
+The UI's Check asks the bot (``POST /api/validate``); this is its fallback for when no bot
+answers. The answer is plain JSON of the same shape as the bot's (``bot/validation.py``;
+the Space ships without ``bot/``, so :func:`summarize` is a copy that a test keeps in
+step). It calls the engine's pure ``merge_engine.api.validate`` with the *user's* token,
+so a user only sees models they can read. No weight byte is downloaded.
 """
 
 from __future__ import annotations

@@ -134,11 +134,15 @@ def test_expired_lease_is_reclaimed_and_fenced(db: Store):
 def test_lease_expiring_too_often_fails_the_job(db: Store):
     job_id, _ = enqueue(db, new_recipe(db))
     for _ in range(2):
+        assert queue.give_up(db, max_attempts=2) == []
         assert queue.claim(db, "dying", lease=0.01, max_attempts=2) is not None
         time.sleep(0.03)
-    assert queue.claim(db, "w", lease=30, max_attempts=2) is None
+    assert queue.claim(db, "w", lease=30, max_attempts=2) is None  # out of attempts
+    assert db.get_job(job_id).status == "running"
+    assert queue.give_up(db, max_attempts=2) == [job_id]
     job = db.get_job(job_id)
-    assert job.status == "failed" and "stopped 2 times" in job.error
+    assert job.status == "failed" and "in 2 attempt(s); giving up" in job.error
+    assert queue.give_up(db, max_attempts=2) == []
 
 
 def test_retry_later_waits_for_backoff(db: Store):

@@ -256,7 +256,26 @@ def test_kill_9_worker_mid_merge_still_one_commit(sources: Hub, bot_factory):
     assert done["status"] == "succeeded" and done["attempts"] == 2
     assert any("attempt 2 claimed" in line for line in done["log"])
     assert len(job_commits(sources, f"{BOT}/crash")) == 1
-    assert not (bot.home / "work" / f"job-{job}").exists()
+    assert not list((bot.home / "work").glob(f"job-{job}-*"))
+
+
+def test_kill_9_worker_of_a_last_attempt_then_given_up_leaves_no_work_dir(
+    sources: Hub, bot_factory
+):
+    sources.options["bandwidth_mbps"] = 0.06
+    sources.restart()
+    bot = bot_factory(sources, MERGEBOT_LEASE_SECONDS="2", MERGEBOT_MAX_ATTEMPTS="1")
+    bot.start(workers=0)
+    victim = bot.worker()
+    job = bot.submit(f"{BOT}/given-up")
+    wait_for(lambda: sources.api(BOT).repo_exists(f"{BOT}/given-up"), timeout=60)
+    assert list((bot.home / "work").glob(f"job-{job}-*"))  # merging in its work dir
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    bot.worker()
+    failed = wait_for(lambda: bot.job(job)["status"] == "failed" and bot.job(job), timeout=60)
+    assert "in 1 attempt(s); giving up" in failed["error"]
+    assert not list((bot.home / "work").glob(f"job-{job}-*"))
 
 
 def test_restart_with_queued_jobs_runs_them(sources: Hub, bot_factory):

@@ -60,13 +60,7 @@ def test_local_preflight_reports_errors_with_lines(tmp_path: Path) -> None:
 
 
 def test_local_preflight_summarizes_a_plan(family: list[Path]) -> None:
-    base, one, two = family
-    text = (
-        f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
-        f"  - model: {one}\n    parameters:\n      weight: 1.0\n"
-        f"  - model: {two}\n    parameters:\n      weight: 0.3\n"
-    )
-    answer = preflight.check(text, endpoint=None, token=None)
+    answer = preflight.check(local_recipe(family), endpoint=None, token=None)
     assert answer["ok"] is True, answer
     assert answer["formula"] == "merged = base + 1.0 * (donor-1 - base) + 0.3 * (donor-2 - base)"
     assert [m["role"] for m in answer["models"]] == ["base", "donor", "donor"]
@@ -170,6 +164,89 @@ def test_client_sends_the_bearer_token() -> None:
     assert seen["body"] == {"recipe": "x: 1\n", "repo_id": "m", "private": False, "watch": True}
 
 
+def local_recipe(family: list[Path]) -> str:
+    base, one, two = family
+    return (
+        f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+        f"  - model: {one}\n    parameters:\n      weight: 1.0\n"
+        f"  - model: {two}\n    parameters:\n      weight: 0.3\n"
+    )
+
+
+def test_local_summary_has_the_shape_of_the_bots(family: list[Path]) -> None:
+    from bot.validation import summary
+    from merge_engine.api import validate
+
+    plan = validate(local_recipe(family))
+    assert preflight.summarize(plan) == summary(plan)
+
+
+def bot_answering(monkeypatch: pytest.MonkeyPatch, status: int, body: object) -> list:
+    """Make every client request get ``status`` with JSON ``body``; the requests seen."""
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        return httpx2.Response(status, json=body)
+
+    original = httpx2.Client
+
+    class Patched(original):
+        def __init__(self, **kwargs):
+            super().__init__(transport=httpx2.MockTransport(handler), **kwargs)
+
+    monkeypatch.setattr(httpx2, "Client", Patched)
+    return seen
+
+
+def test_check_asks_the_bot_with_the_users_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    summary = {
+        "ok": True,
+        "method": "linear",
+        "formula": "merged = 0.5 * a + 0.5 * b",
+        "models": [{"role": "donor", "name": "o/a", "revision": "f" * 40, "bytes": 10}],
+        "warnings": ["a warning"],
+    }
+    seen = bot_answering(monkeypatch, 200, summary)
+    handlers = Handlers(MergebotClient("http://bot"), AppConfig(demo_token="hf_user"))
+    shown = handlers.check("merge_method: linear\n", None)
+    assert "Ready to merge (linear)" in shown and "a warning" in shown
+    assert seen[0].url.path == "/api/validate" and seen[0].headers["authorization"] == (
+        "Bearer hf_user"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "shown"),
+    [
+        (422, {"ok": False, "errors": [{"loc": "merge_method", "msg": "bad", "line": 1}]},
+         "**`merge_method` (line 1)**: bad"),
+        (429, {"error": "you have 2 checks running; wait for one to finish"},
+         "✗ you have 2 checks running; wait for one to finish"),
+        (401, {"error": "the token is not a valid Hub token"},
+         "✗ the token is not a valid Hub token"),
+    ],
+)
+def test_the_bots_refusals_are_shown_not_bypassed(
+    monkeypatch: pytest.MonkeyPatch, family: list[Path], status, body, shown
+) -> None:
+    bot_answering(monkeypatch, status, body)
+    handlers = Handlers(MergebotClient("http://bot"), AppConfig(demo_token="hf_user"))
+    answer = handlers.check(local_recipe(family), None)
+    assert shown in answer and "Ready to merge" not in answer
+
+
+def test_check_runs_locally_only_when_no_bot_answers(
+    monkeypatch: pytest.MonkeyPatch, family: list[Path]
+) -> None:
+    config = AppConfig(demo_token="hf_user")
+    unreachable = Handlers(MergebotClient("http://127.0.0.1:9", timeout=2), config)
+    assert "Ready to merge (task_arithmetic)" in unreachable.check(local_recipe(family), None)
+    bot_answering(monkeypatch, 404, {"detail": "Not Found"})  # the UI served alone
+    alone = Handlers(MergebotClient("http://ui"), config)
+    assert "Ready to merge (task_arithmetic)" in alone.check(local_recipe(family), None)
+
+
 def test_demo_token_only_off_a_space_and_only_without_a_real_token() -> None:
     env = {"MERGEBOT_DEMO_TOKEN": "hf_demo", "HF_ENDPOINT": "http://127.0.0.1:1/"}
     config = AppConfig.from_env(env)
@@ -188,8 +265,9 @@ def test_demo_token_only_off_a_space_and_only_without_a_real_token() -> None:
     assert Handlers(MergebotClient("http://bot"), AppConfig()).token(None) is None
 
 
-def test_submit_without_a_token_asks_to_sign_in() -> None:
+def test_submit_and_check_without_a_token_ask_to_sign_in() -> None:
     handlers = Handlers(MergebotClient("http://127.0.0.1:9"), AppConfig())
+    assert handlers.check("merge_method: linear\n", None).startswith("Sign in")
     message, recipe_id, job_id, _ = handlers.submit("x: 1\n", "m", False, True, None)
     assert message.startswith("Sign in") and recipe_id is None and job_id is None
     message, *_ = handlers.remerge(3, None)
