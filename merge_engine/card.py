@@ -1,8 +1,11 @@
 """The model card (README.md) of a merged model, generated from the plan and the result.
 
-Front matter follows the Hub's model-card metadata (``base_model`` list, ``base_model_relation:
-merge``, ``tags``, ``library_name``, ``pipeline_tag``, ``license``) plus a machine-readable
-``merge`` block; the body says what was merged, with which weights and exact revisions.
+Front matter follows the Hub's model-card metadata (``base_model`` list of the Hub repos
+merged, ``base_model_relation: merge``, ``tags``, ``library_name``, ``pipeline_tag``,
+``license``) plus a machine-readable ``merge`` block: the base model and every donor with
+its exact revision (and LoRA adapter), the recipe-wide ``parameters`` and, for a
+``slices:`` recipe, every slice with each source's ``layer_range`` and parameters. The body
+says the same in tables, then gives the recipe pinned to the revisions merged.
 """
 
 from __future__ import annotations
@@ -13,14 +16,47 @@ import yaml
 
 from . import __version__
 from .plan import Plan
-from .summary import ModelRow, formula, model_rows
+from .sources import Source
+from .summary import (
+    ModelRow,
+    SliceRow,
+    fmt,
+    formula,
+    model_rows,
+    plain,
+    recipe_parameters,
+    slice_rows,
+)
 
 DEFAULT_HUB = "https://huggingface.co"
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML with lists of numbers (layer ranges, gradients) on one line: ``[0, 16]``."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    numbers = bool(data) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                 for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=numbers)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def licenses(plan: Plan) -> dict[str, str | None]:
+    """The license of every model and LoRA adapter merged (None: unknown)."""
+    found: dict[str, str | None] = {}
+    for source in plan.sources:
+        found[source.ref.path] = source.card_data.get("license")
+        if source.adapter is not None:
+            found[source.adapter.name] = source.adapter.card_data.get("license")
+    return found
+
+
 def _license(plan: Plan) -> tuple[str | None, str | None]:
     """(license for the front matter, a sentence when the sources disagree)."""
-    found = {s.name: s.card_data.get("license") for s in plan.sources}
+    found = licenses(plan)
     values = {v for v in found.values() if v}
     if not values:
         return None, None
@@ -38,27 +74,61 @@ def _pipeline_tag(plan: Plan) -> str | None:
     return "text-generation" if arch.endswith("ForCausalLM") else None
 
 
-def _lora_entry(row: ModelRow) -> dict:
-    """The adapter of a ``model+adapter`` row, for the ``merge`` block (``name`` is the
+def _hub_ids(plan: Plan) -> list[str]:
+    """Every Hub repo merged (models and adapters), once each; local directories are left
+    out, as the Hub's ``base_model`` takes repo ids only."""
+    ids = []
+    for source in plan.sources:
+        if source.revision is not None:
+            ids.append(source.ref.path)
+        if source.adapter_revision is not None:
+            ids.append(source.adapter.name)
+    return list(dict.fromkeys(ids))
+
+
+def _entry(source: Source) -> dict:
+    """``{model, revision}`` of one input, with its LoRA adapter's (``model`` is the
     combined reference, ``revision`` the base model's)."""
-    if row.adapter is None:
-        return {}
-    return {"lora": {"model": row.adapter, "revision": row.adapter_revision}}
+    entry: dict = {"model": source.name, "revision": source.revision}
+    if source.adapter is not None:
+        entry["lora"] = {"model": source.adapter.name, "revision": source.adapter_revision}
+    return entry
 
 
-def _linked(name: str, revision: str | None, hub: str) -> tuple[str, str]:
-    """(model, revision) cells of the models table for one repo or directory."""
-    if revision is None:
-        return name, "local files"
-    return f"[{name}]({hub}/{name})", f"[`{revision}`]({hub}/{name}/commit/{revision})"
+def _uses(row: ModelRow, sliced: bool) -> dict:
+    """Where a model is used: with slices, the slices using it (their entries give its
+    parameters there); else its parameters (a donor's)."""
+    if sliced:
+        return {"slices": list(row.slices)}
+    return {"parameters": row.values} if row.role == "donor" else {}
+
+
+def _slice_entry(plan: Plan, row: SliceRow) -> dict:
+    """One slice for the ``merge`` block: output layers, base, sources, own parameters."""
+    entry: dict = {"output_layers": list(row.layers)}
+    base = next((s for s in row.sources if s.role == "base"), None)
+    if base is not None:
+        entry["base_model"] = plan.sources[base.source].name
+    entry["sources"] = []
+    for src in row.sources:
+        item = {**_entry(plan.sources[src.source]), "layer_range": list(src.layer_range)}
+        if src.role == "donor":
+            item["parameters"] = {k: plain(v) for k, v in src.params.items()}
+        entry["sources"].append(item)
+    if row.parameters:
+        entry["parameters"] = {k: plain(v) for k, v in row.parameters.items()}
+    return entry
 
 
 def front_matter(plan: Plan, seed: int | None) -> dict:
     """The card's YAML metadata."""
     rows = model_rows(plan)
     license_id, _ = _license(plan)
-    names = [n for r in rows for n in (r.model or r.name, r.adapter) if n]
-    meta: dict = {"base_model": list(dict.fromkeys(names)), "base_model_relation": "merge"}
+    meta: dict = {}
+    hub_ids = _hub_ids(plan)
+    if hub_ids:
+        meta["base_model"] = hub_ids
+        meta["base_model_relation"] = "merge"
     if license_id:
         meta["license"] = license_id
     meta["tags"] = ["merge", "mergekit", "mergebot", plan.recipe.merge_method]
@@ -66,14 +136,18 @@ def front_matter(plan: Plan, seed: int | None) -> dict:
     tag = _pipeline_tag(plan)
     if tag:
         meta["pipeline_tag"] = tag
-    block = {"method": plan.recipe.merge_method, "engine": f"mergebot {__version__}"}
-    base = [r for r in rows if r.role == "base"]
-    if base:
-        block["base_model"] = {"model": base[0].name, "revision": base[0].revision,
-                               **_lora_entry(base[0])}
-    block["models"] = [{"model": r.name, "revision": r.revision, **_lora_entry(r),
-                        "parameters": r.values}
-                       for r in rows if r.role == "donor"]
+    sliced = plan.recipe.slices is not None
+    block: dict = {"method": plan.recipe.merge_method, "engine": f"mergebot {__version__}"}
+    pairs = list(zip(rows, plan.sources, strict=True))
+    for row, source in pairs:
+        if row.role == "base":
+            block["base_model"] = {**_entry(source), **_uses(row, sliced)}
+    block["models"] = [{**_entry(s), **_uses(r, sliced)} for r, s in pairs if r.role == "donor"]
+    parameters = recipe_parameters(plan)
+    if parameters:
+        block["parameters"] = {k: plain(v) for k, v in parameters.items()}
+    if sliced:
+        block["slices"] = [_slice_entry(plan, row) for row in slice_rows(plan)]
     if seed is not None:
         block["random_seed"] = seed
     meta["merge"] = block
@@ -91,6 +165,60 @@ def pinned_recipe(plan: Plan) -> str:
     return text
 
 
+def _linked(name: str, revision: str | None, hub: str) -> tuple[str, str]:
+    """(model, revision) cells of the models table for one repo or directory."""
+    if revision is None:
+        return name, "local files"
+    return f"[{name}]({hub}/{name})", f"[`{revision}`]({hub}/{name}/commit/{revision})"
+
+
+def _at_revision(name: str, revision: str | None, hub: str) -> str:
+    """A repo linked at the exact revision merged (a directory as it is)."""
+    return name if revision is None else f"[{name}]({hub}/{name}/tree/{revision})"
+
+
+def _model_cells(row: ModelRow, hub: str) -> tuple[str, str]:
+    """(model, revision) cells of one input, its LoRA adapter included."""
+    model, rev = _linked(row.model or row.name, row.revision, hub)
+    if row.adapter is not None:
+        lora_model, lora_rev = _linked(row.adapter, row.adapter_revision, hub)
+        model, rev = f"{model} + LoRA {lora_model}", f"{rev} + {lora_rev}"
+    return model, rev
+
+
+def _params_text(params: dict) -> str:
+    return ", ".join(f"{k}: {fmt(v)}" for k, v in params.items()) or "-"
+
+
+def _slices_table(plan: Plan, hub: str) -> list[str]:
+    """The Slices section: a row per source of each slice (slice columns on its first)."""
+    global_names = plan.method.global_params
+    lines = [
+        "## Slices", "",
+        "Each slice makes the output layers shown from the same number of layers of each of "
+        "its sources; ranges are `[start, end]` with the end excluded, as in the recipe. "
+        "Models link to the exact revision merged.", "",
+        "| slice | output layers | role | model | layer_range | weight (alpha) "
+        "| other parameters | slice parameters |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in slice_rows(plan):
+        own = {k: v for k, v in row.parameters.items() if k in global_names}
+        for j, src in enumerate(row.sources):
+            source = plan.sources[src.source]
+            model = _at_revision(source.ref.path, source.revision, hub)
+            if source.adapter is not None:
+                adapter = _at_revision(source.adapter.name, source.adapter_revision, hub)
+                model = f"{model} + LoRA {adapter}"
+            others = {k: v for k, v in src.params.items() if k != "weight"}
+            weight = fmt(src.params["weight"]) if "weight" in src.params else "-"
+            first = [str(row.index), str(list(row.layers))] if j == 0 else ["", ""]
+            cells = [*first, src.role, model, str(list(src.layer_range)), weight,
+                     _params_text(others), _params_text(own) if j == 0 else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = None,
                 provenance: str | None = None, repo_id: str | None = None) -> str:
     """The whole README.md."""
@@ -102,24 +230,27 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
     base = next((r.name for r in rows if r.role == "base"), None)
     what = (f"a `{plan.recipe.merge_method}` merge of {', '.join(donors)}"
             + (f" onto {base}" if base else ""))
+    meta = yaml.dump(front_matter(plan, seed), Dumper=_Dumper, sort_keys=False).rstrip()
     lines = [
-        "---", yaml.safe_dump(front_matter(plan, seed), sort_keys=False).rstrip(), "---", "",
+        "---", meta, "---", "",
         f"# {title}", "", f"This model is {what}, made with mergebot.", "",
         "## Merge", "", "```text", formula(plan), "```", "",
         "| role | model | revision | weight (alpha) | other parameters |",
         "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        model, rev = _linked(r.model or r.name, r.revision, hub)
-        if r.adapter is not None:
-            lora_model, lora_rev = _linked(r.adapter, r.adapter_revision, hub)
-            model, rev = f"{model} + LoRA {lora_model}", f"{rev} + {lora_rev}"
+        model, rev = _model_cells(r, hub)
         others = ", ".join(f"{k}: {v}" for k, v in r.others.items()) or "-"
         lines.append(f"| {r.role} | {model} | {rev} | {r.weight or '-'} | {others} |")
+    parameters = recipe_parameters(plan)
+    if parameters:
+        lines += ["", f"Recipe-wide parameters: {_params_text(parameters)}."]
     if license_note:
         lines += ["", license_note]
     if plan.warnings:
         lines += ["", "Warnings from the merge:", ""] + [f"- {w}" for w in plan.warnings]
+    if plan.recipe.slices is not None:
+        lines += ["", *_slices_table(plan, hub)]
     seed_flag = f" --random-seed {seed}" if seed is not None else ""
     lines += [
         "", "## Recipe", "", "```yaml", plan.recipe.text.rstrip(), "```", "",

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
+import yaml
 from huggingface_hub import errors as hub_errors
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, metadata_load
 
 from .checkpoint import PICKLE_SUFFIXES, TensorMeta, read_header
 from .errors import MergeEngineError, SourceError
@@ -80,6 +81,8 @@ class Adapter(PinnedFiles):
     local_dir: Path | None = None
     access: object | None = None
     """A :class:`~merge_engine.sources.HubAccess` for a Hub adapter."""
+    card_data: dict = field(default_factory=dict)
+    """The front matter of the adapter's README.md (its license, ...), if any."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -127,8 +130,18 @@ def _parse_config(raw: str, where: str) -> dict:
     return config
 
 
+def _readme_metadata(directory: Path) -> dict:
+    """The front matter of a local adapter's README.md (empty: none, or not parseable)."""
+    readme = directory / "README.md"
+    try:
+        return (metadata_load(readme) or {}) if readme.is_file() else {}
+    except (ValueError, yaml.YAMLError):  # bad YAML or encoding: the license is unknown
+        return {}
+
+
 def open_adapter(ref: ModelRef, access=None) -> Adapter:
-    """Resolve and read an adapter's metadata (config and safetensors header only)."""
+    """Resolve and read an adapter's metadata only: its config, safetensors header and
+    card metadata (the Hub's, or a local README.md's front matter)."""
     if ref.is_local:
         directory = Path(ref.path).expanduser()
         if not directory.is_dir():
@@ -136,9 +149,8 @@ def open_adapter(ref: ModelRef, access=None) -> Adapter:
         files = sorted(str(p.relative_to(directory)) for p in directory.iterdir() if p.is_file())
         _refuse_files(files, ref.path)
         config = _parse_config((directory / CONFIG_NAME).read_text(), ref.path)
-        return Adapter(
-            ref, None, config, read_header(directory / WEIGHTS_NAME), local_dir=directory
-        )
+        return Adapter(ref, None, config, read_header(directory / WEIGHTS_NAME),
+                       local_dir=directory, card_data=_readme_metadata(directory))
     from .sources import HubAccess, remote_tensors
 
     access = access or HubAccess()
@@ -167,7 +179,8 @@ def open_adapter(ref: ModelRef, access=None) -> Adapter:
         ) from e
     except (hub_errors.HfHubHTTPError, httpx2.TransportError) as e:
         raise MergeEngineError(f"could not read adapter {where} from the Hub: {e}") from e
-    return Adapter(ref, info.sha, config, tensors, access=access)
+    card = info.card_data.to_dict() if info.card_data else {}
+    return Adapter(ref, info.sha, config, tensors, access=access, card_data=card)
 
 
 def _pattern_value(pattern: dict, module: str, default: float) -> float:

@@ -1,17 +1,22 @@
-"""What a plan will compute, in words people read: the formula and a row per model."""
+"""What a plan will compute, in words people read: the formula, a row per model and, for a
+``slices:`` recipe, a row per slice with the parameters of each of its sources."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .methods.registry import REQUIRED
 from .params import FilterList, Gradient, ParamValue
 from .plan import Plan
+from .recipe import ref_key
 
 TASK_ARITHMETIC_FAMILY = {
     "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
     "della", "della_linear",
 }
+Blocks = Sequence[Mapping[str, ParamValue]]
+"""Parameter blocks in lookup order (a model's own, its slice's, the recipe-wide ones)."""
 
 
 @dataclass(frozen=True)
@@ -23,16 +28,44 @@ class ModelRow:
     name: str
     revision: str | None
     weight: str
+    """With slices, each distinct value over the slices that merge it: ``0.3 / 0.7``."""
     others: dict[str, str]
-    """Other parameters that differ from the method's defaults, formatted."""
+    """Other parameters that differ from the method's defaults, formatted (likewise)."""
     values: dict[str, object]
-    """The same parameters (weight included) as plain YAML/JSON values."""
+    """The same parameters (weight included) as plain YAML/JSON values; with slices, only
+    when they are the same in every slice (else empty: see :func:`slice_rows`)."""
     model: str = ""
     """The model without its adapter (``name`` is ``model+adapter`` for a LoRA source)."""
     adapter: str | None = None
     """The LoRA adapter (repo id or directory), if any."""
     adapter_revision: str | None = None
     """The commit SHA the adapter was pinned to (None: local, or no adapter)."""
+    slices: tuple[int, ...] = ()
+    """The slices that use this model (none for a recipe without slices)."""
+
+
+@dataclass(frozen=True)
+class SliceSourceRow:
+    """One source of one output slice."""
+
+    source: int
+    """Index into :attr:`Plan.sources`."""
+    role: str
+    layer_range: tuple[int, int]
+    params: dict[str, ParamValue]
+    """Its per-model parameters there (own, else the slice's, else the recipe-wide ones)
+    that differ from the method's defaults, and the weight; empty for the slice's base."""
+
+
+@dataclass(frozen=True)
+class SliceRow:
+    """One output slice: the output layers ``[start, end)`` it makes, its sources in merge
+    order (base first) and its own ``parameters`` block as written."""
+
+    index: int
+    layers: tuple[int, int]
+    sources: tuple[SliceSourceRow, ...]
+    parameters: Mapping[str, ParamValue]
 
 
 def fmt(value: ParamValue | object) -> str:
@@ -58,46 +91,126 @@ def plain(value: ParamValue | object) -> object:
     return value
 
 
-def model_rows(plan: Plan) -> list[ModelRow]:
-    """A row per input: the base first (if any), with effective per-model parameters."""
-    recipe, method = plan.recipe, plan.method
-    rows = []
-    for i, (model, source) in enumerate(zip(plan.models, plan.sources, strict=True)):
-        is_base = plan.has_base and i == 0
-        values = {}
-        if not is_base:
-            for name, default in method.model_params.items():
-                value = model.parameters.get(name, recipe.parameters.get(name, default))
-                if value is not REQUIRED and (name == "weight" or value != default):
-                    values[name] = value
-        shown = {k: fmt(v) for k, v in values.items()}
-        adapter = source.adapter.name if source.adapter is not None else None
-        rows.append(ModelRow("base" if is_base else "donor", source.name, source.revision,
-                             shown.pop("weight", ""), shown,
-                             {k: plain(v) for k, v in values.items()},
-                             source.ref.path, adapter, source.adapter_revision))
+def recipe_parameters(plan: Plan) -> dict[str, ParamValue]:
+    """The recipe-wide parameters as written: ``modules.default.parameters`` over the
+    top-level ones, the order they are looked up in."""
+    return {**plan.recipe.parameters, **plan.recipe.module_parameters}
+
+
+def _effective(plan: Plan, blocks: Blocks) -> dict[str, ParamValue]:
+    """Per-model parameters, each from the first block that gives it: the weight, and
+    those that differ from the method's defaults."""
+    values = {}
+    for name, default in plan.method.model_params.items():
+        value = next((b[name] for b in blocks if name in b), default)
+        if value is not REQUIRED and (name == "weight" or value != default):
+            values[name] = value
+    return values
+
+
+def _shown(plan: Plan, uses: list[dict[str, ParamValue]]) -> tuple[str, dict[str, str]]:
+    """(weight, other parameters) of one model over its uses, formatted: each distinct
+    value in order (a use that leaves a parameter at its default shows the default)."""
+    defaults = plan.method.model_params
+    shown = {}
+    for name in dict.fromkeys(n for use in uses for n in use):
+        texts = [fmt(use.get(name, defaults[name])) for use in uses
+                 if name in use or defaults[name] is not REQUIRED]
+        shown[name] = " / ".join(dict.fromkeys(texts))
+    return shown.pop("weight", ""), shown
+
+
+def slice_rows(plan: Plan) -> list[SliceRow]:
+    """A row per output slice (none for a recipe without ``slices``)."""
+    recipe = plan.recipe
+    index = {ref_key(m.ref): i for i, m in enumerate(plan.models)}
+    rows: list[SliceRow] = []
+    start = 0
+    for n, out_slice in enumerate(recipe.slices or ()):
+        sources = []
+        for src in recipe.slice_inputs(out_slice):
+            is_base = recipe.has_base_role and recipe.is_base(src.model, out_slice)
+            blocks = [src.model.parameters, out_slice.parameters,
+                      recipe.module_parameters, recipe.parameters]
+            sources.append(SliceSourceRow(index[ref_key(src.model.ref)],
+                                          "base" if is_base else "donor", src.layer_range,
+                                          {} if is_base else _effective(plan, blocks)))
+        rows.append(SliceRow(n, (start, start + out_slice.length), tuple(sources),
+                             out_slice.parameters))
+        start += out_slice.length
     return rows
 
 
-def formula(plan: Plan) -> str:
-    """The merge written out with the real numbers and short model names."""
-    method, name = plan.method, plan.recipe.merge_method
-    rows = model_rows(plan)
-    short = [s.short_name for s in plan.sources]
-    if name in TASK_ARITHMETIC_FAMILY:
-        terms = [f"{r.weight} * ({n} - base)" for r, n in zip(rows[1:], short[1:], strict=True)]
-        lam = plan.recipe.parameters.get("lambda", method.global_params.get("lambda", 1.0))
-        if name == "task_arithmetic":
-            body = " + ".join(terms)
-            if lam != 1.0:
-                body = f"{fmt(lam)} * ({body})"
-            return f"merged = base + {body}"
-        scale = "" if lam == 1.0 else f"{fmt(lam)} * "
-        return f"merged = base + {scale}{name}({', '.join(terms)})"
+def model_rows(plan: Plan) -> list[ModelRow]:
+    """A row per input: the base first (if any), with its effective per-model parameters
+    (with slices, over every slice that merges it)."""
+    recipe = plan.recipe
+    count = len(plan.sources)
+    uses: list[list[dict[str, ParamValue]]] = [[] for _ in range(count)]
+    used_in: list[list[int]] = [[] for _ in range(count)]
+    if recipe.slices is None:
+        for i, model in enumerate(plan.models):
+            uses[i].append(_effective(plan, [model.parameters, recipe.module_parameters,
+                                             recipe.parameters]))
+    for row in slice_rows(plan):
+        for src in row.sources:
+            used_in[src.source].append(row.index)
+            if src.role == "donor":
+                uses[src.source].append(src.params)
+    rows = []
+    for i, source in enumerate(plan.sources):
+        is_base = plan.has_base and i == 0
+        mine = [] if is_base and recipe.slices is None else uses[i]
+        weight, others = _shown(plan, mine)
+        same = bool(mine) and all(use == mine[0] for use in mine)
+        adapter = source.adapter.name if source.adapter is not None else None
+        rows.append(ModelRow("base" if is_base else "donor", source.name, source.revision,
+                             weight, others,
+                             {k: plain(v) for k, v in mine[0].items()} if same else {},
+                             source.ref.path, adapter, source.adapter_revision,
+                             tuple(dict.fromkeys(used_in[i]))))
+    return rows
+
+
+def _global(plan: Plan, blocks: Blocks, name: str) -> object:
+    """A global parameter as written in the first block that gives it, else its default."""
+    return next((b[name] for b in blocks if name in b), plan.method.global_params.get(name))
+
+
+def _weighted(plan: Plan, terms: list[tuple[str, str]], blocks: Blocks) -> str:
+    """The formula of a linear or task-arithmetic-family merge of (weight, name) terms."""
+    name = plan.recipe.merge_method
     if name == "linear":
-        terms = " + ".join(f"{r.weight} * {n}" for r, n in zip(rows, short, strict=True))
-        normalize = plan.recipe.parameters.get("normalize", True)
-        if normalize is True:
-            return f"merged = ({terms}) / ({' + '.join(r.weight for r in rows)})"
-        return f"merged = {terms}"
-    return f"merged = {name}({', '.join(short)})"
+        body = " + ".join(f"{w} * {n}" for w, n in terms)
+        if _global(plan, blocks, "normalize") is True:
+            return f"merged = ({body}) / ({' + '.join(w for w, _ in terms)})"
+        return f"merged = {body}"
+    lam = _global(plan, blocks, "lambda")
+    deltas = [f"{w} * ({n} - base)" for w, n in terms]
+    if name == "task_arithmetic":
+        body = " + ".join(deltas)
+        return f"merged = base + {body}" if lam == 1.0 else f"merged = base + {fmt(lam)} * ({body})"
+    scale = "" if lam == 1.0 else f"{fmt(lam)} * "
+    return f"merged = base + {scale}{name}({', '.join(deltas)})"
+
+
+def formula(plan: Plan) -> str:
+    """The merge written out with the real numbers and short model names; with slices
+    whose numbers differ, one line per slice (``slice 1: merged = ...``)."""
+    recipe, name = plan.recipe, plan.recipe.merge_method
+    short = [s.short_name for s in plan.sources]
+    if name not in TASK_ARITHMETIC_FAMILY and name != "linear":
+        return f"merged = {name}({', '.join(short)})"
+    wide = [recipe.module_parameters, recipe.parameters]
+    if recipe.slices is None:
+        terms = [(r.weight, n) for r, n in zip(model_rows(plan), short, strict=True)
+                 if r.role == "donor"]
+        return _weighted(plan, terms, wide)
+    lines = []
+    for row, out_slice in zip(slice_rows(plan), recipe.slices, strict=True):
+        terms = [(fmt(s.params.get("weight", "")), short[s.source]) for s in row.sources
+                 if s.role == "donor"]
+        lines.append(_weighted(plan, terms, [out_slice.parameters, *wide]))
+    if len(set(lines)) == 1:
+        return lines[0]
+    return "\n".join(f"slice {i}: {line}" for i, line in enumerate(lines))

@@ -65,8 +65,8 @@ def test_output_layout_config_recipe_and_card(family, tmp_path):
     assert (out / "mergekit_config.yml").read_text() == text
     card = (out / "README.md").read_text()
     front = card.split("---")[1]
-    assert f"- {base}" in front and f"- {d1}" in front
-    assert "base_model_relation: merge" in front
+    assert f"model: {base}" in front and f"model: {d1}" in front  # the merge block
+    assert "base_model_relation" not in front  # the Hub's base_model takes repo ids only
     assert "- task_arithmetic" in front and "- mergekit" in front
     assert "library_name: transformers" in front
     assert "merged = base + 0.5 * (donor-1 - base) + 0.5 * (donor-2 - base)" in card
