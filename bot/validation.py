@@ -5,47 +5,16 @@
     error_item(loc, msg, line)  # {"loc", "msg", "line"}; an answer with errors is
                     # {"ok": False, "errors": [...]}
 
-The Space's local fallback (``spaces_app/preflight.py``) builds the same shape; a test
-keeps the two in step.
+``summary`` is :func:`merge_engine.summary.plan_json`, which the Space's local fallback
+(``spaces_app/preflight.py``) uses too.
 """
 
 from __future__ import annotations
 
-from merge_engine.plan import Plan
 from merge_engine.recipe import Recipe
-from merge_engine.summary import fmt, formula, model_rows
+from merge_engine.summary import plan_json as summary
 
-
-def summary(plan: Plan) -> dict:
-    """A plan as JSON: method, formula, models (revision, weight, license, bytes), warnings."""
-    models = []
-    for row, source in zip(model_rows(plan), plan.sources, strict=True):
-        models.append(
-            {
-                "role": row.role,
-                "name": row.name,
-                "revision": row.revision,
-                "weight": row.weight,
-                "others": row.others,
-                "license": source.card_data.get("license"),
-                "bytes": sum(t.end - t.begin for t in source.tensors.values()),
-            }
-        )
-    warnings = list(plan.warnings)
-    licenses = {m["license"] or "unknown" for m in models}
-    if len(licenses) > 1:
-        named = ", ".join(f"{m['name']}: {m['license'] or 'unknown'}" for m in models)
-        warnings.append(f"the sources have different licenses ({named}); check each before use")
-    return {
-        "ok": True,
-        "method": plan.recipe.merge_method,
-        "formula": formula(plan),
-        "parameters": {k: fmt(v) for k, v in plan.recipe.parameters.items()},
-        "models": models,
-        "output_bytes": plan.output_bytes,
-        "parameter_count": plan.parameter_count,
-        "warnings": warnings,
-    }
+__all__ = ["error_item", "line_of", "summary"]
 
 
 def error_item(loc: str, msg: str, line: int | None = None) -> dict:

@@ -22,6 +22,8 @@ from .summary import (
     SliceRow,
     fmt,
     formula,
+    license_note,
+    licenses,
     model_rows,
     plain,
     recipe_parameters,
@@ -44,16 +46,6 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
-def licenses(plan: Plan) -> dict[str, str | None]:
-    """The license of every model and LoRA adapter merged (None: unknown)."""
-    found: dict[str, str | None] = {}
-    for source in plan.sources:
-        found[source.ref.path] = source.card_data.get("license")
-        if source.adapter is not None:
-            found[source.adapter.name] = source.adapter.card_data.get("license")
-    return found
-
-
 def _license(plan: Plan) -> tuple[str | None, str | None]:
     """(license for the front matter, a sentence when the sources disagree)."""
     found = licenses(plan)
@@ -62,8 +54,8 @@ def _license(plan: Plan) -> tuple[str | None, str | None]:
         return None, None
     if len(values) == 1 and all(found.values()):
         return values.pop(), None
-    named = ", ".join(f"{n}: {v or 'unknown'}" for n, v in found.items())
-    return "other", f"The sources have different licenses ({named}); check each before use."
+    note = license_note(found)
+    return "other", f"{note[0].upper()}{note[1:]}."
 
 
 def _pipeline_tag(plan: Plan) -> str | None:

@@ -214,3 +214,50 @@ def formula(plan: Plan) -> str:
     if len(set(lines)) == 1:
         return lines[0]
     return "\n".join(f"slice {i}: {line}" for i, line in enumerate(lines))
+
+
+def licenses(plan: Plan) -> dict[str, str | None]:
+    """The license of every model and LoRA adapter merged (None: unknown)."""
+    found: dict[str, str | None] = {}
+    for source in plan.sources:
+        found[source.ref.path] = source.card_data.get("license")
+        if source.adapter is not None:
+            found[source.adapter.name] = source.adapter.card_data.get("license")
+    return found
+
+
+def license_note(found: Mapping[str, str | None]) -> str:
+    """"the sources have different licenses (a: mit, b: unknown); check each before use"."""
+    named = ", ".join(f"{n}: {v or 'unknown'}" for n, v in found.items())
+    return f"the sources have different licenses ({named}); check each before use"
+
+
+def plan_json(plan: Plan) -> dict:
+    """A plan as plain JSON (the bot's ``POST /api/validate`` answer and the Space's
+    check): method, formula, models (revision, weight, license, bytes), output size and
+    warnings, a license warning included when the models and adapters disagree."""
+    models = []
+    for row, source in zip(model_rows(plan), plan.sources, strict=True):
+        models.append({
+            "role": row.role,
+            "name": row.name,
+            "revision": row.revision,
+            "weight": row.weight,
+            "others": row.others,
+            "license": source.card_data.get("license"),
+            "bytes": sum(t.end - t.begin for t in source.tensors.values()),
+        })
+    warnings = list(plan.warnings)
+    found = licenses(plan)
+    if len({v or "unknown" for v in found.values()}) > 1:
+        warnings.append(license_note(found))
+    return {
+        "ok": True,
+        "method": plan.recipe.merge_method,
+        "formula": formula(plan),
+        "parameters": {k: fmt(v) for k, v in plan.recipe.parameters.items()},
+        "models": models,
+        "output_bytes": plan.output_bytes,
+        "parameter_count": plan.parameter_count,
+        "warnings": warnings,
+    }

@@ -5,9 +5,8 @@
     summary["formula"]   # "merged = base + 1.0 * (donor-1 - base) + 0.3 * (donor-2 - base)"
 
 The UI's Check asks the bot (``POST /api/validate``); this is its fallback for when no bot
-answers. The answer is plain JSON of the same shape as the bot's (``bot/validation.py``;
-the Space ships without ``bot/``, so :func:`summarize` is a copy that a test keeps in
-step). It calls the engine's pure ``merge_engine.api.validate`` with the *user's* token,
+answers. The answer is the same JSON as the bot's (:func:`merge_engine.summary.plan_json`).
+It calls the engine's pure ``merge_engine.api.validate`` with the *user's* token,
 so a user only sees models they can read. No weight byte is downloaded.
 """
 
@@ -15,10 +14,9 @@ from __future__ import annotations
 
 from merge_engine.api import validate
 from merge_engine.errors import InputError, MergeEngineError, RecipeError
-from merge_engine.plan import Plan
 from merge_engine.recipe import parse_recipe
 from merge_engine.sources import HubAccess
-from merge_engine.summary import fmt, formula, model_rows
+from merge_engine.summary import plan_json
 
 
 def check(recipe_text: str, *, endpoint: str | None, token: str | None) -> dict:
@@ -35,43 +33,11 @@ def check(recipe_text: str, *, endpoint: str | None, token: str | None) -> dict:
         return failed("", f"could not check the recipe against the Hub: {exc}")
     except OSError as exc:
         return failed("", f"could not reach the Hub at {endpoint}: {exc}")
-    return summarize(plan)
+    return plan_json(plan)
 
 
 def failed(loc: str, msg: str, line: int | None = None) -> dict:
     return {"ok": False, "errors": [{"loc": loc, "msg": msg, "line": line}]}
-
-
-def summarize(plan: Plan) -> dict:
-    """A plan as JSON: method, formula, models (revision, weight, license, bytes), warnings."""
-    models = []
-    for row, source in zip(model_rows(plan), plan.sources, strict=True):
-        models.append(
-            {
-                "role": row.role,
-                "name": row.name,
-                "revision": row.revision,
-                "weight": row.weight,
-                "others": row.others,
-                "license": source.card_data.get("license"),
-                "bytes": sum(t.end - t.begin for t in source.tensors.values()),
-            }
-        )
-    warnings = list(plan.warnings)
-    licenses = {m["license"] or "unknown" for m in models}
-    if len(licenses) > 1:
-        named = ", ".join(f"{m['name']}: {m['license'] or 'unknown'}" for m in models)
-        warnings.append(f"the sources have different licenses ({named}); check each before use")
-    return {
-        "ok": True,
-        "method": plan.recipe.merge_method,
-        "formula": formula(plan),
-        "parameters": {k: fmt(v) for k, v in plan.recipe.parameters.items()},
-        "models": models,
-        "output_bytes": plan.output_bytes,
-        "parameter_count": plan.parameter_count,
-        "warnings": warnings,
-    }
 
 
 def line_of(recipe_text: str, loc: str) -> int | None:

@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 
 from merge_engine import run_merge, validate
 from merge_engine.card import render_card
-from merge_engine.summary import model_rows
+from merge_engine.summary import model_rows, plan_json
 
 from .conftest import recipe_text
 from .test_lora import write_adapter
@@ -145,11 +145,15 @@ def test_a_lora_adapters_license_is_checked(family, tmp_path, adapter_license, e
     if adapter_license:
         (adapter / "README.md").write_text(f"---\nlicense: {adapter_license}\n---\n# LoRA\n")
     text = recipe_text("task_arithmetic", base, [(Path(f"{d1}+{adapter}"), {"weight": 0.5})])
-    card = render_card(validate(text))
+    plan = validate(text)
+    card = render_card(plan)
     data = parse(card).data
     assert data.license == expected
     note = f"{d1}: unknown, {adapter}: mit"
     assert (note in card) == (adapter_license is not None)
+    # the check (bot /api/validate, the Space) warns the same way
+    warned = [w for w in plan_json(plan)["warnings"] if "different licenses" in w]
+    assert (len(warned) == 1 and note in warned[0]) == (adapter_license is not None)
     lora = data.to_dict()["merge"]["models"][0]["lora"]
     assert lora == {"model": str(adapter), "revision": None}
 

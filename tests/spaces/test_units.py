@@ -173,14 +173,6 @@ def local_recipe(family: list[Path]) -> str:
     )
 
 
-def test_local_summary_has_the_shape_of_the_bots(family: list[Path]) -> None:
-    from bot.validation import summary
-    from merge_engine.api import validate
-
-    plan = validate(local_recipe(family))
-    assert preflight.summarize(plan) == summary(plan)
-
-
 def bot_answering(monkeypatch: pytest.MonkeyPatch, status: int, body: object) -> list:
     """Make every client request get ``status`` with JSON ``body``; the requests seen."""
     seen: list[httpx2.Request] = []
