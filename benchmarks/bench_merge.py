@@ -1,14 +1,19 @@
 """Engine benchmark: the seed recipe's method on a generated llama family.
 
     python benchmarks/bench_merge.py --family 0.9b [--device cpu|cuda] [--data bench-data]
+    python benchmarks/bench_merge.py --family 0.2b --method ties   # density 0.5, no accuracy
 
 Measures, in one run:
 - the I/O floor: time to read every input file once and write a file of the output's size;
 - the merge: wall time and peak RSS of a fresh ``merge-engine run`` process (interpreter
   and torch start-up included);
 floor and merge alternate ``--repeat`` times and the medians are reported;
-- accuracy: the fraction of output elements that differ from the correctly rounded
-  float64 result, and for comparison the same for plain bf16 math (what mergekit does).
+- accuracy (task_arithmetic only): the fraction of output elements that differ from the
+  correctly rounded float64 result, and for comparison the same for plain bf16 math (what
+  mergekit does).
+``--method ties`` merges the same models with TIES at density 0.5 instead: a method that
+needs whole-tensor statistics (each task vector's top half by magnitude), so its peak RSS
+shows what the executor's multi-pass scheme bounds.
 The family is generated once under --data and reused (page cache warm for both timings).
 """
 
@@ -33,6 +38,8 @@ from merge_engine.synth import BENCH_0_2B, BENCH_0_9B, write_family
 FAMILIES = {"0.9b": BENCH_0_9B, "0.2b": BENCH_0_2B}
 WEIGHTS = (1.0, 0.3)
 ROWS = 256
+DENSITY = 0.5
+"""``--method ties``: every donor's density."""
 
 
 def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
@@ -104,6 +111,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("bench-data"))
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--repeat", type=int, default=5, help="runs of floor + merge")
+    parser.add_argument("--method", choices=("task_arithmetic", "ties"),
+                        default="task_arithmetic")
     args = parser.parse_args()
     root = args.data / args.family
     models = [root / "base", root / "donor-1", root / "donor-2"]
@@ -111,14 +120,16 @@ def main() -> int:
         print(f"generating the {args.family} family under {root} ...", file=sys.stderr)
         write_family(root, FAMILIES[args.family], donors=2, delta_scale=0.002,
                      shard_bytes=1_000_000_000)
-    recipe = root / "recipe.yml"
+    ties = args.method == "ties"
+    recipe = root / ("recipe-ties.yml" if ties else "recipe.yml")
+    density = f"      density: {DENSITY}\n" if ties else ""
     recipe.write_text(
-        f"merge_method: task_arithmetic\nbase_model: {models[0]}\nmodels:\n"
-        + "".join(f"  - model: {m}\n    parameters:\n      weight: {w}\n"
+        f"merge_method: {args.method}\nbase_model: {models[0]}\nmodels:\n"
+        + "".join(f"  - model: {m}\n    parameters:\n      weight: {w}\n{density}"
                   for m, w in zip(models[1:], WEIGHTS, strict=True)))
     inputs = sorted(f for m in models for f in m.glob("*.safetensors"))
     in_bytes = sum(f.stat().st_size for f in inputs)
-    out = args.data / f"out-{args.family}"
+    out = args.data / (f"out-{args.family}-ties" if ties else f"out-{args.family}")
     out_bytes = sum(f.stat().st_size for f in models[0].glob("*.safetensors"))
     io_floor(inputs, out_bytes, args.data / "floor.bin")  # warm the page cache once
     floors, walls, rss = [], [], 0
@@ -129,14 +140,15 @@ def main() -> int:
         rss = max(rss, peak)
     floor, wall = statistics.median(floors), statistics.median(walls)
     figures = {
-        "family": args.family, "device": args.device, "cpus": os.cpu_count(),
+        "family": args.family, "method": args.method, "device": args.device,
+        "cpus": os.cpu_count(),
         "input_gb": round(in_bytes / 1e9, 2), "runs": args.repeat,
         "io_floor_s": round(floor, 2), "wall_s": round(wall, 2),
         "wall_over_floor": round(wall / floor, 2),
         "wall_range_s": [round(min(walls), 2), round(max(walls), 2)],
         "peak_rss_mb": round(rss / 1e6),
     }
-    if not args.skip_accuracy:
+    if not args.skip_accuracy and not ties:
         frac, frac_bf16, total = accuracy(models, out)
         figures |= {"elements": total, "differ_from_f64_pct": round(100 * frac, 4),
                     "bf16_math_differ_pct": round(100 * frac_bf16, 2)}

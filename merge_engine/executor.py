@@ -9,10 +9,18 @@ Stages, each on its own thread(s), overlap:
 3. a writer appends results to the output shards in plan order and checks for NaN/inf.
 
 Chunkable tensors (element- or row-wise methods) go ``chunk_elems`` elements at a time,
-small enough to stay in the CPU cache; others whole. A fixed number of buffer slots
-circulates; the reader takes each chunk's slot in sequence and the writer frees it in
-sequence, so out-of-order workers can never starve the chunk the writer waits for, and
-memory stays bounded whatever the model size.
+small enough to stay in the CPU cache. A tensor whose method needs whole-tensor
+statistics goes in passes when it spans more than :data:`MULTIPASS_MIN_CHUNKS` chunks
+and the method has a multi-pass form (:mod:`merge_engine.methods.multipass`): the reader
+emits its chunks once per statistics pass, workers measure them and fold the partials in
+(writing nothing), and the reader waits until every chunk of the pass is folded in, and
+the runner has finished the pass, before it emits the next pass's chunks: that wait is
+the barrier, so no worker ever sees a chunk of a pass whose statistics are not complete.
+The last pass's chunks are merged and written like any others. Other tensors go whole.
+A fixed number of buffer slots circulates; the reader takes each chunk's slot in sequence
+and the writer frees it in sequence (a statistics chunk's worker frees it at once), so
+out-of-order workers can never starve the chunk the writer waits for, and memory stays
+bounded whatever the model size.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +39,16 @@ import torch
 
 from .checkpoint import FileReader, ShardedWriter
 from .errors import MergeEngineError, MergeError
+from .methods.multipass import Chunk, MultiPass
 from .plan import Plan, TensorTask
 from .prefetch import Prefetcher
 from .vocab import fill_missing
 
 DEFAULT_CHUNK_ELEMS = 1 << 18
+MULTIPASS_MIN_CHUNKS = 4
+"""A tensor that is not chunkable goes in passes (when its method can) only above this
+many chunks; smaller ones are merged whole, faster (one read, no per-chunk overhead)
+and in little memory."""
 Progress = Callable[[int, int], None]
 """Called with (bytes written, total output bytes)."""
 
@@ -50,15 +63,49 @@ class Timings:
     wall: float = 0.0
 
 
+class _Passes:
+    """A multi-pass tensor's runner and the barrier between its passes: workers
+    :meth:`add` their chunks' partials (one at a time, as the runner's contract wants);
+    the reader, having emitted a pass's chunks, waits in :meth:`wait` until every one of
+    them is in, and only then finishes the pass (``runner.next_pass()``)."""
+
+    def __init__(self, runner: MultiPass, failed: threading.Event):
+        self.runner = runner
+        self._failed = failed
+        self._cond = threading.Condition()
+        self._left = 0
+
+    def start(self, chunks: int) -> None:
+        """A statistics pass of ``chunks`` chunks begins (none of them emitted yet)."""
+        self._left = chunks
+
+    def add(self, index: int, partial: object) -> None:
+        with self._cond:
+            self.runner.add(index, partial)
+            self._left -= 1
+            if not self._left:
+                self._cond.notify_all()
+
+    def wait(self) -> None:
+        with self._cond:
+            while self._left:
+                if self._failed.is_set():
+                    raise _Stop
+                self._cond.wait(0.2)
+
+
 @dataclass
 class _Chunk:
     seq: int
+    """Write order; -1 for a chunk of a statistics pass (never written)."""
     task: TensorTask
     index: int
     row0: int
     rows: int
     slot: list[torch.Tensor]
     """Input buffers, then the output buffer as the last element."""
+    passes: _Passes | None = None
+    """The runner of a multi-pass tensor (its statistics and its apply passes)."""
     views: list[torch.Tensor] = field(default_factory=list)
     loras: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     """Input index -> (A, B) of its LoRA update, whole (shared by the task's chunks)."""
@@ -69,6 +116,15 @@ class _Chunk:
     @property
     def last(self) -> bool:
         return self.row0 + self.rows == self.task.rows
+
+    @property
+    def stats(self) -> bool:
+        return self.seq < 0
+
+    @property
+    def whole(self) -> bool:
+        """Merged as one piece (not chunkable, not in passes)?"""
+        return not self.task.chunkable and self.passes is None
 
 
 class _Stop(Exception):
@@ -198,46 +254,75 @@ class Executor:
             self._errors.append(e)
             self._failed.set()
 
-    def _chunks(self) -> Iterator[tuple[int, TensorTask, int, int, int]]:
-        """(task index, task, chunk index, first row, rows) in plan order."""
-        for t, task in enumerate(self.plan.tasks):
-            if not task.chunkable:
-                yield t, task, 0, 0, task.rows
-                continue
-            step = max(1, self.chunk_elems // math.prod(task.out.shape[1:]))
-            for index, row0 in enumerate(range(0, task.rows, step)):
-                yield t, task, index, row0, min(step, task.rows - row0)
+    def _multipass(self, task: TensorTask) -> MultiPass | None:
+        """The runner of a tensor merged in passes, or None (chunked, or whole)."""
+        make = self.plan.method.multipass
+        numel = math.prod(task.out.shape)
+        if (make is None or task.chunkable or task.copy or len(task.out.shape) < 2
+                or any(inp.row_map is not None for inp in task.inputs)
+                or numel <= MULTIPASS_MIN_CHUNKS * self.chunk_elems):
+            return None
+        return make(task.global_params, task.model_params, numel)
+
+    def _spans(self, task: TensorTask, whole: bool) -> list[tuple[int, int]]:
+        """(first row, rows) of each chunk of a task."""
+        if whole:
+            return [(0, task.rows)]
+        step = max(1, self.chunk_elems // math.prod(task.out.shape[1:]))
+        return [(row0, min(step, task.rows - row0)) for row0 in range(0, task.rows, step)]
 
     def _read_all(self, prefetcher: Prefetcher, read_q: queue.Queue) -> None:
+        """Emit every task's chunks in plan order: a multi-pass task's once per statistics
+        pass, waiting at the barrier after each, then once to be merged and written."""
         reader = FileReader()
-        loras: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        seq = 0
         try:
-            for seq, (t, task, index, row0, rows) in enumerate(self._chunks()):
-                chunk = _Chunk(seq, task, index, row0, rows, self._slots.take())
+            for t, task in enumerate(self.plan.tasks):
                 t0 = time.perf_counter()
-                if index == 0:
-                    loras = self._read_loras(t, task, prefetcher, reader)
-                chunk.loras = loras
-                for k, inp in enumerate(task.inputs):
-                    path = prefetcher.path(inp.model, inp.meta.file)
-                    # a row-mapped input (tokenizer merging) is read whole: its rows are
-                    # gathered by token in _merge
-                    first, count = (0, inp.rows) if inp.row_map is not None else (row0, rows)
-                    nbytes = count * inp.meta.row_bytes if inp.meta.shape else (
-                        inp.meta.end - inp.meta.begin)
-                    buf = chunk.slot[k]
-                    if nbytes > buf.numel():
-                        buf = torch.empty(nbytes, dtype=torch.uint8)
-                    chunk.views.append(reader.read(path, inp.meta, first, count, buf, inp.name))
-                if chunk.last:
-                    for path in prefetcher.task_done(t):
-                        reader.close(path)
+                loras = self._read_loras(t, task, prefetcher, reader)
                 self.timings.read += time.perf_counter() - t0
-                read_q.put(chunk)
+                runner = self._multipass(task)
+                passes = None if runner is None else _Passes(runner, self._failed)
+                spans = self._spans(task, passes is None and not task.chunkable)
+                if passes is not None:
+                    while passes.runner.next_pass():
+                        passes.start(len(spans))
+                        for index, (row0, rows) in enumerate(spans):
+                            read_q.put(self._read_chunk(-1, task, index, row0, rows, loras,
+                                                        passes, prefetcher, reader))
+                        passes.wait()
+                for index, (row0, rows) in enumerate(spans):
+                    read_q.put(self._read_chunk(seq, task, index, row0, rows, loras, passes,
+                                                prefetcher, reader))
+                    seq += 1
+                for path in prefetcher.task_done(t):
+                    reader.close(path)
         finally:
             reader.close()
             for _ in range(self.workers):
                 read_q.put(None)
+
+    def _read_chunk(self, seq: int, task: TensorTask, index: int, row0: int, rows: int,
+                    loras: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                    passes: _Passes | None, prefetcher: Prefetcher,
+                    reader: FileReader) -> _Chunk:
+        """Rows ``[row0, row0 + rows)`` of every input of a task, into a free slot."""
+        chunk = _Chunk(seq, task, index, row0, rows, self._slots.take(), passes)
+        t0 = time.perf_counter()
+        chunk.loras = loras
+        for k, inp in enumerate(task.inputs):
+            path = prefetcher.path(inp.model, inp.meta.file)
+            # a row-mapped input (tokenizer merging) is read whole: its rows are
+            # gathered by token in _merge
+            first, count = (0, inp.rows) if inp.row_map is not None else (row0, rows)
+            nbytes = count * inp.meta.row_bytes if inp.meta.shape else (
+                inp.meta.end - inp.meta.begin)
+            buf = chunk.slot[k]
+            if nbytes > buf.numel():
+                buf = torch.empty(nbytes, dtype=torch.uint8)
+            chunk.views.append(reader.read(path, inp.meta, first, count, buf, inp.name))
+        self.timings.read += time.perf_counter() - t0
+        return chunk
 
     def _read_loras(self, t: int, task: TensorTask, prefetcher: Prefetcher,
                     reader: FileReader) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -261,6 +346,10 @@ class Executor:
                 if self._failed.is_set():
                     raise _Stop
                 t0 = time.perf_counter()
+                if chunk.stats:
+                    self._measure(chunk)
+                    self.timings.compute += time.perf_counter() - t0
+                    continue
                 result = chunk.views[0] if chunk.task.copy else self._merge(chunk)
                 chunk.host, rounded = self._round_to_host(result, chunk.task.out.dtype,
                                                           chunk.slot[-1])
@@ -286,15 +375,16 @@ class Executor:
                                        device=self.device))
         return buffers[k][:numel]
 
-    def _merge(self, chunk: _Chunk) -> torch.Tensor:
-        """The float32 merge of one chunk, on the device."""
+    def _pass_chunk(self, chunk: _Chunk) -> Chunk:
+        """The float32 inputs of one chunk on the device, split into base and donors as
+        the method takes them, with the chunk's generator."""
         task = chunk.task
         xs = []
         for k, view in enumerate(chunk.views):
             src = view.to(self.device, non_blocking=True)
             if self.plan.read_dtype is not None and src.dtype != self.plan.read_dtype:
                 src = src.to(self.plan.read_dtype)
-            scratch = self._scratch_for(k, src.numel()) if task.chunkable else None
+            scratch = None if chunk.whole else self._scratch_for(k, src.numel())
             x = (src.to(torch.float32) if scratch is None
                  else scratch.view(src.shape).copy_(src))
             if k in chunk.loras:
@@ -306,8 +396,26 @@ class Executor:
         base, tensors = (xs[0], xs[1:]) if self.plan.has_base else (None, xs)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(chunk_seed(self.seed, task.out.name, chunk.index))
-        return self.plan.method.merge(tensors, base, task.model_params, task.global_params,
-                                      generator)
+        return Chunk(chunk.index, tensors, base, generator)
+
+    def _merge(self, chunk: _Chunk) -> torch.Tensor:
+        """The float32 merge of one chunk, on the device."""
+        inputs = self._pass_chunk(chunk)
+        if chunk.passes is not None:
+            return chunk.passes.runner.apply(inputs)
+        task = chunk.task
+        return self.plan.method.merge(inputs.tensors, inputs.base, task.model_params,
+                                      task.global_params, inputs.generator)
+
+    def _measure(self, chunk: _Chunk) -> None:
+        """A statistics pass over one chunk: its partial goes to the runner, its slot
+        back to the free list (once the device has copied its buffers), nothing out."""
+        assert chunk.passes is not None
+        partial = chunk.passes.runner.measure(self._pass_chunk(chunk))
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        self._slots.give(chunk.slot)
+        chunk.passes.add(chunk.index, partial)
 
     def _add_lora(self, x: torch.Tensor, chunk: _Chunk, k: int, inplace: bool) -> torch.Tensor:
         """``x + scale * delta`` for this chunk's rows of input ``k``: ``B[r0:r1] @ A``, or

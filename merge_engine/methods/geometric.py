@@ -3,6 +3,10 @@ mean, and Model Stock's angle-derived ratio.
 
 Every norm, dot product and cosine of a whole tensor is summed accurately (see
 ``reductions``) and the scalar trigonometry is done in float64; the tensors stay float32.
+A large tensor of slerp, flattened nuslerp, multislerp or model_stock (one ratio) is
+merged in passes over row-chunks (``multipass``): a pass sums its dot products, then the
+apply pass mixes each chunk. karcher (its iterations need the whole tensors) and nuslerp
+with one angle per column (``nuslerp_row_wise``) stay whole.
 Notation: ``b`` the base tensor, ``t_i`` the donors, ``w_i`` their weights, ``|x|`` the L2
 norm of a tensor taken as one flat vector, ``x . y`` the dot product.
 
@@ -46,7 +50,8 @@ from types import MappingProxyType
 import torch
 
 from ..errors import InputError
-from .reductions import dot, norm, row_dot, row_norm
+from .multipass import Chunk, SumPasses
+from .reductions import dot, dot_parts, norm, row_dot, row_norm
 from .registry import REQUIRED, MethodSpec, Params
 
 SLERP_LERP_ABOVE = 0.9995
@@ -78,15 +83,26 @@ def slerp_tensors(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     The angle is that of the flattened, normalized tensors (a tensor with norm <= 1e-8
     is used as is); nearly colinear tensors (|cos| > 0.9995) are lerped.
     """
-    n0, n1 = norm(v0), norm(v1)
-    cos = dot(v0, v1) / ((n0 if n0 > SLERP_EPS else 1.0) * (n1 if n1 > SLERP_EPS else 1.0))
+    return _slerp_apply(t, v0, v1, _slerp_factors(t, dot(v0, v0), dot(v1, v1), dot(v0, v1)))
+
+
+def _slerp_factors(t: float, d00: float, d11: float, d01: float) -> tuple[float, float] | None:
+    """``(s0, s1)`` of ``s0 v0 + s1 v1`` from the dot products ``v0.v0``, ``v1.v1`` and
+    ``v0.v1``; None where the tensors are nearly colinear (lerp)."""
+    n0, n1 = math.sqrt(d00), math.sqrt(d11)
+    cos = d01 / ((n0 if n0 > SLERP_EPS else 1.0) * (n1 if n1 > SLERP_EPS else 1.0))
     if abs(cos) > SLERP_LERP_ABOVE:
-        return v0.lerp_(v1, t)
+        return None
     theta = math.acos(cos)
     sin_theta = math.sin(theta)
-    s0 = math.sin((1 - t) * theta) / sin_theta
-    s1 = math.sin(t * theta) / sin_theta
-    return v0.mul_(s0).add_(v1, alpha=s1)
+    return math.sin((1 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+
+
+def _slerp_apply(t: float, v0: torch.Tensor, v1: torch.Tensor,
+                 factors: tuple[float, float] | None) -> torch.Tensor:
+    if factors is None:
+        return v0.lerp_(v1, t)
+    return v0.mul_(factors[0]).add_(v1, alpha=factors[1])
 
 
 def slerp(
@@ -107,6 +123,33 @@ def slerp(
     return slerp_tensors(float(global_params["t"]), base, tensors[0])
 
 
+class SlerpPasses(SumPasses):
+    """slerp over row-chunks: one pass sums the three dot products, then each chunk is
+    interpolated with the whole tensor's factors."""
+
+    def __init__(self, t: float):
+        super().__init__()
+        self.t = t
+        self.factors: tuple[float, float] | None = None
+
+    def sums(self, stage: int, chunk: Chunk) -> list[torch.Tensor]:
+        v0, v1 = chunk.base, chunk.tensors[0]
+        assert v0 is not None
+        return [dot_parts(v0, v0), dot_parts(v1, v1), dot_parts(v0, v1)]
+
+    def finish(self, stage: int, totals: list[float]) -> None:
+        self.factors = _slerp_factors(self.t, *totals)
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        assert chunk.base is not None
+        return _slerp_apply(self.t, chunk.base, chunk.tensors[0], self.factors)
+
+
+def _slerp_passes(global_params: Params, model_params: Sequence[Params],
+                  n: int) -> SlerpPasses | None:
+    return SlerpPasses(float(global_params["t"])) if len(model_params) == 1 else None
+
+
 # --- nuslerp -------------------------------------------------------------------------------
 
 
@@ -121,6 +164,15 @@ def _nuslerp_coefficients(t: float, cos: torch.Tensor) -> tuple[torch.Tensor, to
     return c0, c1
 
 
+def _flat_nuslerp_factors(t: float, d00: float, d11: float, d01: float) -> tuple[float, float]:
+    """``(c0, c1)`` of flattened nuslerp from the dot products ``v0.v0``, ``v1.v1``, ``v0.v1``."""
+    n0 = max(math.sqrt(d00), NUSLERP_NORM_MIN)
+    n1 = max(math.sqrt(d11), NUSLERP_NORM_MIN)
+    cos = torch.tensor(d01 / (n0 * n1), dtype=torch.float64)
+    c0, c1 = _nuslerp_coefficients(t, cos)
+    return float(c0), float(c1)
+
+
 def nuslerp_tensors(
     t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row_wise: bool
 ) -> torch.Tensor:
@@ -130,10 +182,7 @@ def nuslerp_tensors(
     or along dim 0 with ``row_wise``.
     """
     if flatten:
-        n0 = max(norm(v0), NUSLERP_NORM_MIN)
-        n1 = max(norm(v1), NUSLERP_NORM_MIN)
-        cos = torch.tensor(dot(v0, v1) / (n0 * n1), dtype=torch.float64)
-        c0, c1 = (float(c) for c in _nuslerp_coefficients(t, cos))
+        c0, c1 = _flat_nuslerp_factors(t, dot(v0, v0), dot(v1, v1), dot(v0, v1))
         return v0.mul_(c0).add_(v1, alpha=c1)
     x0, x1 = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
     n0 = row_norm(x0).clamp_(min=NUSLERP_NORM_MIN)
@@ -156,18 +205,60 @@ def nuslerp(
     if len(tensors) != 2:
         raise _count_error("nuslerp", "exactly two models besides an optional base_model",
                            len(tensors))  # fmt: skip
-    w1, w2 = (float(p["weight"]) for p in model_params)
-    total = w1 + w2
-    t = 0.5 if abs(total) < NUSLERP_WEIGHT_SUM_MIN else w2 / total
     v0, v1 = tensors
     if base is not None:
         v0, v1 = v0.sub_(base), v1.sub_(base)
     out = nuslerp_tensors(
-        t, v0, v1,
+        _nuslerp_t(model_params), v0, v1,
         flatten=bool(global_params["nuslerp_flatten"]),
         row_wise=bool(global_params["nuslerp_row_wise"]),
     )  # fmt: skip
     return out if base is None else out.add_(base)
+
+
+def _nuslerp_t(model_params: Sequence[Params]) -> float:
+    """``w2 / (w1 + w2)``, or 0.5 when the weights cancel out."""
+    w1, w2 = (float(p["weight"]) for p in model_params)
+    total = w1 + w2
+    return 0.5 if abs(total) < NUSLERP_WEIGHT_SUM_MIN else w2 / total
+
+
+class NuslerpPasses(SumPasses):
+    """Flattened nuslerp over row-chunks: one pass sums the dot products of the two
+    vectors (task vectors with a base), then each chunk is mixed with the factors."""
+
+    def __init__(self, t: float):
+        super().__init__()
+        self.t = t
+        self.factors = (1.0, 0.0)
+
+    @staticmethod
+    def _vectors(chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        v0, v1 = chunk.tensors
+        if chunk.base is not None:
+            v0, v1 = v0.sub_(chunk.base), v1.sub_(chunk.base)
+        return v0, v1
+
+    def sums(self, stage: int, chunk: Chunk) -> list[torch.Tensor]:
+        v0, v1 = self._vectors(chunk)
+        return [dot_parts(v0, v0), dot_parts(v1, v1), dot_parts(v0, v1)]
+
+    def finish(self, stage: int, totals: list[float]) -> None:
+        self.factors = _flat_nuslerp_factors(self.t, *totals)
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        v0, v1 = self._vectors(chunk)
+        out = v0.mul_(self.factors[0]).add_(v1, alpha=self.factors[1])
+        return out if chunk.base is None else out.add_(chunk.base)
+
+
+def _nuslerp_passes(global_params: Params, model_params: Sequence[Params],
+                    n: int) -> NuslerpPasses | None:
+    """Flattened nuslerp of two models; one angle per vector stays whole-tensor when not
+    chunkable (along dim 0: per-column sums over every row)."""
+    if len(model_params) != 2 or not global_params["nuslerp_flatten"]:
+        return None
+    return NuslerpPasses(_nuslerp_t(model_params))
 
 
 def _nuslerp_chunkable(global_params: Params, model_params: Sequence[Params]) -> bool:
@@ -192,33 +283,103 @@ def multislerp(
         return base
     if len(tensors) == 1:
         return tensors[0]
+    weights = _multislerp_weights(model_params, global_params)
+    eps = float(global_params["eps"])
+    xs = [t if base is None else t.sub_(base) for t in tensors]
+    norms = [norm(x) for x in xs]
+    mean = _weighted_directions(xs, weights, norms, eps)
+    scale = _multislerp_scale(weights, norms, norm(mean), eps)
+    out = _multislerp_out(xs, weights, mean, scale)
+    return out if base is None else out.add_(base)
+
+
+def _multislerp_weights(model_params: Sequence[Params], global_params: Params) -> list[float]:
     weights = [float(p["weight"]) for p in model_params]
     if bool(global_params["normalize_weights"]):
         total = sum(weights)
         if abs(total) >= WEIGHT_SUM_EPS:
             weights = [w / total for w in weights]
-    eps = float(global_params["eps"])
-    xs = [t if base is None else t.sub_(base) for t in tensors]
-    norms = [norm(x) for x in xs]
+    return weights
+
+
+def _weighted_directions(xs: Sequence[torch.Tensor], weights: Sequence[float],
+                         norms: Sequence[float], eps: float) -> torch.Tensor:
+    """``m = sum w_i x_i / (|x_i| + eps)`` (a new tensor)."""
     mean = torch.mul(xs[0], weights[0] / (norms[0] + eps))
     term = torch.empty_like(mean)
     for x, w, n in zip(xs[1:], weights[1:], norms[1:], strict=True):
         # rounded product, then a plain add (no fused multiply-add): opposite models
         # with equal weights cancel exactly and take the lerp fallback, as in mergekit
         mean.add_(torch.mul(x, w / (n + eps), out=term))
-    del term
-    mean_norm = norm(mean)
-    if mean_norm < eps:
-        if len(xs) != 2:
-            raise InputError(
-                "multislerp: the weighted mean of the models' directions is zero (opposite "
-                "models whose weights cancel out); change the weights"
-            )
-        out = xs[0].mul_(weights[0]).add_(xs[1], alpha=weights[1])
-    else:
-        avg_norm = sum(w * n for w, n in zip(weights, norms, strict=True))
-        out = mean.mul_(avg_norm / mean_norm)
-    return out if base is None else out.add_(base)
+    return mean
+
+
+def _multislerp_scale(weights: Sequence[float], norms: Sequence[float], mean_norm: float,
+                      eps: float) -> float | None:
+    """``sum w_i |x_i| / |m|``; None for the two-model fallback when ``|m| < eps``."""
+    if mean_norm >= eps:
+        return sum(w * n for w, n in zip(weights, norms, strict=True)) / mean_norm
+    if len(weights) != 2:
+        raise InputError(
+            "multislerp: the weighted mean of the models' directions is zero (opposite "
+            "models whose weights cancel out); change the weights"
+        )
+    return None
+
+
+def _multislerp_out(xs: Sequence[torch.Tensor], weights: Sequence[float],
+                    mean: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    if scale is None:
+        return xs[0].mul_(weights[0]).add_(xs[1], alpha=weights[1])
+    assert mean is not None
+    return mean.mul_(scale)
+
+
+class MultislerpPasses(SumPasses):
+    """multislerp over row-chunks: a pass sums ``|x_i|^2``, a second ``|m|^2`` of the
+    weighted mean direction ``m`` (recomputed per chunk), then each chunk is scaled."""
+
+    passes = 2
+
+    def __init__(self, weights: list[float], eps: float):
+        super().__init__()
+        self.weights, self.eps = weights, eps
+        self.norms: list[float] = []
+        self.scale: float | None = None
+
+    @staticmethod
+    def _vectors(chunk: Chunk) -> list[torch.Tensor]:
+        base = chunk.base
+        return [t if base is None else t.sub_(base) for t in chunk.tensors]
+
+    def sums(self, stage: int, chunk: Chunk) -> list[torch.Tensor]:
+        xs = self._vectors(chunk)
+        if stage == 0:
+            return [dot_parts(x, x) for x in xs]
+        mean = _weighted_directions(xs, self.weights, self.norms, self.eps)
+        return [dot_parts(mean, mean)]
+
+    def finish(self, stage: int, totals: list[float]) -> None:
+        if stage == 0:
+            self.norms = [math.sqrt(s) for s in totals]
+        else:
+            self.scale = _multislerp_scale(self.weights, self.norms, math.sqrt(totals[0]),
+                                           self.eps)
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        xs = self._vectors(chunk)
+        mean = (None if self.scale is None
+                else _weighted_directions(xs, self.weights, self.norms, self.eps))
+        out = _multislerp_out(xs, self.weights, mean, self.scale)
+        return out if chunk.base is None else out.add_(chunk.base)
+
+
+def _multislerp_passes(global_params: Params, model_params: Sequence[Params],
+                       n: int) -> MultislerpPasses | None:
+    if len(model_params) < 2:
+        return None
+    return MultislerpPasses(_multislerp_weights(model_params, global_params),
+                            float(global_params["eps"]))
 
 
 # --- karcher -------------------------------------------------------------------------------
@@ -307,19 +468,60 @@ def model_stock(
         if base.dim() < 2:
             ratio = ratio.squeeze(0)  # type: ignore[union-attr]
     else:
-        norms_f = [norm(d) for d in deltas]
-        total = 0.0
-        for i in range(n):
-            for j in range(i + 1, n):
-                product = max(norms_f[i] * norms_f[j], MODEL_STOCK_NORM_PRODUCT_MIN)
-                total += max(-1.0, min(1.0, dot(deltas[i], deltas[j]) / product))
-        cos_f = total / pairs
-        denominator = 1 + (n - 1) * cos_f
-        ratio = n * cos_f / denominator if denominator != 0 else math.copysign(math.inf, cos_f)
+        gram = {(i, j): dot(deltas[i], deltas[j]) for i in range(n) for j in range(i, n)}
+        ratio = _model_stock_ratio(n, gram)
+    return _model_stock_out(deltas, ratio, base)
+
+
+def _model_stock_ratio(n: int, gram: dict[tuple[int, int], float]) -> float:
+    """``r`` from the dot products ``gram[i, j] = d_i . d_j`` (``i <= j``)."""
+    norms = [math.sqrt(gram[i, i]) for i in range(n)]
+    total = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            product = max(norms[i] * norms[j], MODEL_STOCK_NORM_PRODUCT_MIN)
+            total += max(-1.0, min(1.0, gram[i, j] / product))
+    cos = total / (n * (n - 1) // 2)
+    denominator = 1 + (n - 1) * cos
+    return n * cos / denominator if denominator != 0 else math.copysign(math.inf, cos)
+
+
+def _model_stock_out(deltas: Sequence[torch.Tensor], ratio: torch.Tensor | float,
+                     base: torch.Tensor) -> torch.Tensor:
+    """``b + r * mean_i d_i``, in place into the first task vector."""
     mean = deltas[0]
     for d in deltas[1:]:
         mean.add_(d)
-    return mean.mul_(ratio).div_(n).add_(base)
+    return mean.mul_(ratio).div_(len(deltas)).add_(base)
+
+
+class ModelStockPasses(SumPasses):
+    """model_stock (one ratio per tensor) over row-chunks: one pass sums the task
+    vectors' dot products, then each chunk is mixed with the ratio."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+        self.pairs = [(i, j) for i in range(n) for j in range(i, n)]
+        self.ratio = 1.0
+
+    def sums(self, stage: int, chunk: Chunk) -> list[torch.Tensor]:
+        assert chunk.base is not None
+        deltas = [t.sub_(chunk.base) for t in chunk.tensors]
+        return [dot_parts(deltas[i], deltas[j]) for i, j in self.pairs]
+
+    def finish(self, stage: int, totals: list[float]) -> None:
+        self.ratio = _model_stock_ratio(self.n, dict(zip(self.pairs, totals, strict=True)))
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        assert chunk.base is not None
+        deltas = [t.sub_(chunk.base) for t in chunk.tensors]
+        return _model_stock_out(deltas, self.ratio, chunk.base)
+
+
+def _model_stock_passes(global_params: Params, model_params: Sequence[Params],
+                        n: int) -> ModelStockPasses | None:
+    return ModelStockPasses(len(model_params)) if len(model_params) >= 2 else None
 
 
 def _filter_wise(global_params: Params, model_params: Sequence[Params]) -> bool:
@@ -336,6 +538,7 @@ SPECS: tuple[MethodSpec, ...] = (
         global_params=MappingProxyType({"t": REQUIRED}),
         model_params=MappingProxyType({}),
         merge=slerp,
+        multipass=_slerp_passes,
         min_donors=1,
         max_donors=1,
     ),
@@ -347,6 +550,7 @@ SPECS: tuple[MethodSpec, ...] = (
         model_params=MappingProxyType({"weight": REQUIRED}),
         merge=nuslerp,
         chunkable=_nuslerp_chunkable,
+        multipass=_nuslerp_passes,
         min_donors=2,
         max_donors=2,
     ),
@@ -357,6 +561,7 @@ SPECS: tuple[MethodSpec, ...] = (
         global_params=MappingProxyType({"normalize_weights": True, "eps": 1e-8}),
         model_params=MappingProxyType({"weight": REQUIRED}),
         merge=multislerp,
+        multipass=_multislerp_passes,
     ),
     MethodSpec(
         name="karcher",
@@ -372,6 +577,7 @@ SPECS: tuple[MethodSpec, ...] = (
         model_params=MappingProxyType({}),
         merge=model_stock,
         chunkable=_filter_wise,
+        multipass=_model_stock_passes,
         min_donors=2,
     ),
 )

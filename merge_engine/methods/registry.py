@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .multipass import MultiPass
+
 REQUIRED = object()
 """Default of a parameter the recipe must give (per model, or globally as a fallback)."""
 
@@ -30,6 +32,9 @@ MergeFn = Callable[
     [Sequence[torch.Tensor], torch.Tensor | None, Sequence[Params], Params, torch.Generator | None],
     torch.Tensor,
 ]
+MultiPassFn = Callable[[Params, Sequence[Params], int], MultiPass | None]
+"""``(global_params, model_params, numel) -> runner``, or None where these parameters
+(or this many models) have no multi-pass form."""
 
 
 def _never(global_params: Params, model_params: Sequence[Params]) -> bool:
@@ -63,6 +68,12 @@ class MethodSpec:
     give; fewer is a recipe error."""
     max_donors: int | None = None
     """The most entries of ``tensors`` a recipe may give (None: no limit)."""
+    multipass: MultiPassFn | None = None
+    """For a method that is not chunkable: the same merge as statistics passes over
+    row-chunks and an apply pass (see :mod:`~merge_engine.methods.multipass`), so that a
+    large tensor is never held whole. Its result equals ``merge``'s up to the float32
+    rounding of whole-tensor sums (bit for bit for rank cuts); random draws follow the
+    chunks' generators. None: always merged whole."""
 
     def uses_base(self, has_base_model: bool) -> bool:
         """Whether a recipe with (or without) a ``base_model`` gives this method a base

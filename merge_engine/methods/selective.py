@@ -2,6 +2,9 @@
 take (sce, nearswap, ram, ramplus_tl, arcee_fusion).
 
 Notation: ``b`` the base tensor, ``t_i`` the donors, ``d_i = t_i - b`` their task vectors.
+A large tensor of sce or ramplus_tl is merged in passes over row-chunks (``multipass``):
+sce's variance window as TIES finds its cut, then its mean squares, ramplus_tl's counts;
+arcee_fusion (its quantiles) stays whole.
 
 - sce: with ``select_topk < 1``, keep in every ``d_i`` only the entries at the
   ``int(nnz * select_topk)`` positions of largest variance across the ``d_i`` (``nnz`` the
@@ -35,9 +38,10 @@ from types import MappingProxyType
 import torch
 
 from ..errors import InputError
-from .reductions import dot
+from .multipass import Chunk, ChunkSums, MultiPass, SumPasses
+from .reductions import dot, dot_parts
 from .registry import REQUIRED, MethodSpec, Params, always_chunkable
-from .task_arithmetic import keep_rank_range
+from .task_arithmetic import RankRange, keep_rank_range
 
 SCE_WEIGHT_SUM_MIN = 1e-6
 """sce: below this sum of mean squares, every model weighs ``1 / n``."""
@@ -65,20 +69,29 @@ def sce_select_mask(deltas: Sequence[torch.Tensor], select_topk: float) -> torch
     ``deltas`` (ties by position); ``nnz`` the positions whose variance is not zero."""
     if select_topk <= 0:
         return torch.zeros_like(deltas[0], dtype=torch.bool)
-    # n^2 * variance = sum over pairs of squared differences: exactly 0 where all agree.
+    spread = _spread(deltas)
+    keep = _sce_keep(int(torch.count_nonzero(spread)), select_topk)
+    if keep == 0:
+        return torch.zeros_like(spread, dtype=torch.bool)
+    n = spread.numel()
+    return keep_rank_range(spread, n - keep, n) != 0
+
+
+def _spread(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``n^2`` times the variance across ``deltas``, as the sum over pairs of squared
+    differences: exactly 0 where all agree."""
     spread = torch.zeros_like(deltas[0])
     diff = torch.empty_like(spread)
     for i in range(len(deltas)):
         for j in range(i + 1, len(deltas)):
             torch.sub(deltas[i], deltas[j], out=diff)
             spread.addcmul_(diff, diff)
-    del diff
-    nonzero = torch.count_nonzero(spread)
-    keep = int(nonzero * select_topk)  # mergekit's count, float32 product included
-    if keep == 0:
-        return torch.zeros_like(spread, dtype=torch.bool)
-    n = spread.numel()
-    return keep_rank_range(spread, n - keep, n) != 0
+    return spread
+
+
+def _sce_keep(nonzero: int, select_topk: float) -> int:
+    """mergekit's count of kept positions, its float32 product included."""
+    return int(torch.tensor(nonzero) * select_topk)
 
 
 def sce(
@@ -100,12 +113,22 @@ def sce(
         for d in deltas:
             d.mul_(selected)
         del selected
-    mean_squares = [dot(d, d) / d.numel() if d.numel() else 0.0 for d in deltas]
+    squares = [dot(d, d) for d in deltas]
+    return _sce_mix(deltas, _sce_weights(squares, deltas[0].numel()), base)
+
+
+def _sce_weights(squares: Sequence[float], numel: int) -> list[float]:
+    """Each model's share of ``mean(d_i ** 2)`` from ``squares[i] = d_i . d_i``."""
+    mean_squares = [s / numel if numel else 0.0 for s in squares]
     total = sum(mean_squares)
     if abs(total) < SCE_WEIGHT_SUM_MIN:
-        weights = [1.0 / len(deltas)] * len(deltas)
-    else:
-        weights = [m / total for m in mean_squares]
+        return [1.0 / len(squares)] * len(squares)
+    return [m / total for m in mean_squares]
+
+
+def _sce_mix(deltas: Sequence[torch.Tensor], weights: Sequence[float],
+             base: torch.Tensor) -> torch.Tensor:
+    """Sign consensus and the weighted mean of the agreeing entries, plus ``b``."""
     elected = torch.zeros_like(base)
     for d in deltas:
         elected.add_(d)
@@ -118,6 +141,82 @@ def sce(
         divisor.add_(kept, alpha=w)
         mixed.add_(d.mul_(kept), alpha=w)
     return mixed.div_(divisor.clamp_(min=SCE_DIVISOR_MIN)).add_(base)
+
+
+class ScePasses(MultiPass):
+    """sce over row-chunks. With ``select_topk < 1`` the variance window is found as in
+    TIES (a :class:`RankRange` over the spread, its first pass also counting non-zero
+    spreads); then one pass sums each selected ``d_i . d_i``; then each chunk is mixed."""
+
+    def __init__(self, n: int, donors: int, select_topk: float):
+        self.n, self.select_topk = n, select_topk
+        self.range = RankRange(n) if 0 < select_topk < 1 else None
+        self.zero = select_topk <= 0
+        self.weights = [1.0 / donors] * donors
+        self._nonzero = ChunkSums()
+        self._squares = ChunkSums()
+        self._stage = ""
+
+    def next_pass(self) -> bool:
+        if self._stage == "select" and self.range is not None:
+            if self.range.phase == "high":
+                keep = _sce_keep(int(self._nonzero.totals()[0]), self.select_topk)
+                self.range.select(self.n - keep, self.n)
+            self.range.finish()
+        elif self._stage == "squares":
+            self.weights = _sce_weights(self._squares.totals(), self.n)
+            self._stage = "apply"
+            return False
+        if self.range is not None and self.range.phase != "done":
+            self._stage = "select"
+        else:
+            self._stage = "squares"
+        return True
+
+    def _deltas(self, chunk: Chunk) -> list[torch.Tensor]:
+        """The chunk's task vectors, masked by the selection once it is known."""
+        assert chunk.base is not None
+        deltas = [t.sub_(chunk.base) for t in chunk.tensors]
+        if self._stage == "select":
+            return deltas
+        if self.zero:
+            selected = torch.zeros_like(deltas[0], dtype=torch.bool)
+        elif self.range is not None:
+            selected = self.range.apply(_spread(deltas), chunk.index) != 0
+        else:
+            return deltas
+        for d in deltas:
+            d.mul_(selected)
+        return deltas
+
+    def measure(self, chunk: Chunk) -> object:
+        deltas = self._deltas(chunk)
+        if self._stage == "squares":
+            return [dot_parts(d, d) for d in deltas]
+        assert self.range is not None
+        spread = _spread(deltas)
+        nonzero = torch.count_nonzero(spread).view(1) if self.range.phase == "high" else None
+        return self.range.measure(spread), nonzero
+
+    def add(self, index: int, partial: object) -> None:
+        if self._stage == "squares":
+            self._squares.add(index, partial)  # type: ignore[arg-type]
+            return
+        counts, nonzero = partial  # type: ignore[misc]
+        self.range.add(index, counts)  # type: ignore[union-attr]
+        if nonzero is not None:
+            self._nonzero.add(index, [nonzero])
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        assert chunk.base is not None
+        return _sce_mix(self._deltas(chunk), self.weights, chunk.base)
+
+
+def _sce_passes(global_params: Params, model_params: Sequence[Params],
+                n: int) -> ScePasses | None:
+    if not model_params:
+        return None
+    return ScePasses(n, len(model_params), float(global_params["select_topk"]))
 
 
 # --- nearswap ------------------------------------------------------------------------------
@@ -200,18 +299,70 @@ def ramplus_tl(
     r, alpha = float(global_params["r"]), float(global_params["alpha"])
     deltas, masks, count = _present_deltas(tensors, base, epsilon)
     unique = count == 1
-    boosted = torch.zeros_like(base)
-    for d, present in zip(deltas, masks, strict=True):
-        n_present = int(torch.count_nonzero(present))
-        n_unique = int(torch.count_nonzero(present.logical_and_(unique)))
-        rho = (n_present - n_unique) / max(n_unique, epsilon)
-        boosted.add_(d, alpha=1 + r * min(max(rho, 0.0), alpha))
+    counts = [(int(torch.count_nonzero(present)),
+               int(torch.count_nonzero(present.logical_and_(unique)))) for present in masks]
     del masks
+    return _ramplus_mix(deltas, count, unique, _ramplus_factors(counts, r, alpha, epsilon), base)
+
+
+def _ramplus_factors(counts: Sequence[tuple[int, int]], r: float, alpha: float,
+                     epsilon: float) -> list[float]:
+    """``1 + r * clamp(rho_i, 0, alpha)`` from each model's (present, unique) counts."""
+    factors = []
+    for n_present, n_unique in counts:
+        rho = (n_present - n_unique) / max(n_unique, epsilon)
+        factors.append(1 + r * min(max(rho, 0.0), alpha))
+    return factors
+
+
+def _ramplus_mix(deltas: Sequence[torch.Tensor], count: torch.Tensor, unique: torch.Tensor,
+                 factors: Sequence[float], base: torch.Tensor) -> torch.Tensor:
+    boosted = torch.zeros_like(base)
+    for d, factor in zip(deltas, factors, strict=True):
+        boosted.add_(d, alpha=factor)
     shared = deltas[0]
     for d in deltas[1:]:
         shared.add_(d)
     shared.div_(count.clamp_(min=1))
     return torch.where(unique, boosted, shared).add_(base)
+
+
+class RamplusPasses(SumPasses):
+    """ramplus_tl over row-chunks: one pass counts each model's present and unique
+    entries (exact integers), then each chunk is mixed with the factors."""
+
+    def __init__(self, r: float, alpha: float, epsilon: float):
+        super().__init__()
+        self.r, self.alpha, self.epsilon = r, alpha, epsilon
+        self.factors: list[float] = []
+
+    def sums(self, stage: int, chunk: Chunk) -> list[torch.Tensor]:
+        assert chunk.base is not None
+        _, masks, count = _present_deltas(chunk.tensors, chunk.base, self.epsilon)
+        unique = count == 1
+        parts = []
+        for present in masks:
+            parts.append(torch.count_nonzero(present).view(1))
+            parts.append(torch.count_nonzero(present.logical_and_(unique)).view(1))
+        return parts
+
+    def finish(self, stage: int, totals: list[float]) -> None:
+        counts = [(int(totals[k]), int(totals[k + 1])) for k in range(0, len(totals), 2)]
+        self.factors = _ramplus_factors(counts, self.r, self.alpha, self.epsilon)
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        assert chunk.base is not None
+        deltas, masks, count = _present_deltas(chunk.tensors, chunk.base, self.epsilon)
+        del masks
+        return _ramplus_mix(deltas, count, count == 1, self.factors, chunk.base)
+
+
+def _ramplus_passes(global_params: Params, model_params: Sequence[Params],
+                    n: int) -> RamplusPasses | None:
+    if not model_params:
+        return None
+    return RamplusPasses(float(global_params["r"]), float(global_params["alpha"]),
+                         float(global_params["epsilon"]))
 
 
 # --- arcee_fusion --------------------------------------------------------------------------
@@ -261,6 +412,7 @@ SPECS: tuple[MethodSpec, ...] = (
         global_params=MappingProxyType({"select_topk": 1.0, "int8_mask": False}),
         model_params=MappingProxyType({}),
         merge=sce,
+        multipass=_sce_passes,
     ),
     MethodSpec(
         name="nearswap",
@@ -286,6 +438,7 @@ SPECS: tuple[MethodSpec, ...] = (
         global_params=MappingProxyType({"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}),
         model_params=MappingProxyType({}),
         merge=ramplus_tl,
+        multipass=_ramplus_passes,
     ),
     MethodSpec(
         name="arcee_fusion",

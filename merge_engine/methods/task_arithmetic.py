@@ -26,6 +26,10 @@ Sparsifiers (``k`` the density, ``n`` the number of elements of the tensor):
   0 to ``m - 1`` and keep with probability ``k - eps + rank / (m - 1) * 2 * eps``
   (a one-element row: ``k``). Needs ``0 < k - eps`` and ``k + eps < 1`` when ``k < 1``.
 
+A large tensor whose sparsifier ranks the whole tensor (magnitude, breadcrumbs) or that
+is rescaled is merged in passes over row-chunks (:class:`TaskArithmeticPasses`): the rank
+cuts are found exactly by radix select (:class:`RankRange`), the L1 norms by sums.
+
 The functions work in place on the donor tensors (the executor hands them over). The
 plain path stays ``b + sum_i c_i (t_i - b)``: for bf16/fp16 inputs ``t_i - b`` is exact in
 float32, so the rounding error scales with the small task vectors; regrouped as
@@ -36,12 +40,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
 
 from ..errors import InputError
-from .reductions import l1_norm
+from .multipass import Chunk, ChunkSums, MultiPass
+from .reductions import l1_norm, l1_parts
 from .registry import REQUIRED, MethodSpec, Params, always_chunkable
 
 RESCALE_EPS = 1e-7
@@ -51,6 +57,13 @@ NORMALIZE_EPS = 1e-8
 
 Sparsifier = Callable[[torch.Tensor, Params, torch.Generator | None], torch.Tensor]
 """Sparsify one task vector in place given its model's parameters (density < 1 only)."""
+Ranks = Callable[[int, Params], tuple[int, int]]
+"""A rank sparsifier's window: ``(lo, hi)`` of the ascending ``|d|`` ranks it keeps among
+``n`` entries, given its model's parameters."""
+HIGH_BINS = 1 << 15
+"""Radix select, first pass: magnitude keys by their high 16 bits (the sign bit is 0)."""
+LOW_BINS = 1 << 16
+"""Radix select, second pass: the keys of one high bin by their low 16 bits."""
 
 
 # --- sparsifiers ---------------------------------------------------------------------
@@ -95,10 +108,154 @@ def keep_rank_range(delta: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return delta
 
 
+@dataclass
+class _Cut:
+    """One end of a :class:`RankRange` window."""
+
+    rank: int
+    """The ascending rank (from 0) of the cut value: ``lo``, or ``hi - 1``."""
+    lower: bool
+    """Lower cut: drop smaller keys and the first ``drop`` equal ones; upper cut: drop
+    larger keys and the last ``drop`` equal ones."""
+    bin: int = 0
+    below: int = 0
+    """Keys below the cut's high bin, then (once found) below its value."""
+    value: int = 0
+    equal: int = 0
+    drop: int = 0
+    chunks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Chunk index -> (keys equal to the value in the chunks before it, in it)."""
+
+    @property
+    def dropped(self) -> tuple[int, int]:
+        """The ranks, among the keys equal to the value in position order, it drops."""
+        return (0, self.drop) if self.lower else (self.equal - self.drop, self.equal)
+
+
+class RankRange:
+    """:func:`keep_rank_range` over a tensor of ``n`` entries seen in chunks.
+
+    The two cut values (the keys at ranks ``lo`` and ``hi - 1``) are found exactly by
+    radix select over the magnitude keys: one pass counts the keys by their high 16 bits
+    (:data:`HIGH_BINS`), which gives the bin holding each cut's rank, a second counts the
+    keys of those bins by their low 16 bits, which gives the value, how many keys lie
+    below it and how many equal it. When the whole-tensor rule drops only some keys equal
+    to a cut value (the first ``lo - below`` by position at the lower cut, the last
+    ``below + equal - hi`` at the upper; none when the value is 0), a third pass counts
+    them per chunk, so that each chunk knows where its own stand among all. Then
+    :meth:`apply` zeroes exactly the entries ``keep_rank_range`` zeroes, in any chunk
+    order. Driven like a :class:`~merge_engine.methods.multipass.MultiPass`: while
+    :attr:`phase` is not ``"done"``, :meth:`measure` and :meth:`add` every chunk, then
+    :meth:`finish`. The window may be set after the first pass (before its ``finish``).
+    """
+
+    def __init__(self, n: int, lo: int | None = None, hi: int | None = None):
+        self.n = n
+        self.phase = "high"
+        self._high = torch.zeros(HIGH_BINS, dtype=torch.int64)
+        self._low: dict[int, torch.Tensor] = {}
+        self._cuts: list[_Cut] = []
+        self._ties: dict[int, list[int]] = {}
+        if lo is not None and hi is not None:
+            self.select(lo, hi)
+
+    def select(self, lo: int, hi: int) -> None:
+        """Keep ascending ranks ``[lo, hi)``."""
+        self.lo, self.hi = lo, hi
+        if (lo <= 0 and hi >= self.n) or hi <= lo:
+            self.phase = "done"
+            return
+        self._cuts = ([_Cut(lo, lower=True)] if lo > 0 else []) + (
+            [_Cut(hi - 1, lower=False)] if hi < self.n else [])
+
+    def measure(self, x: torch.Tensor) -> object:
+        """This pass's counts over one chunk ``x`` (float32, contiguous)."""
+        keys = magnitude_keys(x.view(-1))
+        if self.phase == "high":
+            return torch.bincount(keys >> 16, minlength=HIGH_BINS)
+        if self.phase == "low":
+            high = keys >> 16
+            return {b: torch.bincount(keys[high == b] & 0xFFFF, minlength=LOW_BINS)
+                    for b in self._low}
+        return [int((keys == c.value).sum()) if c.drop else 0 for c in self._cuts]
+
+    def add(self, index: int, partial: object) -> None:
+        if self.phase == "high":
+            self._high += partial.cpu()  # type: ignore[attr-defined]
+        elif self.phase == "low":
+            for b, counts in partial.items():  # type: ignore[attr-defined]
+                self._low[b] += counts.cpu()
+        else:
+            self._ties[index] = partial  # type: ignore[assignment]
+
+    def finish(self) -> None:
+        """End a pass: locate the cuts' bins, then their values, then the chunks' ties."""
+        if self.phase == "high":
+            cumulative = self._high.cumsum(0)
+            for c in self._cuts:
+                c.bin = int(torch.searchsorted(cumulative, torch.tensor(c.rank), right=True))
+                c.below = int(cumulative[c.bin] - self._high[c.bin])
+                self._low[c.bin] = torch.zeros(LOW_BINS, dtype=torch.int64)
+            self.phase = "low" if self._cuts else "done"
+        elif self.phase == "low":
+            for c in self._cuts:
+                counts = self._low[c.bin]
+                cumulative = counts.cumsum(0)
+                j = int(torch.searchsorted(cumulative, torch.tensor(c.rank - c.below),
+                                           right=True))
+                c.value = (c.bin << 16) | j
+                c.below += int(cumulative[j] - counts[j])
+                c.equal = int(counts[j])
+                c.drop = (self.lo - c.below if c.lower else c.below + c.equal - self.hi
+                          ) if c.value != 0 else 0
+            self.phase = "ties" if any(c.drop for c in self._cuts) else "done"
+        elif self.phase == "ties":
+            for k, c in enumerate(self._cuts):
+                seen = 0
+                for index in sorted(self._ties):
+                    c.chunks[index] = (seen, self._ties[index][k])
+                    seen += self._ties[index][k]
+            self.phase = "done"
+
+    def apply(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Zero, in place, the entries of chunk ``index`` (``x``, contiguous) outside the
+        window; returns ``x``."""
+        flat = x.view(-1)
+        if self.lo <= 0 and self.hi >= self.n:
+            return x
+        if self.hi <= self.lo:
+            return x.zero_()
+        keys = magnitude_keys(flat)
+        for c in self._cuts:
+            flat.masked_fill_(keys < c.value if c.lower else keys > c.value, 0)
+            if not c.drop:
+                continue
+            before, count = c.chunks[index]
+            start, stop = (max(r - before, 0) for r in c.dropped)
+            if start < min(stop, count):
+                ties = (keys == c.value).nonzero().view(-1)
+                flat[ties[start:stop]] = 0
+        return x
+
+
+def magnitude_ranks(n: int, density: float) -> tuple[int, int]:
+    """The window of :func:`magnitude_prune`: the top ``int(density * n)``."""
+    return n - int(density * n), n
+
+
+def breadcrumbs_ranks(n: int, density: float, gamma: float) -> tuple[int, int]:
+    """The window of :func:`breadcrumbs_prune`."""
+    n_top = int(gamma * n)
+    n_bottom = n - int(density * n) - n_top
+    if n_bottom < 0:
+        n_top += n_bottom
+        n_bottom = 0
+    return n_bottom, n - n_top
+
+
 def magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the ``int(density * n)`` entries of largest ``|delta|``, zero the rest."""
-    n = delta.numel()
-    return keep_rank_range(delta, n - int(density * n), n)
+    return keep_rank_range(delta, *magnitude_ranks(delta.numel(), density))
 
 
 def breadcrumbs_prune(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -107,13 +264,7 @@ def breadcrumbs_prune(delta: torch.Tensor, density: float, gamma: float) -> torc
     ``n_top = int(gamma * n)``, ``n_bottom = n - int(density * n) - n_top``; when
     ``n_bottom < 0`` the top cut shrinks by that much and ``n_bottom = 0``.
     """
-    n = delta.numel()
-    n_top = int(gamma * n)
-    n_bottom = n - int(density * n) - n_top
-    if n_bottom < 0:
-        n_top += n_bottom
-        n_bottom = 0
-    return keep_rank_range(delta, n_bottom, n - n_top)
+    return keep_rank_range(delta, *breadcrumbs_ranks(delta.numel(), density, gamma))
 
 
 def random_prune(
@@ -167,6 +318,14 @@ def _random(delta: torch.Tensor, p: Params, g: torch.Generator | None) -> torch.
 
 def _breadcrumbs(delta: torch.Tensor, p: Params, g: torch.Generator | None) -> torch.Tensor:
     return breadcrumbs_prune(delta, float(p["density"]), float(p["gamma"]))
+
+
+def _magnitude_ranks(n: int, p: Params) -> tuple[int, int]:
+    return magnitude_ranks(n, float(p["density"]))
+
+
+def _breadcrumbs_ranks(n: int, p: Params) -> tuple[int, int]:
+    return breadcrumbs_ranks(n, float(p["density"]), float(p["gamma"]))
 
 
 def _della(delta: torch.Tensor, p: Params, g: torch.Generator | None) -> torch.Tensor:
@@ -262,14 +421,20 @@ def generalized_task_arithmetic(
         raise ValueError("task arithmetic methods need a base tensor")
     if not tensors:
         return base
-    weights = [float(p["weight"]) for p in model_params]
-    lam = float(global_params["lambda"])
-    normalize = bool(global_params["normalize"])
     rescale = bool(global_params["rescale"])
     deltas = (
         task_vector(t, base, p, sparsify, rescale, generator)
         for t, p in zip(tensors, model_params, strict=True)
     )
+    return mix(deltas, base, model_params, global_params, consensus)
+
+
+def mix(deltas: Iterable[torch.Tensor], base: torch.Tensor, model_params: Sequence[Params],
+        global_params: Params, consensus: bool) -> torch.Tensor:
+    """Steps 2 to 5: ``b + lambda * mixed`` of the (sparsified) task vectors, in order."""
+    weights = [float(p["weight"]) for p in model_params]
+    lam = float(global_params["lambda"])
+    normalize = bool(global_params["normalize"])
     if consensus:
         mixed = sign_consensus_sum(list(deltas), weights, normalize)
         if lam != 1:
@@ -287,6 +452,105 @@ def _mix_scales(weights: Sequence[float], lam: float, normalize: bool) -> list[f
         divisor = 1.0
     return [w * lam / divisor for w in weights]
 
+
+# --- in passes over row-chunks ----------------------------------------------------------
+
+
+class TaskArithmeticPasses(MultiPass):
+    """:func:`generalized_task_arithmetic` over row-chunks (see ``multipass``).
+
+    Rank sparsifiers (magnitude, breadcrumbs) find their cut values in two or three
+    passes (:class:`RankRange`, the same window of every task vector at once); with
+    ``rescale``, one more pass sums each sparsified task vector's L1 norm before and after
+    (random sparsifiers draw from the chunk's generator, so the apply pass draws the same
+    masks again). The apply pass sparsifies, rescales and mixes each chunk, all element-
+    or row-wise. Rank cuts and the mixing are exact: the result is the whole-tensor one
+    bit for bit, but for the rescale factors (float64 sums; see ``multipass``) and random
+    draws (per chunk, as in chunked merges).
+    """
+
+    def __init__(self, global_params: Params, model_params: Sequence[Params], n: int, *,
+                 consensus: bool, sparsify: Sparsifier | None, ranks: Ranks | None):
+        self.global_params, self.model_params = global_params, model_params
+        self.consensus, self.sparsify = consensus, sparsify
+        self.densities = [float(p["density"]) for p in model_params]
+        self.pruned = [sparsify is not None and 0 < d < 1 for d in self.densities]
+        self.ranges = [RankRange(n, *ranks(n, p)) if ranks is not None and cut else None
+                       for p, cut in zip(model_params, self.pruned, strict=True)]
+        self.rescale = bool(global_params["rescale"]) and any(self.pruned)
+        self.factors: list[float | None] = [None] * len(model_params)
+        self._sums: ChunkSums | None = None
+        self._stage = ""
+
+    def next_pass(self) -> bool:
+        if self._stage == "ranks":
+            for r in self._open_ranges():
+                r.finish()
+        elif self._stage == "rescale":
+            totals = iter(self._sums.totals())  # type: ignore[union-attr]
+            for i in (i for i, cut in enumerate(self.pruned) if cut):
+                before, after = next(totals), next(totals)
+                if before >= RESCALE_EPS and after >= RESCALE_EPS:
+                    self.factors[i] = before / after
+        if any(self._open_ranges()):
+            self._stage = "ranks"
+        elif self.rescale and self._stage != "rescale":
+            self._stage, self._sums = "rescale", ChunkSums()
+        else:
+            self._stage = "apply"
+        return self._stage != "apply"
+
+    def _open_ranges(self) -> list[RankRange]:
+        return [r for r in self.ranges if r is not None and r.phase != "done"]
+
+    def measure(self, chunk: Chunk) -> object:
+        base = chunk.base
+        if self._stage == "ranks":
+            return [r.measure(t.sub_(base)) if r is not None and r.phase != "done" else None
+                    for t, r in zip(chunk.tensors, self.ranges, strict=True)]
+        parts = []
+        for i, t in enumerate(chunk.tensors):
+            delta = t.sub_(base)
+            if self.pruned[i]:
+                parts.append(l1_parts(delta))
+                parts.append(l1_parts(self._sparsified(i, delta, chunk)))
+        return parts
+
+    def add(self, index: int, partial: object) -> None:
+        if self._stage == "ranks":
+            for r, p in zip(self.ranges, partial, strict=True):  # type: ignore[call-overload]
+                if p is not None:
+                    r.add(index, p)
+        else:
+            self._sums.add(index, partial)  # type: ignore[union-attr, arg-type]
+
+    def _sparsified(self, i: int, delta: torch.Tensor, chunk: Chunk) -> torch.Tensor:
+        """Task vector ``i``'s rows sparsified as :func:`task_vector` does (not rescaled)."""
+        if self.densities[i] >= 1 or self.sparsify is None:
+            return delta
+        if self.densities[i] <= 0:
+            return delta.zero_()
+        r = self.ranges[i]
+        if r is not None:
+            return r.apply(delta, chunk.index)
+        return self.sparsify(delta, self.model_params[i], chunk.generator)
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        base = chunk.base
+        assert base is not None
+        deltas = (self._sparsified(i, t.sub_(base), chunk) for i, t in enumerate(chunk.tensors))
+        deltas = (d if f is None else d.mul_(f)
+                  for d, f in zip(deltas, self.factors, strict=True))
+        return mix(deltas, base, self.model_params, self.global_params, self.consensus)
+
+
+def _multipass(consensus: bool, sparsify: Sparsifier | None, ranks: Ranks | None,
+               global_params: Params, model_params: Sequence[Params],
+               n: int) -> TaskArithmeticPasses | None:
+    if not model_params:
+        return None
+    return TaskArithmeticPasses(global_params, model_params, n, consensus=consensus,
+                                sparsify=sparsify, ranks=ranks)
 
 
 # --- when chunk-by-chunk merging is exact ----------------------------------------------
@@ -320,6 +584,7 @@ def _spec(
     rescale: bool,
     extra_model_params: dict[str, object] | None = None,
     chunkable: Callable[[Params, Sequence[Params]], bool],
+    ranks: Ranks | None = None,
 ) -> MethodSpec:
     return MethodSpec(
         name=name,
@@ -334,6 +599,7 @@ def _spec(
             generalized_task_arithmetic, consensus=consensus, sparsify=sparsify
         ),
         chunkable=chunkable,
+        multipass=functools.partial(_multipass, consensus, sparsify, ranks),
     )
 
 
@@ -344,15 +610,17 @@ SPECS: tuple[MethodSpec, ...] = (
     _spec("task_arithmetic", consensus=False, sparsify=None, normalize=False,
           rescale=False, chunkable=always_chunkable),
     _spec("ties", consensus=True, sparsify=_magnitude, normalize=True, rescale=False,
-          chunkable=_when_dense),
+          chunkable=_when_dense, ranks=_magnitude_ranks),
     _spec("dare_linear", consensus=False, sparsify=_random, normalize=False, rescale=True,
           chunkable=_when_dense_or_no_rescale),
     _spec("dare_ties", consensus=True, sparsify=_random, normalize=False, rescale=True,
           chunkable=_when_dense_or_no_rescale),
     _spec("breadcrumbs", consensus=False, sparsify=_breadcrumbs, normalize=False,
-          rescale=False, extra_model_params=_GAMMA, chunkable=_when_dense),
+          rescale=False, extra_model_params=_GAMMA, chunkable=_when_dense,
+          ranks=_breadcrumbs_ranks),
     _spec("breadcrumbs_ties", consensus=True, sparsify=_breadcrumbs, normalize=False,
-          rescale=False, extra_model_params=_GAMMA, chunkable=_when_dense),
+          rescale=False, extra_model_params=_GAMMA, chunkable=_when_dense,
+          ranks=_breadcrumbs_ranks),
     _spec("della", consensus=True, sparsify=_della, normalize=True, rescale=True,
           extra_model_params=_EPSILON, chunkable=_when_dense_or_no_rescale),
     _spec("della_linear", consensus=False, sparsify=_della, normalize=False, rescale=True,
