@@ -51,6 +51,8 @@ many chunks; smaller ones are merged whole, faster (one read, no per-chunk overh
 and in little memory."""
 Progress = Callable[[int, int], None]
 """Called with (bytes written, total output bytes)."""
+LoraParts = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+"""An input's LoRA A and B and its DoRA magnitude (None for plain LoRA), read whole."""
 
 
 @dataclass
@@ -107,7 +109,7 @@ class _Chunk:
     passes: _Passes | None = None
     """The runner of a multi-pass tensor (its statistics and its apply passes)."""
     views: list[torch.Tensor] = field(default_factory=list)
-    loras: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    loras: dict[int, LoraParts] = field(default_factory=dict)
     """Input index -> (A, B) of its LoRA update, whole (shared by the task's chunks)."""
     host: torch.Tensor | None = None
     bad: torch.Tensor | None = None
@@ -303,7 +305,7 @@ class Executor:
                 read_q.put(None)
 
     def _read_chunk(self, seq: int, task: TensorTask, index: int, row0: int, rows: int,
-                    loras: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                    loras: dict[int, LoraParts],
                     passes: _Passes | None, prefetcher: Prefetcher,
                     reader: FileReader) -> _Chunk:
         """Rows ``[row0, row0 + rows)`` of every input of a task, into a free slot."""
@@ -325,19 +327,24 @@ class Executor:
         return chunk
 
     def _read_loras(self, t: int, task: TensorTask, prefetcher: Prefetcher,
-                    reader: FileReader) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """A and B of every LoRA input of a task, read whole into fresh buffers (they are
-        small: ``r * (in + out)`` elements) once for all its chunks."""
+                    reader: FileReader) -> dict[int, LoraParts]:
+        """A, B and the DoRA magnitude (or None) of every LoRA input of a task, read whole
+        into fresh buffers (they are small: ``r * (in + out) + out`` elements) once for all
+        its chunks."""
         found = {}
         for k, inp in enumerate(task.inputs):
             if inp.lora is None:
                 continue
             path = prefetcher.path(self.plan.adapter_index(inp.model), inp.lora.a.file)
-            pair = []
-            for name, meta in ((inp.lora.a_name, inp.lora.a), (inp.lora.b_name, inp.lora.b)):
+            parts = []
+            for name, meta in ((inp.lora.a_name, inp.lora.a), (inp.lora.b_name, inp.lora.b),
+                               (inp.lora.magnitude_name, inp.lora.magnitude)):
+                if meta is None:
+                    parts.append(None)
+                    continue
                 buf = torch.empty(meta.end - meta.begin, dtype=torch.uint8)
-                pair.append(reader.read(path, meta, 0, meta.shape[0], buf, name))
-            found[k] = (pair[0], pair[1])
+                parts.append(reader.read(path, meta, 0, meta.shape[0], buf, name))
+            found[k] = (parts[0], parts[1], parts[2])
         return found
 
     def _compute_all(self, read_q: queue.Queue, write_q: queue.Queue) -> None:
@@ -424,9 +431,13 @@ class Executor:
         Computed in float64 and rounded once to float32: float32 matmul kernels differ
         with the chunk's shape (gemv vs gemm), which made chunked and whole results differ
         in the last bit; this way they agree, and the delta costs ``r`` multiply-adds per
-        element, small next to the reads."""
+        element, small next to the reads.
+
+        DoRA (a magnitude ``m``): each row of that sum is then scaled by
+        ``m[row] / ||row||``, the norm taken in float64 over the whole row (a chunk holds
+        whole rows), as PEFT merges it."""
         delta = chunk.task.inputs[k].lora
-        a, b = chunk.loras[k]
+        a, b, magnitude = chunk.loras[k]
         r0, r1 = chunk.row0, chunk.row0 + x.shape[0]
         if delta.transpose:
             left, right = a[:, r0:r1].T, b.T
@@ -435,6 +446,9 @@ class Executor:
         left = left.to(self.device, torch.float64, non_blocking=True)
         right = right.to(self.device, torch.float64, non_blocking=True)
         exact = torch.addmm(x.double(), left, right, alpha=delta.scale)
+        if magnitude is not None:
+            m = magnitude[r0:r1].to(self.device, torch.float64, non_blocking=True)
+            exact *= (m / exact.norm(dim=1)).unsqueeze(1)
         return x.copy_(exact) if inplace else exact.float()
 
     @staticmethod

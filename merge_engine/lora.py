@@ -12,12 +12,17 @@ mapped onto a base tensor and checked against its shape before any weight byte i
   embeddings and for ``fan_in_fan_out`` layers such as gpt2's Conv1D), with
   ``scale = lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``) and per-module
   ``rank_pattern``/``alpha_pattern`` matched as PEFT matches them;
+- ``<module>.lora_magnitude_vector`` (DoRA, ``use_dora``) makes the update
+  ``m / ||W + scale * B @ A|| * (W + scale * B @ A)``, each output row rescaled to its
+  trained magnitude ``m[row]`` (PEFT's merge; linear layers only, the norm taken over a
+  row, so whole-row chunks stay exact);
 - any other ``base_model.model.<name>`` (``modules_to_save`` copies, trained biases)
   replaces the base's tensor ``<name>`` outright.
 
 The executor adds the delta in float32 on the device, chunk by chunk (rows ``[r0, r1)`` of
-``W`` get ``B[r0:r1] @ A``): no merged copy of the model is ever written. DoRA, LoRA biases
-and pickle adapters (``adapter_model.bin``) are refused with a message saying so.
+``W`` get ``B[r0:r1] @ A``): no merged copy of the model is ever written. LoRA biases, DoRA
+on embeddings or ``fan_in_fan_out`` layers, convolutions and pickle adapters
+(``adapter_model.bin``) are refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _LORA_KEY = re.compile(
-    r"(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-    r"(?:\.[A-Za-z0-9_]+)?(?:\.weight)?"
+    r"(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B"
+    r"|lora_magnitude_vector)(?:\.[A-Za-z0-9_]+)?(?:\.weight)?"
 )
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
@@ -63,6 +68,9 @@ class LoraDelta:
     scale: float
     transpose: bool
     """The base tensor is ``(B @ A).T``-shaped: embeddings and ``fan_in_fan_out`` layers."""
+    magnitude_name: str | None = None
+    magnitude: TensorMeta | None = None
+    """DoRA: ``(out,)``, the trained norm of each output row (None: plain LoRA)."""
 
 
 @dataclass
@@ -115,8 +123,6 @@ def _parse_config(raw: str, where: str) -> dict:
     kind = config.get("peft_type", "LORA")
     if str(kind).upper() != "LORA":
         raise SourceError(f"adapter {where} is a {kind} adapter; only LoRA is supported")
-    if config.get("use_dora"):
-        raise SourceError(f"LoRA adapter {where} uses DoRA (use_dora), which is not supported")
     if config.get("lora_bias"):
         raise SourceError(
             f"LoRA adapter {where} has LoRA biases (lora_bias), which are not supported"
@@ -212,12 +218,10 @@ def attach(adapter: Adapter, base: dict[str, TensorMeta], base_name: str) -> Non
                 f"{where}: tensor {key} does not start with '{PREFIX}' (not a PEFT LoRA adapter)"
             )
         inner = key.removeprefix(PREFIX)
-        if "lora_magnitude_vector" in inner:
-            raise SourceError(f"{where}: tensor {key} is a DoRA magnitude; DoRA is not supported")
         found = _LORA_KEY.fullmatch(inner)
         if found:
             kind = found["kind"]
-            part = "A" if kind.endswith("A") else "B"
+            part = "M" if kind == "lora_magnitude_vector" else kind[-1]
             slot = pairs.setdefault(found["module"], {})
             slot[part] = (key, meta)
             if "embedding" in kind:
@@ -270,7 +274,30 @@ def attach(adapter: Adapter, base: dict[str, TensorMeta], base_name: str) -> Non
                 f"{CONFIG_NAME} gives r={rank} for {module}"
             )
         scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-        adapter.deltas[target] = LoraDelta(a_name, a, b_name, b, float(scale), transpose)
+        m_name, m = _magnitude(slot, module, target, w, transpose, config, where)
+        adapter.deltas[target] = LoraDelta(a_name, a, b_name, b, float(scale), transpose,
+                                           m_name, m)
     both = adapter.deltas.keys() & adapter.replaced.keys()
     if both:
         raise SourceError(f"{where}: {sorted(both)[0]} has both a LoRA update and a replacement")
+
+
+def _magnitude(slot: dict, module: str, target: str, w: TensorMeta, transpose: bool,
+               config: dict, where: str) -> tuple[str | None, TensorMeta | None]:
+    """A module's DoRA magnitude (name, meta), checked; (None, None) for plain LoRA."""
+    if "M" not in slot:
+        if config.get("use_dora"):
+            raise SourceError(f"{where}: module {module} has no lora_magnitude_vector, which "
+                              f"DoRA (use_dora in {CONFIG_NAME}) needs")
+        return None, None
+    name, meta = slot["M"]
+    if not config.get("use_dora"):
+        raise SourceError(f"{where}: tensor {name} is a DoRA magnitude but {CONFIG_NAME} "
+                          "does not set use_dora")
+    if transpose:
+        raise SourceError(f"{where}: DoRA on {module} (an embedding or fan_in_fan_out layer) "
+                          "is not supported; only linear layers")
+    if tuple(meta.shape) != (w.shape[0],):
+        raise SourceError(f"{where}: tensor {name} has shape {list(meta.shape)} but {target} "
+                          f"has {w.shape[0]} rows")
+    return name, meta

@@ -274,8 +274,14 @@ def test_bad_adapters(models, tmp_path):
     msg = check(missing)
     assert "model.layers.0.self_attn.nope_proj.weight" in msg and str(missing) in msg
 
-    dora = write_adapter(tmp_path / "dora", use_dora=True)
-    assert "DoRA" in check(dora)
+    dora = write_adapter(tmp_path / "dora", use_dora=True)  # no magnitudes
+    assert "has no lora_magnitude_vector" in check(dora) and "use_dora" in check(dora)
+    stray = write_dora(tmp_path / "stray", seed=1)
+    cfg = json.loads((stray / "adapter_config.json").read_text())
+    (stray / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": False}))
+    assert "DoRA magnitude but adapter_config.json does not set use_dora" in check(stray)
+    embed = write_dora(tmp_path / "embed", embed=True)
+    assert "DoRA on model.embed_tokens" in check(embed)
 
     rank = write_adapter(tmp_path / "rank", r=4)
     cfg = json.loads((rank / "adapter_config.json").read_text())
@@ -333,6 +339,53 @@ def test_matches_peft_merge_and_unload(models, tmp_path):
         ours["model.layers.0.mlp.down_proj.weight"],
         load_model(base)["model.layers.0.mlp.down_proj.weight"],
     )
+
+
+def write_dora(path: Path, *, seed: int = 0, **options) -> Path:
+    """A DoRA adapter: :func:`write_adapter` plus a ``lora_magnitude_vector`` per module,
+    each output row's magnitude near the base row's norm, as training leaves it."""
+    from safetensors.torch import load_file
+
+    write_adapter(path, seed=seed, use_dora=True, **options)
+    tensors = load_file(path / "adapter_model.safetensors")
+    gen = torch.Generator().manual_seed(seed + 100)
+    for key in [k for k in tensors if ".lora_B" in k or ".lora_embedding_B" in k]:
+        module = key.split(".lora_")[0]
+        rows = tensors[key].shape[0]
+        tensors[f"{module}.lora_magnitude_vector"] = 0.2 + 0.1 * torch.rand(rows, generator=gen)
+    save_file(tensors, path / "adapter_model.safetensors")
+    return path
+
+
+@pytest.mark.parametrize("chunk", [None, 40])
+def test_dora_matches_peft_merge_and_unload(models, tmp_path, monkeypatch, chunk):
+    """DoRA: each row of W + scale * B @ A rescaled to its trained magnitude, as PEFT
+    merges it, also when the rows come in chunks (the norm is a whole row's)."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    import merge_engine.executor as executor
+
+    if chunk:
+        monkeypatch.setattr(executor, "DEFAULT_CHUNK_ELEMS", chunk)
+    base, _, _, _ = models
+    adapter = write_dora(tmp_path / "dora", alpha=6)
+    text = recipe_text("linear", None, [(Path(f"{base}+{adapter}"), {"weight": 1.0})])
+    run_merge(text, tmp_path / "out", device="cpu")
+    ours = load_model(tmp_path / "out")
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    theirs = merged.state_dict()
+    plain = load_model(base)
+    for name, tensor in ours.items():
+        assert torch.allclose(tensor, theirs[name], rtol=1e-5, atol=1e-6), name
+    q = "model.layers.1.self_attn.q_proj.weight"
+    norms = ours[q].double().norm(dim=1)
+    from safetensors.torch import load_file
+
+    magnitude = load_file(adapter / "adapter_model.safetensors")[
+        "base_model.model.model.layers.1.self_attn.q_proj.lora_magnitude_vector"]
+    torch.testing.assert_close(norms, magnitude.double(), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(ours[q], plain[q])
 
 
 def test_lora_source_in_slices(models, tmp_path):
