@@ -5,13 +5,16 @@
 Order of work, so that nothing is half-published:
 1. resolve every source to a commit SHA and plan from safetensors headers only (a bad
    recipe fails here: no download, no repo);
-2. create the target repo if needed, and note its head (``parent_commit``);
+2. create the target repo if needed (``before_create`` first records that this job
+   creates it), and note its head (``parent_commit``);
 3. merge, uploading each output shard (LFS pre-upload) as soon as it is written and then
    deleting it locally, so downloads, math and uploads overlap and disk stays bounded
    (source shards are deleted once read, too);
 4. one ``create_commit`` with the shards, index, config, tokenizer, recipe and README.md,
    with ``parent_commit`` set: a concurrent change of the repo fails the commit.
-On any failure no commit is made, and a repo this call created is deleted again.
+On any failure no commit is made, and a repo this job created (this call, or an earlier
+attempt per ``repo_created_earlier``) is deleted again if it holds nothing beyond its
+creation (:func:`delete_if_unused`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ class PublishRequest:
     job_key: str | None = None
     """Recorded in the commit message; when a commit with it already exists, nothing is
     merged and that commit is returned (exactly one commit per job across crashes)."""
+    repo_created_earlier: bool = False
+    """An earlier attempt of this job created the target repo (per the job's record): if
+    it exists, it is this call's own, deleted on failure like a repo this call created."""
+    before_create: Callable[[], None] | None = None
+    """Called just before the target repo is created, to record that this job creates
+    it; raising stops the creation."""
     device: str = "auto"
     random_seed: int | None = None
     out_shard_size: int = DEFAULT_SHARD_BYTES
@@ -158,7 +167,8 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     except BaseException:
         uploader.cancel()
         if created:
-            _delete_quietly(api, req.repo_id)
+            with contextlib.suppress(Exception):  # best effort while the error is raised
+                delete_if_unused(api, req.repo_id)
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
                          created_repo=created, reused_commit=False)
@@ -173,12 +183,45 @@ def _commit_body(plan: Plan, req: PublishRequest) -> str:
 
 
 def _ensure_repo(api: HfApi, req: PublishRequest) -> bool:
-    """Create the target repo unless it exists; True when this call created it."""
+    """Create the target repo unless it exists; True when it is this job's own (created
+    now, or by an earlier attempt per ``req.repo_created_earlier``)."""
     if _call(lambda: api.repo_exists(req.repo_id), f"look up {req.repo_id}"):
-        return False
+        return req.repo_created_earlier
+    if req.before_create is not None:
+        req.before_create()
     _call(lambda: api.create_repo(req.repo_id, private=req.private, exist_ok=True),
           f"create {req.repo_id}")
     return True
+
+
+def delete_if_unused(api: HfApi, repo_id: str) -> str | None:
+    """Delete ``repo_id`` if it holds nothing beyond its creation: no commit but the Hub's
+    initial one on ``main``, no file but ``.gitattributes``, no other branch, tag or pull
+    request. Returns why it was kept, or None when it is gone (deleted now or before).
+    A Hub failure raises :class:`BotError` (one sentence)."""
+    if not _call(lambda: api.repo_exists(repo_id), f"look up {repo_id}"):
+        return None
+    reason = _call(lambda: _reason_to_keep(api, repo_id), f"read the history of {repo_id}")
+    if reason is None:
+        _call(lambda: api.delete_repo(repo_id, missing_ok=True), f"delete {repo_id}")
+    return reason
+
+
+def _reason_to_keep(api: HfApi, repo_id: str) -> str | None:
+    refs = api.list_repo_refs(repo_id, include_pull_requests=True)
+    others = sorted({b.name for b in refs.branches} - {"main"})
+    others += [t.name for t in refs.tags] + [p.name for p in refs.pull_requests or ()]
+    if others:
+        return f"it has other refs ({', '.join(others)})"
+    if not refs.branches:
+        return None  # not even the initial commit
+    commits = api.list_repo_commits(repo_id)
+    if len(commits) > 1:
+        return f"it has {len(commits) - 1} commit(s) made after its creation"
+    files = sorted(set(api.list_repo_files(repo_id)) - {".gitattributes"})
+    if files:
+        return f"it holds files ({', '.join(files[:5])})"
+    return None
 
 
 def _call(fn, what: str):
@@ -196,12 +239,6 @@ def _call(fn, what: str):
         raise error(f"could not {what}: HTTP {status}") from e
     except (OSError, httpx2.TransportError) as e:
         raise TransientError(f"could not {what}: {e}") from e
-
-
-def _delete_quietly(api: HfApi, repo_id: str) -> None:
-    """Best effort, while another error is being raised."""
-    with contextlib.suppress(Exception):
-        api.delete_repo(repo_id, missing_ok=True)
 
 
 class ShardUploader:

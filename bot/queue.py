@@ -8,12 +8,16 @@ Contracts:
   transaction hands a job to exactly one worker, with a lease until ``now + lease``. It
   takes queued jobs whose backoff has passed and running jobs whose lease expired (their
   worker died) with attempts left, never a job of a recipe that another live lease is
-  merging.
+  merging or whose repo cleanup is pending.
 - ``give_up``: a running job whose lease expired after its ``max_attempts``-th attempt
   is failed; workers call it before ``claim`` and remove the work dirs of the ids it
   returns.
-- ``heartbeat``/``finish``/``retry_later`` are fenced by the lease owner: a worker that
-  lost its lease changes nothing (they return False).
+- ``heartbeat``/``finish``/``retry_later``/``record_created_repo`` are fenced by the
+  lease owner: a worker that lost its lease changes nothing (they return False).
+- Repo cleanups: a job that recorded ``created_repo`` and ends without success
+  (``finish`` failed or skipped, ``give_up``) gets a pending cleanup in the same
+  transaction. ``claim_cleanup`` hands a due one to one worker, never while a job of its
+  recipe runs under a live lease; ``settle_cleanup`` ends it or makes it due again.
 """
 
 from __future__ import annotations
@@ -21,12 +25,24 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import dataclass
 
 from .store import Job, Store, job_from_row
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
 ACTIVE = (QUEUED, RUNNING)
 DONE = (SUCCEEDED, FAILED, SKIPPED)
+DELETED, KEPT, ABANDONED = "deleted", "kept", "abandoned"
+"""How a repo cleanup ended."""
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """A pending cleanup of the repo ``job_id`` created, on its ``tries``-th try."""
+
+    job_id: int
+    repo_id: str
+    tries: int
 
 
 def enqueue(
@@ -73,6 +89,7 @@ def give_up(store: Store, *, max_attempts: int) -> list[int]:
         ).fetchall()
         for row in lost:
             _log(db, row["id"], "failed: lease expired too many times")
+            _schedule_cleanup(db, row["id"])
     return [row["id"] for row in lost]
 
 
@@ -93,6 +110,9 @@ def claim(store: Store, worker: str, *, lease: float, max_attempts: int) -> Job 
                   AND NOT EXISTS (
                       SELECT 1 FROM jobs r WHERE r.recipe_id = j.recipe_id AND r.id != j.id
                       AND r.status = :running AND r.lease_expires >= :now)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM repo_cleanups c JOIN jobs d ON d.id = c.job_id
+                      WHERE d.recipe_id = j.recipe_id AND c.outcome IS NULL)
                 ORDER BY j.id LIMIT 1)
             RETURNING *
             """,
@@ -181,6 +201,8 @@ def finish(
     if cur.rowcount != 1:
         return False
     _log(db, job_id, f"{status}" + (f": {error}" if error else ""))
+    if status != SUCCEEDED:
+        _schedule_cleanup(db, job_id)
     return True
 
 
@@ -199,9 +221,66 @@ def retry_later(store: Store, job_id: int, worker: str, *, error: str, delay: fl
         return True
 
 
+def record_created_repo(store: Store, job_id: int, worker: str, repo_id: str) -> bool:
+    """Record, before creating it, that the job creates ``repo_id``; False if not held."""
+    with store.write() as db:
+        cur = db.execute(
+            "UPDATE jobs SET created_repo = ? WHERE id = ? AND lease_owner = ? AND status = ?",
+            (repo_id, job_id, worker, RUNNING),
+        )
+        if cur.rowcount != 1:
+            return False
+        _log(db, job_id, f"creating {repo_id}")
+        return True
+
+
+def claim_cleanup(store: Store, *, hold: float) -> Cleanup | None:
+    """The next due cleanup, its try counted and held ``hold`` seconds (due again after
+    that, should its worker die); None when there is none."""
+    now = time.time()
+    with store.write() as db:
+        row = db.execute(
+            """
+            UPDATE repo_cleanups SET tries = tries + 1, not_before = :now + :hold
+            WHERE job_id = (
+                SELECT c.job_id FROM repo_cleanups c JOIN jobs j ON j.id = c.job_id
+                WHERE c.outcome IS NULL AND c.not_before <= :now
+                  AND NOT EXISTS (
+                      SELECT 1 FROM jobs r WHERE r.recipe_id = j.recipe_id
+                      AND r.status = :running AND r.lease_expires >= :now)
+                ORDER BY c.job_id LIMIT 1)
+            RETURNING job_id, repo_id, tries
+            """,
+            {"now": now, "hold": hold, "running": RUNNING},
+        ).fetchone()
+    return Cleanup(row["job_id"], row["repo_id"], row["tries"]) if row else None
+
+
+def settle_cleanup(
+    store: Store, job_id: int, line: str, *, outcome: str | None = None, retry_in: float = 0.0
+) -> None:
+    """Log ``line`` to the job; end its cleanup with ``outcome``, or with None make it
+    due again in ``retry_in`` seconds."""
+    with store.write() as db:
+        db.execute(
+            "UPDATE repo_cleanups SET outcome = ?, not_before = ? WHERE job_id = ?",
+            (outcome, time.time() + retry_in, job_id),
+        )
+        _log(db, job_id, line)
+
+
 def log(store: Store, job_id: int, line: str) -> None:
     """Append a line to a job's log."""
     store.append_log(job_id, line)
+
+
+def _schedule_cleanup(db: sqlite3.Connection, job_id: int) -> None:
+    """Queue the cleanup of the repo the job recorded creating, if any."""
+    db.execute(
+        "INSERT OR IGNORE INTO repo_cleanups (job_id, repo_id)"
+        " SELECT id, created_repo FROM jobs WHERE id = ? AND created_repo IS NOT NULL",
+        (job_id,),
+    )
 
 
 def _log(db: sqlite3.Connection, job_id: int, line: str) -> None:

@@ -95,6 +95,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        -- the target repo a job is about to create, recorded before it creates it
+        ALTER TABLE jobs ADD COLUMN created_repo TEXT;
+        CREATE TABLE repo_cleanups (        -- created repos of jobs that ended unsuccessfully
+            job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+            repo_id TEXT NOT NULL,
+            tries INTEGER NOT NULL DEFAULT 0,
+            not_before REAL NOT NULL DEFAULT 0,
+            outcome TEXT                    -- NULL while pending: deleted, kept, abandoned
+        );
+        CREATE INDEX repo_cleanups_pending ON repo_cleanups(outcome, not_before);
+        """,
+    ),
 )
 
 
@@ -152,6 +167,8 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    created_repo: str | None
+    """The target repo this job recorded it would create (see :mod:`bot.cleanup`)."""
 
     def to_api(self) -> dict:
         return {
@@ -212,6 +229,7 @@ def job_from_row(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        created_repo=row["created_repo"],
     )
 
 

@@ -16,6 +16,10 @@ Contracts of :meth:`Worker.process`:
   whatever the outcome. A killed worker's dir is removed by the job's next attempt as it
   starts, or, when no attempt is left, by the worker that gives the job up before its
   next claim; a worker also sweeps the dirs no live lease owns when it starts.
+- The job records its target repo before creating it; a later attempt that finds it
+  treats it as its own. Between jobs a worker runs the due repo cleanups of jobs that
+  ended without success (:mod:`bot.cleanup`): a repo such a job created is deleted if it
+  holds nothing beyond its creation.
 
 :class:`WebhookSync` makes the bot's Hub webhooks (those pointing at its public URL) match
 the sources of live watched recipes: one webhook per source repo, created when missing,
@@ -39,8 +43,8 @@ from huggingface_hub import HfApi
 
 from merge_engine.errors import InputError, SourceError
 
-from . import queue, workdirs
-from .errors import is_transient
+from . import cleanup, queue, workdirs
+from .errors import BotError, is_transient
 from .publish import PublishRequest, PublishResult, merge_and_publish, resolve_revisions
 from .settings import Settings
 from .store import Job, Recipe, Store
@@ -133,8 +137,9 @@ class Worker:
         log.info("worker %s stopped", self.name)
 
     def run_once(self) -> Job | None:
-        """Give up on jobs out of attempts (removing their work dirs), then claim and
-        process one job; the claimed job (before processing), or None."""
+        """Give up on jobs out of attempts (removing their work dirs), claim and process
+        one job, then run the due repo cleanups; the claimed job (before processing), or
+        None."""
         for job_id in queue.give_up(self.store, max_attempts=self.settings.max_attempts):
             workdirs.remove(self.settings.work_root, job_id)
         job = queue.claim(
@@ -145,6 +150,7 @@ class Worker:
         )
         if job is not None:
             self.process(job)
+        cleanup.clean_repos(self.settings, self.store)
         return job
 
     def process(self, job: Job) -> None:
@@ -184,6 +190,8 @@ class Worker:
                     trigger=_commit_title(job),
                     provenance=_provenance(job, recipe),
                     job_key=f"job-{job.id}",
+                    repo_created_earlier=job.created_repo == recipe.repo_id,
+                    before_create=lambda: self._record_created_repo(job, recipe.repo_id),
                     device=settings.device,
                 ),
                 lease.report,
@@ -217,6 +225,10 @@ class Worker:
                 commit=result.commit_sha,
                 success=True,
             )
+
+    def _record_created_repo(self, job: Job, repo_id: str) -> None:
+        if not queue.record_created_repo(self.store, job.id, self.name, repo_id):
+            raise BotError(f"the lease of job {job.id} was lost before {repo_id} was created")
 
     def _finish(
         self,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot import queue
+from bot import store as store_module
 from bot.settings import Settings, SettingsError
 from bot.store import MIGRATIONS, Store
 
@@ -220,3 +221,67 @@ def test_settings_from_env_and_repr_hides_secrets(tmp_path: Path):
         Settings.from_env({"MERGEBOT_MAX_MODELS": "many"})
     with pytest.raises(SettingsError, match="positive"):
         Settings.from_env({"MERGEBOT_MAX_ATTEMPTS": "0"})
+
+
+def test_migrating_a_version_1_database_keeps_its_jobs(tmp_path: Path, monkeypatch):
+    old = Store(tmp_path / "old.sqlite3")
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
+        assert old.migrate() == 1
+        with old.write() as conn:  # a job of version 1, without the later columns
+            recipe = old.add_recipe(conn, owner="alice", yaml="x", repo_id="bot/m",
+                                    private=False, watch=False, sources=[])
+            conn.execute("INSERT INTO jobs (recipe_id, owner, trigger, status, created_at)"
+                         " VALUES (?, 'alice', 't', 'queued', 0)", (recipe,))
+    assert old.migrate() == MIGRATIONS[-1][0]
+    job = queue.claim(old, "w", lease=30, max_attempts=3)
+    assert job.created_repo is None and job.trigger == "t"
+
+
+def fail_having_created(store: Store, recipe: int, repo: str = "bot/m") -> int:
+    """A job that recorded creating ``repo``, then failed: its cleanup is pending."""
+    job_id, _ = enqueue(store, recipe)
+    assert queue.claim(store, "w", lease=30, max_attempts=3).id == job_id
+    assert queue.record_created_repo(store, job_id, "w", repo)
+    assert queue.finish(store, job_id, "w", queue.FAILED, error="boom")
+    return job_id
+
+
+def test_a_pending_cleanup_holds_back_the_recipes_next_job(db: Store):
+    recipe = new_recipe(db)
+    failed = fail_having_created(db, recipe)
+    assert queue.claim(db, "w", lease=30, max_attempts=3) is None
+    waiting, _ = enqueue(db, recipe)
+    other, _ = enqueue(db, new_recipe(db, repo="bot/other"))
+    assert queue.claim(db, "w", lease=30, max_attempts=3).id == other  # other recipes run
+    cleanup = queue.claim_cleanup(db, hold=30)
+    assert cleanup == queue.Cleanup(failed, "bot/m", 1)
+    assert queue.claim_cleanup(db, hold=30) is None  # held by the first claimer
+    assert queue.claim(db, "w", lease=30, max_attempts=3) is None
+    queue.settle_cleanup(db, failed, "deleted", outcome=queue.DELETED)
+    assert queue.claim(db, "w", lease=30, max_attempts=3).id == waiting
+
+
+def test_a_cleanup_waits_for_a_running_job_of_its_recipe(db: Store):
+    recipe = new_recipe(db)
+    first, _ = enqueue(db, recipe)
+    assert queue.claim(db, "dead", lease=0.01, max_attempts=1).id == first
+    assert queue.record_created_repo(db, first, "dead", "bot/m")
+    assert not queue.record_created_repo(db, first, "someone-else", "bot/m")  # fenced
+    time.sleep(0.03)
+    second, _ = enqueue(db, recipe)
+    assert queue.claim(db, "alive", lease=30, max_attempts=1).id == second
+    assert queue.give_up(db, max_attempts=1) == [first]  # its cleanup is now pending
+    assert queue.claim_cleanup(db, hold=30) is None  # the second job is merging
+    assert queue.finish(db, second, "alive", queue.SUCCEEDED, commit="c")
+    assert queue.claim_cleanup(db, hold=30) == queue.Cleanup(first, "bot/m", 1)
+
+
+def test_a_failed_cleanup_try_is_due_again_after_its_delay(db: Store):
+    failed = fail_having_created(db, new_recipe(db))
+    assert queue.claim_cleanup(db, hold=30).tries == 1
+    queue.settle_cleanup(db, failed, "could not delete bot/m: HTTP 500", retry_in=0.05)
+    assert queue.claim_cleanup(db, hold=30) is None
+    time.sleep(0.06)
+    assert queue.claim_cleanup(db, hold=30).tries == 2
+    assert db.log_tail(failed)[-1] == "could not delete bot/m: HTTP 500"

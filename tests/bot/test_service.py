@@ -256,10 +256,12 @@ def test_kill_9_worker_mid_merge_still_one_commit(sources: Hub, bot_factory):
     assert done["status"] == "succeeded" and done["attempts"] == 2
     assert any("attempt 2 claimed" in line for line in done["log"])
     assert len(job_commits(sources, f"{BOT}/crash")) == 1
+    titles = [c.title for c in sources.api(BOT).list_repo_commits(f"{BOT}/crash")]
+    assert titles == ["Submitted by @alice", "initial commit"]  # the repo, then one merge
     assert not list((bot.home / "work").glob(f"job-{job}-*"))
 
 
-def test_kill_9_worker_of_a_last_attempt_then_given_up_leaves_no_work_dir(
+def test_kill_9_worker_of_a_last_attempt_then_given_up_leaves_no_work_dir_nor_repo(
     sources: Hub, bot_factory
 ):
     sources.options["bandwidth_mbps"] = 0.06
@@ -276,6 +278,10 @@ def test_kill_9_worker_of_a_last_attempt_then_given_up_leaves_no_work_dir(
     failed = wait_for(lambda: bot.job(job)["status"] == "failed" and bot.job(job), timeout=60)
     assert "in 1 attempt(s); giving up" in failed["error"]
     assert not list((bot.home / "work").glob(f"job-{job}-*"))
+    # The repo the dead attempt created holds nothing of ours: the worker deletes it.
+    wait_for(lambda: not sources.api(BOT).repo_exists(f"{BOT}/given-up"), timeout=30)
+    assert f"{BOT}/given-up, which this job created and left empty, no longer exists" in (
+        bot.job(job)["log"])
 
 
 def test_restart_with_queued_jobs_runs_them(sources: Hub, bot_factory):

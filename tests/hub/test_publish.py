@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx2
 import pytest
 import yaml
-from huggingface_hub import snapshot_download
+from huggingface_hub import CommitOperationAdd, snapshot_download
 
-from bot.errors import TransientError
+from bot.errors import BotError, TransientError
 from bot.publish import PublishRequest, merge_and_publish
 from merge_engine import PlanError, SourceError, run_merge
 from merge_engine.synth import write_model
@@ -180,3 +180,36 @@ def test_the_same_job_key_never_commits_twice(family, tmp_path):
     again = publish(family, tmp_path / "b", job_key="job-7")
     assert again.reused_commit and again.commit_sha == first.commit_sha
     assert len(family.hub.api("alice").list_repo_commits("alice/merged")) == 2
+
+
+def test_before_create_is_called_only_when_the_repo_is_created(family, tmp_path):
+    api = family.hub.api("alice")
+    seen = []
+    publish(family, tmp_path / "a", before_create=lambda: seen.append(
+        api.repo_exists("alice/merged")))
+    assert seen == [False]  # recorded before the repo existed
+    publish(family, tmp_path / "b", before_create=lambda: seen.append("again"))
+    assert seen == [False]
+
+
+def test_a_repo_an_earlier_attempt_created_is_deleted_when_this_one_fails(family, tmp_path):
+    api = family.hub.api("alice")
+    api.create_repo("alice/merged")  # made by the job's first attempt, which then died
+    family.hub.add_fault(r"/commit/", 403, count=1)
+    with pytest.raises(BotError, match="could not commit to alice/merged"):
+        publish(family, tmp_path, repo_created_earlier=True)
+    assert not api.repo_exists("alice/merged")
+
+
+def test_a_failed_publish_keeps_a_repo_it_created_once_someone_committed(family, tmp_path):
+    api = family.hub.api("alice")
+
+    def someone_commits(stage, fraction):
+        if stage == "resolving" and fraction == 1.0:  # the repo is created, its head read
+            api.create_commit("alice/merged", [CommitOperationAdd("notes.md", b"mine")],
+                              commit_message="notes")
+
+    with pytest.raises(TransientError, match="the repo changed while the merge ran"):
+        publish(family, tmp_path, progress=someone_commits)
+    assert [c.title for c in api.list_repo_commits("alice/merged")] == [
+        "notes", "initial commit"]
