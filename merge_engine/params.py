@@ -72,6 +72,8 @@ def _kind(raw: object) -> str:
     return f"{raw!r}"
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest float32: parameters are used in float32 math."""
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 """``1e-3``: YAML 1.2 and people read it as a number, PyYAML (YAML 1.1) as a string."""
 
@@ -79,11 +81,15 @@ _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 def _scalar(raw: object, loc: str) -> Scalar:
     if isinstance(raw, str) and _EXPONENT_FLOAT.fullmatch(raw.strip()):
         raw = float(raw)
-    if isinstance(raw, bool | int | str):
+    if isinstance(raw, bool | str):
         return raw
-    if isinstance(raw, float):
-        if not math.isfinite(raw):
+    if isinstance(raw, int | float):
+        if isinstance(raw, float) and not math.isfinite(raw):
             raise RecipeError(loc, f"expected a finite number, got {raw}")
+        if abs(raw) > FLOAT32_MAX:
+            raise RecipeError(loc, f"{raw:g} is out of float32 range (the merge's math); "
+                                   f"expected a number between -{FLOAT32_MAX:.4g} and "
+                                   f"{FLOAT32_MAX:.4g}")
         return raw
     raise RecipeError(loc, f"expected {_SHAPES}; got {_kind(raw)}")
 
