@@ -408,9 +408,10 @@ def test_lora_and_read_dtype_in_passes(tmp_path, monkeypatch, spy):
 
 
 def test_nan_in_passes_fails_and_leaves_nothing(family, tmp_path, monkeypatch, spy):
-    base, d1, _ = family
+    base, _, _ = family
     tiny_chunks(monkeypatch)
-    text = recipe_text("breadcrumbs", base, [(d1, {"weight": "1.0e+40", "density": 0.5})])
+    huge = write_model(tmp_path / "huge", TINY, donor=1, delta_scale=1e37)
+    text = recipe_text("breadcrumbs", base, [(huge, {"weight": 1000, "density": 0.5})])
     with pytest.raises(MergeError, match="produced NaN or infinite values"):
         run_merge(text, tmp_path / "out", device="cpu")
     assert spy
