@@ -3,9 +3,11 @@
 Front matter follows the Hub's model-card metadata (``base_model`` list of the Hub repos
 merged, ``base_model_relation: merge``, ``tags``, ``library_name``, ``pipeline_tag``,
 ``license``) plus a machine-readable ``merge`` block: the base model and every donor with
-its exact revision (and LoRA adapter), the recipe-wide ``parameters`` and, for a
-``slices:`` recipe, every slice with each source's ``layer_range`` and parameters. The body
-says the same in tables, then gives the recipe pinned to the revisions merged.
+its exact revision (and LoRA adapter), the recipe-wide ``parameters``, for a ``slices:``
+recipe every slice with each source's ``layer_range`` and parameters and, for a multi-part
+``modules:`` recipe, every module with its own models, parameters and slices. The body
+says the same in tables (a section per module), then gives the recipe pinned to the
+revisions merged.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from .plan import Plan
 from .sources import Source
 from .summary import (
     ModelRow,
+    Part,
     SliceRow,
     fmt,
     formula,
     license_note,
     licenses,
     model_rows,
+    parts,
     plain,
     recipe_parameters,
     slice_rows,
@@ -87,12 +91,35 @@ def _entry(source: Source) -> dict:
     return entry
 
 
-def _uses(row: ModelRow, sliced: bool) -> dict:
-    """Where a model is used: with slices, the slices using it (their entries give its
-    parameters there); else its parameters (a donor's)."""
-    if sliced:
+def _uses(row: ModelRow, plan: Plan) -> dict:
+    """Where a model is used: with modules, the modules merging it; with slices, the slices
+    using it (their entries give its parameters there); else its parameters (a donor's)."""
+    if plan.recipe.parts:
+        return {"modules": list(row.modules)}
+    if plan.recipe.slices is not None:
         return {"slices": list(row.slices)}
     return {"parameters": row.values} if row.role == "donor" else {}
+
+
+def _inputs_entry(plan: Plan) -> dict:
+    """``base_model`` (when the method has one) and ``models``: each input with its
+    revision and where it is used."""
+    entry: dict = {}
+    pairs = list(zip(model_rows(plan), plan.sources, strict=True))
+    for row, source in pairs:
+        if row.role == "base":
+            entry["base_model"] = {**_entry(source), **_uses(row, plan)}
+    entry["models"] = [{**_entry(s), **_uses(r, plan)} for r, s in pairs if r.role == "donor"]
+    return entry
+
+
+def _module_entry(part: Part) -> dict:
+    """One module for ``merge.modules``: its inputs, its own ``parameters`` and slices."""
+    entry = _inputs_entry(part.plan)
+    entry["parameters"] = {k: plain(v) for k, v in part.plan.recipe.module_parameters.items()}
+    if part.plan.recipe.slices is not None:
+        entry["slices"] = [_slice_entry(part.plan, row) for row in slice_rows(part.plan)]
+    return entry
 
 
 def _slice_entry(plan: Plan, row: SliceRow) -> dict:
@@ -114,7 +141,6 @@ def _slice_entry(plan: Plan, row: SliceRow) -> dict:
 
 def front_matter(plan: Plan, seed: int | None) -> dict:
     """The card's YAML metadata."""
-    rows = model_rows(plan)
     license_id, _ = _license(plan)
     meta: dict = {}
     hub_ids = _hub_ids(plan)
@@ -128,18 +154,15 @@ def front_matter(plan: Plan, seed: int | None) -> dict:
     tag = _pipeline_tag(plan)
     if tag:
         meta["pipeline_tag"] = tag
-    sliced = plan.recipe.slices is not None
-    block: dict = {"method": plan.recipe.merge_method, "engine": f"mergebot {__version__}"}
-    pairs = list(zip(rows, plan.sources, strict=True))
-    for row, source in pairs:
-        if row.role == "base":
-            block["base_model"] = {**_entry(source), **_uses(row, sliced)}
-    block["models"] = [{**_entry(s), **_uses(r, sliced)} for r, s in pairs if r.role == "donor"]
+    block: dict = {"method": plan.recipe.merge_method, "engine": f"mergebot {__version__}",
+                   **_inputs_entry(plan)}
     parameters = recipe_parameters(plan)
     if parameters:
         block["parameters"] = {k: plain(v) for k, v in parameters.items()}
-    if sliced:
+    if plan.recipe.slices is not None:
         block["slices"] = [_slice_entry(plan, row) for row in slice_rows(plan)]
+    if plan.recipe.parts:
+        block["modules"] = {part.name: _module_entry(part) for part in parts(plan)}
     if seed is not None:
         block["random_seed"] = seed
     meta["merge"] = block
@@ -182,11 +205,43 @@ def _params_text(params: dict) -> str:
     return ", ".join(f"{k}: {fmt(v)}" for k, v in params.items()) or "-"
 
 
-def _slices_table(plan: Plan, hub: str) -> list[str]:
+def _models_table(rows: list[ModelRow], hub: str) -> list[str]:
+    """A row per input: role, model and revision linked, weight, other parameters."""
+    lines = ["| role | model | revision | weight (alpha) | other parameters |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        model, rev = _model_cells(r, hub)
+        others = ", ".join(f"{k}: {v}" for k, v in r.others.items()) or "-"
+        lines.append(f"| {r.role} | {model} | {rev} | {r.weight or '-'} | {others} |")
+    return lines
+
+
+def _modules_table(rows: list[ModelRow], hub: str) -> list[str]:
+    """A row per input of a multi-part recipe: role, model and revision, its modules."""
+    lines = ["| role | model | revision | modules |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        model, rev = _model_cells(r, hub)
+        lines.append(f"| {r.role} | {model} | {rev} | {', '.join(r.modules)} |")
+    return lines
+
+
+def _module_section(part: Part, hub: str) -> list[str]:
+    """One module: its formula, its models table, its own parameters and its slices."""
+    view = part.plan
+    lines = [f"## Module `{part.name}`", "", "```text", formula(view), "```", "",
+             *_models_table(model_rows(view), hub)]
+    if view.recipe.module_parameters:
+        lines += ["", f"Module parameters: {_params_text(view.recipe.module_parameters)}."]
+    if view.recipe.slices is not None:
+        lines += ["", *_slices_table(view, hub, f"### Slices of `{part.name}`")]
+    return lines
+
+
+def _slices_table(plan: Plan, hub: str, heading: str = "## Slices") -> list[str]:
     """The Slices section: a row per source of each slice (slice columns on its first)."""
     global_names = plan.method.global_params
     lines = [
-        "## Slices", "",
+        heading, "",
         "Each slice makes the output layers shown from the same number of layers of each of "
         "its sources; ranges are `[start, end]` with the end excluded, as in the recipe. "
         "Models link to the exact revision merged.", "",
@@ -223,17 +278,16 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
     what = (f"a `{plan.recipe.merge_method}` merge of {', '.join(donors)}"
             + (f" onto {base}" if base else ""))
     meta = yaml.dump(front_matter(plan, seed), Dumper=_Dumper, sort_keys=False).rstrip()
-    lines = [
-        "---", meta, "---", "",
-        f"# {title}", "", f"This model is {what}, made with mergebot.", "",
-        "## Merge", "", "```text", formula(plan), "```", "",
-        "| role | model | revision | weight (alpha) | other parameters |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        model, rev = _model_cells(r, hub)
-        others = ", ".join(f"{k}: {v}" for k, v in r.others.items()) or "-"
-        lines.append(f"| {r.role} | {model} | {rev} | {r.weight or '-'} | {others} |")
+    modules = parts(plan)
+    intro = f"This model is {what}, made with mergebot."
+    if modules:
+        intro += (f" Each of its modules ({', '.join(part.name for part in modules)}) is merged "
+                  "with its own models and parameters, shown below.")
+    lines = ["---", meta, "---", "", f"# {title}", "", intro, "", "## Merge", ""]
+    if modules:
+        lines += _modules_table(rows, hub)
+    else:
+        lines += ["```text", formula(plan), "```", "", *_models_table(rows, hub)]
     parameters = recipe_parameters(plan)
     if parameters:
         lines += ["", f"Recipe-wide parameters: {_params_text(parameters)}."]
@@ -243,6 +297,8 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
         lines += ["", "Warnings from the merge:", ""] + [f"- {w}" for w in plan.warnings]
     if plan.recipe.slices is not None:
         lines += ["", *_slices_table(plan, hub)]
+    for part in modules:
+        lines += ["", *_module_section(part, hub)]
     seed_flag = f" --random-seed {seed}" if seed is not None else ""
     lines += [
         "", "## Recipe", "", "```yaml", plan.recipe.text.rstrip(), "```", "",

@@ -15,7 +15,15 @@ import traceback
 from . import __version__
 from .api import DEFAULT_SHARD_BYTES, run_merge, validate
 from .errors import MergeEngineError
-from .summary import fmt, formula, model_rows
+from .summary import (
+    ModelRow,
+    fmt,
+    formula,
+    license_warning,
+    licenses,
+    model_rows,
+    parts,
+)
 
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -84,22 +92,38 @@ def _validate(args: argparse.Namespace) -> int:
     plan = validate(args.recipe)
     print(formula(plan))
     print()
+    found = licenses(plan)
     for row, source in zip(model_rows(plan), plan.sources, strict=True):
-        params = ", ".join([f"weight {row.weight}"] * bool(row.weight)
-                           + [f"{k} {v}" for k, v in row.others.items()])
-        license_id = source.card_data.get("license", "license unknown")
-        print(f"  {row.role:5}  {row.name}  @ {row.revision or 'local'}  {params}  "
+        used = f"modules {', '.join(row.modules)}" if plan.recipe.parts else _params(row)
+        license_id = found[source.ref.path] or "license unknown"
+        if source.adapter is not None:
+            license_id += f"; LoRA {found[source.adapter.name] or 'license unknown'}"
+        print(f"  {row.role:5}  {row.name}  @ {row.revision or 'local'}  {used}  "
               f"({license_id}, {_source_bytes(source) / 1e9:.2f} GB)")
     globals_ = ", ".join(f"{k} {fmt(v)}" for k, v in plan.recipe.parameters.items()
                          if k not in plan.method.model_params)
     if globals_:
         print(f"  global parameters: {globals_}")
+    for part in parts(plan):
+        own = ", ".join(f"{k} {fmt(v)}" for k, v in part.plan.recipe.module_parameters.items())
+        print(f"  module {part.name}" + (f" (parameters: {own})" if own else "") + ":")
+        for row in model_rows(part.plan):
+            print(f"    {row.role:5}  {row.name}  {_params(row)}")
     print()
     print(f"{len(plan.tasks)} tensors, {plan.parameter_count:,} parameters, output "
           f"{plan.output_bytes / 1e9:.2f} GB as {str(plan.out_dtype).removeprefix('torch.')}")
     for warning in plan.warnings:
         print(f"warning: {warning}")
+    note = license_warning(plan)
+    if note:
+        print(f"warning: {note}")
     return 0
+
+
+def _params(row: ModelRow) -> str:
+    """``weight 0.3, density 0.5`` of one model row."""
+    return ", ".join([f"weight {row.weight}"] * bool(row.weight)
+                     + [f"{k} {v}" for k, v in row.others.items()])
 
 
 def _source_bytes(source) -> int:

@@ -1,11 +1,14 @@
-"""What a plan will compute, in words people read: the formula, a row per model and, for a
-``slices:`` recipe, a row per slice with the parameters of each of its sources."""
+"""What a plan will compute, in words people read: the formula, a row per model, for a
+``slices:`` recipe a row per slice with the parameters of each of its sources and, for a
+multi-part ``modules:`` recipe, each module as its own plan (:func:`parts`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .architecture import module_of
 from .methods.registry import REQUIRED
 from .params import FilterList, Gradient, ParamValue
 from .plan import Plan
@@ -42,6 +45,8 @@ class ModelRow:
     """The commit SHA the adapter was pinned to (None: local, or no adapter)."""
     slices: tuple[int, ...] = ()
     """The slices that use this model (none for a recipe without slices)."""
+    modules: tuple[str, ...] = ()
+    """The modules that merge this model (none for a single-part recipe)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,33 @@ class SliceRow:
     layers: tuple[int, int]
     sources: tuple[SliceSourceRow, ...]
     parameters: Mapping[str, ParamValue]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One module of a multi-part recipe (``text_decoder``, ``vision_tower``, ...)."""
+
+    name: str
+    plan: Plan
+    """The module seen as a plan of its own, for the summary only: the module's recipe,
+    its inputs and their sources, and the output tensors of this module (whose input
+    indices stay the whole plan's)."""
+    sources: tuple[int, ...]
+    """For each of :attr:`plan`'s sources, its index in the whole plan's sources."""
+
+
+def parts(plan: Plan) -> list[Part]:
+    """The modules of a multi-part recipe in recipe order; empty for a single-part one."""
+    index = {ref_key(m.ref): i for i, m in enumerate(plan.models)}
+    found = []
+    for part in plan.recipe.parts:
+        models = part.inputs()
+        idx = tuple(index[ref_key(m.ref)] for m in models)
+        view = dataclasses.replace(
+            plan, recipe=part, models=models, sources=tuple(plan.sources[i] for i in idx),
+            tasks=[t for t in plan.tasks if module_of(t.out.name) == part.part])
+        found.append(Part(part.part, view, idx))
+    return found
 
 
 def fmt(value: ParamValue | object) -> str:
@@ -141,34 +173,48 @@ def slice_rows(plan: Plan) -> list[SliceRow]:
     return rows
 
 
+def _input_uses(plan: Plan) -> list[tuple[int, dict[str, ParamValue] | None, int | None]]:
+    """Every use of an input: (source index, its effective per-model parameters there or
+    None where it is the base, its slice or None)."""
+    recipe = plan.recipe
+    if recipe.slices is None:
+        wide = [recipe.module_parameters, recipe.parameters]
+        return [(i, None if plan.has_base and i == 0 else _effective(plan, [m.parameters, *wide]),
+                 None) for i, m in enumerate(plan.models)]
+    return [(src.source, src.params if src.role == "donor" else None, row.index)
+            for row in slice_rows(plan) for src in row.sources]
+
+
 def model_rows(plan: Plan) -> list[ModelRow]:
     """A row per input: the base first (if any), with its effective per-model parameters
-    (with slices, over every slice that merges it)."""
-    recipe = plan.recipe
+    (with slices, over every slice that merges it; with modules, over every module)."""
     count = len(plan.sources)
     uses: list[list[dict[str, ParamValue]]] = [[] for _ in range(count)]
     used_in: list[list[int]] = [[] for _ in range(count)]
-    if recipe.slices is None:
-        for i, model in enumerate(plan.models):
-            uses[i].append(_effective(plan, [model.parameters, recipe.module_parameters,
-                                             recipe.parameters]))
-    for row in slice_rows(plan):
-        for src in row.sources:
-            used_in[src.source].append(row.index)
-            if src.role == "donor":
-                uses[src.source].append(src.params)
+    modules: list[list[str]] = [[] for _ in range(count)]
+    if plan.recipe.parts:
+        found = [(part.sources[k], params, None, part.name) for part in parts(plan)
+                 for k, params, _ in _input_uses(part.plan)]
+    else:
+        found = [(i, params, out_slice, None) for i, params, out_slice in _input_uses(plan)]
+    for i, params, out_slice, module in found:
+        if params is not None:
+            uses[i].append(params)
+        if out_slice is not None:
+            used_in[i].append(out_slice)
+        if module is not None:
+            modules[i].append(module)
     rows = []
     for i, source in enumerate(plan.sources):
-        is_base = plan.has_base and i == 0
-        mine = [] if is_base and recipe.slices is None else uses[i]
+        mine = uses[i]
         weight, others = _shown(plan, mine)
         same = bool(mine) and all(use == mine[0] for use in mine)
         adapter = source.adapter.name if source.adapter is not None else None
-        rows.append(ModelRow("base" if is_base else "donor", source.name, source.revision,
-                             weight, others,
+        rows.append(ModelRow("base" if plan.has_base and i == 0 else "donor", source.name,
+                             source.revision, weight, others,
                              {k: plain(v) for k, v in mine[0].items()} if same else {},
                              source.ref.path, adapter, source.adapter_revision,
-                             tuple(dict.fromkeys(used_in[i]))))
+                             tuple(dict.fromkeys(used_in[i])), tuple(dict.fromkeys(modules[i]))))
     return rows
 
 
@@ -196,8 +242,12 @@ def _weighted(plan: Plan, terms: list[tuple[str, str]], blocks: Blocks) -> str:
 
 def formula(plan: Plan) -> str:
     """The merge written out with the real numbers and short model names; with slices
-    whose numbers differ, one line per slice (``slice 1: merged = ...``)."""
+    whose numbers differ, one line per slice (``slice 1: merged = ...``); with modules,
+    each module's lines (``vision_tower: merged = ...``)."""
     recipe, name = plan.recipe, plan.recipe.merge_method
+    if recipe.parts:
+        return "\n".join(f"{part.name}: {line}" for part in parts(plan)
+                         for line in formula(part.plan).splitlines())
     short = [s.short_name for s in plan.sources]
     if name not in TASK_ARITHMETIC_FAMILY and name != "linear":
         return f"merged = {name}({', '.join(short)})"
@@ -232,26 +282,35 @@ def license_note(found: Mapping[str, str | None]) -> str:
     return f"the sources have different licenses ({named}); check each before use"
 
 
+def license_warning(plan: Plan) -> str | None:
+    """:func:`license_note` when the models and adapters do not all have one license."""
+    found = licenses(plan)
+    return license_note(found) if len({v or "unknown" for v in found.values()}) > 1 else None
+
+
+def _row_json(row: ModelRow) -> dict:
+    """A model row as JSON: role, name, revision, weight, other parameters."""
+    return {"role": row.role, "name": row.name, "revision": row.revision,
+            "weight": row.weight, "others": row.others}
+
+
 def plan_json(plan: Plan) -> dict:
     """A plan as plain JSON (the bot's ``POST /api/validate`` answer and the Space's
     check): method, formula, models (revision, weight, license, bytes), output size and
-    warnings, a license warning included when the models and adapters disagree."""
+    warnings, a license warning included when the models and adapters disagree; for a
+    multi-part recipe, ``modules``: each module's formula, parameters and models."""
     models = []
     for row, source in zip(model_rows(plan), plan.sources, strict=True):
         models.append({
-            "role": row.role,
-            "name": row.name,
-            "revision": row.revision,
-            "weight": row.weight,
-            "others": row.others,
+            **_row_json(row),
             "license": source.card_data.get("license"),
             "bytes": sum(t.end - t.begin for t in source.tensors.values()),
         })
     warnings = list(plan.warnings)
-    found = licenses(plan)
-    if len({v or "unknown" for v in found.values()}) > 1:
-        warnings.append(license_note(found))
-    return {
+    note = license_warning(plan)
+    if note:
+        warnings.append(note)
+    answer = {
         "ok": True,
         "method": plan.recipe.merge_method,
         "formula": formula(plan),
@@ -261,3 +320,12 @@ def plan_json(plan: Plan) -> dict:
         "parameter_count": plan.parameter_count,
         "warnings": warnings,
     }
+    if plan.recipe.parts:
+        answer["modules"] = [{
+            "name": part.name,
+            "formula": formula(part.plan),
+            "parameters": {k: fmt(v) for k, v in part.plan.recipe.module_parameters.items()},
+            "models": [_row_json(row) for row in model_rows(part.plan)],
+            "parameter_count": part.plan.parameter_count,
+        } for part in parts(plan)]
+    return answer

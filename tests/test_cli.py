@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from merge_engine.cli import main, parse_size
 from merge_engine.synth import write_model
 
 from .conftest import TINY, load_model, recipe_text
+from .test_lora import write_adapter
 
 
 def run_cli(*args, cwd=None):
@@ -43,6 +45,20 @@ def test_validate_prints_the_plan_without_merging(family, tmp_path, capsys):
     assert "density 0.5" in out
     assert f"{len(TINY.tensors())} tensors" in out
     assert "GB as bfloat16" in out
+
+
+def test_validate_shows_a_lora_adapters_license(family, tmp_path, capsys):
+    base, d1, _ = family
+    adapter = write_adapter(tmp_path / "adapter")
+    (adapter / "README.md").write_text("---\nlicense: mit\n---\n# LoRA\n")
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(recipe_text("task_arithmetic", base,
+                                  [(Path(f"{d1}+{adapter}"), {"weight": 0.5})]))
+    assert main(["validate", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert f"  donor  {d1}+{adapter}  @ local  weight 0.5  (license unknown; LoRA mit, " in out
+    assert (f"warning: the sources have different licenses ({base}: unknown, {d1}: unknown, "
+            f"{adapter}: mit); check each before use\n") in out
 
 
 BAD_RECIPES = {
@@ -94,7 +110,8 @@ def test_shape_mismatch_exit_2_and_nan_exit_1(family, tmp_path):
     recipe.write_text(recipe_text("task_arithmetic", base, [(wide, {"weight": 1.0})]))
     code, _, err = run_cli("run", recipe, tmp_path / "out")
     assert code == 2 and "has shape" in err
-    recipe.write_text(recipe_text("task_arithmetic", base, [(d1, {"weight": "1.0e+40"})]))
+    huge = write_model(tmp_path / "huge", TINY, donor=1, delta_scale=1e37)
+    recipe.write_text(recipe_text("task_arithmetic", base, [(huge, {"weight": 1000})]))
     code, _, err = run_cli("run", recipe, tmp_path / "out")
     assert code == 1 and "NaN or infinite" in err and "Traceback" not in err
     code, _, err = run_cli("run", recipe, tmp_path / "out", "-v")
