@@ -66,8 +66,28 @@ def _pipeline_tag(plan: Plan) -> str | None:
     reference = plan.sources[0]
     if reference.card_data.get("pipeline_tag"):
         return reference.card_data["pipeline_tag"]
+    if _is_vision_language(plan):
+        return "image-text-to-text"
     arch = (reference.config.get("architectures") or [""])[0]
     return "text-generation" if arch.endswith("ForCausalLM") else None
+
+
+def _is_vision_language(plan: Plan) -> bool:
+    """A vision-language model (Llava, Gemma3, Qwen2-VL, ...): its config has a vision part."""
+    config = plan.sources[0].config
+    return "vision_config" in config or plan.recipe.parts != ()
+
+
+def _use_snippet(plan: Plan, model_id: str) -> list[str]:
+    """How to load the output with transformers (a processor for vision-language models)."""
+    if _is_vision_language(plan):
+        auto, pre = "AutoModelForImageTextToText", "AutoProcessor"
+        var = "processor"
+    else:
+        auto, pre, var = "AutoModelForCausalLM", "AutoTokenizer", "tokenizer"
+    return [f"from transformers import {auto}, {pre}", "", f'model_id = "{model_id}"',
+            f"{var} = {pre}.from_pretrained(model_id)",
+            f'model = {auto}.from_pretrained(model_id, dtype="auto")']
 
 
 def _hub_ids(plan: Plan) -> list[str]:
@@ -307,10 +327,7 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
         "```yaml", pinned_recipe(plan).rstrip(), "```", "",
         "```bash", f"merge-engine run recipe.yml ./merged{seed_flag}", "```", "",
         "## Use", "", "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-        f'model_id = "{repo_id or "path/to/this/model"}"',
-        "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-        'model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto")',
+        *_use_snippet(plan, repo_id or "path/to/this/model"),
         "```",
     ]
     if provenance:

@@ -81,6 +81,13 @@ def test_card_records_every_module(llava, tmp_path):
                         ["donor", str(b), "local files", ", ".join(MODULES)]]
     vision = card.split("## Module `vision_tower`")[1]
     assert table_rows(vision, "| role |") == [["donor", str(b), "local files", "0.9", "-"]]
+    # a vision-language model: its pipeline and how to load it, which works
+    assert parse(card).data.pipeline_tag == "image-text-to-text"
+    assert "AutoModelForImageTextToText.from_pretrained(model_id" in card
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out")
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
 
 
 def test_plan_json_and_model_rows_show_each_module(llava):
