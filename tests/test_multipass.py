@@ -14,6 +14,7 @@ from merge_engine import MergeError, run_merge
 from merge_engine.errors import InputError
 from merge_engine.methods import get_method
 from merge_engine.methods.multipass import Chunk
+from merge_engine.methods.radix import RadixSelect, key_value, order_keys
 from merge_engine.methods.reductions import CPU_BLOCK
 from merge_engine.methods.task_arithmetic import (
     RankRange,
@@ -123,6 +124,46 @@ def test_rank_range_is_keep_rank_range(kind):
         assert_same(got, expected)
 
 
+def test_order_keys_sort_like_the_values():
+    x = torch.tensor([-float("inf"), -3.5, -1e-30, -0.0, 0.0, 1e-45, 2.0, float("inf")])
+    keys = order_keys(x)
+    assert (keys[1:] > keys[:-1]).all()
+    assert all(torch.equal(key_value(int(k)), v) and key_value(int(k)).signbit() == v.signbit()
+               for k, v in zip(keys, x, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["normal", "signed few values", "tiny negatives"])
+def test_radix_select_is_kthvalue(kind):
+    """Any ranks of values of any sign, in chunks in any order: torch.kthvalue's values,
+    with how many lie below and equal them."""
+    rng = random.Random(kind)
+    gen = torch.Generator().manual_seed(len(kind))
+    for _ in range(60):
+        n = rng.randint(1, 700)
+        if kind == "normal":
+            x = torch.randn(n, generator=gen) * 10.0 ** torch.randint(-30, 30, (n,), generator=gen)
+        elif kind == "signed few values":
+            x = torch.randint(-3, 4, (n,), generator=gen).float()
+            x[x == 0] = -0.0
+        else:  # importances a hair below 0, as rounding leaves them, among positives
+            x = torch.randn(n, generator=gen).abs() * (torch.rand(n, generator=gen) - 0.2)
+            x[x < 0] *= 1e-9
+        ranks = [rng.randrange(n) for _ in range(3)]
+        select = RadixSelect(ranks)
+        chunks = list(x.split(rng.randint(1, n)))
+        passes = 0
+        while select.phase != "done":
+            for i in random.Random(passes).sample(range(len(chunks)), len(chunks)):
+                select.add(select.measure(order_keys(chunks[i])))
+            select.finish()
+            passes += 1
+        assert passes == 2
+        for f in select.found:
+            value = key_value(f.key)
+            assert value == torch.kthvalue(x, f.rank + 1).values
+            assert f.below == int((x < value).sum()) and f.equal == int((x == value).sum())
+
+
 def test_rank_range_passes():
     x = torch.randn(100, 10, generator=torch.Generator().manual_seed(1))
     assert rank_range_in_chunks(x, 0, 1000, 7, 0)[1] == 0  # keeps all: no pass
@@ -173,6 +214,8 @@ SUM_CASES = [
     ("nuslerp", 2, {"weight": [0.3, 0.6]}, {}),
     ("multislerp", 3, {"weight": [0.2, 0.5, 0.3]}, {}),
     ("model_stock", 3, {}, {}),
+    ("karcher", 3, {}, {}),
+    ("arcee_fusion", 1, {}, {}),
     ("sce", 3, {}, {}),
     ("sce", 3, {}, {"select_topk": 0.3}),
     ("ramplus_tl", 3, {}, {"epsilon": 0.004}),
@@ -206,9 +249,9 @@ def test_sum_methods_are_bit_identical_on_block_boundaries(name, n_models, model
 
 @pytest.mark.parametrize("name, n_models, model, glob", SUM_CASES)
 def test_sum_methods_are_within_rounding_elsewhere(name, n_models, model, glob):
-    """Chunks that cut reduction blocks change how the float32 block dots round (each
-    accurate to about 1e-9 relative), so the float64 statistics move by about 1e-9
-    relative and the factors made of them likewise; a float32 result then differs by
+    """Chunks that cut reduction blocks change how the float64 block sums round (each
+    accurate to about 1e-16 relative), so the statistics move by about that much and the
+    factors made of them likewise; a float32 result then differs by
     at most one rounding of each term it adds up: 2 ulps of the largest term, bounded
     here by 2 ulps of max(|result|, |inputs|) per element."""
     shape = (2 * CPU_BLOCK // 300 + 7, 300)
@@ -218,6 +261,26 @@ def test_sum_methods_are_within_rounding_elsewhere(name, n_models, model, glob):
     got, _ = in_passes(name, base, donors, model_params, global_params, 97, order=4)
     scale = torch.stack([expected.abs(), base.abs(), *(d.abs() for d in donors)]).amax(0)
     assert ((got - expected).abs() <= 2 * 2.0**-23 * scale).all()
+
+
+def test_arcee_fusion_in_passes_with_negative_importances():
+    """Rows where the donor is the base but for rounding-sized changes have a KL a hair
+    below 0 (negative importances): the quantiles are still exact, the result the same."""
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(300, 40, generator=gen)
+    donor = base.clone()
+    donor[::2] += 0.05 * torch.randn(150, 40, generator=gen)
+    donor[1::2] += 1e-6 * torch.randn(150, 40, generator=gen)
+    kl_terms = torch.softmax(donor, -1) + 1e-8
+    kl = (kl_terms * (kl_terms / (torch.softmax(base, -1) + 1e-8)).log()).sum(-1)
+    assert (kl < 0).sum() > 20
+    model_params, global_params = params("arcee_fusion", 1, [{}])
+    expected = whole("arcee_fusion", base, [donor], model_params, global_params)
+    for step in (1, 7, 300):
+        got, passes = in_passes("arcee_fusion", base, [donor], model_params, global_params,
+                                step, order=step)
+        assert passes == 2
+        assert_same(got, expected)
 
 
 def test_multislerp_cancelling_weights_fail_in_passes_too():
@@ -233,12 +296,37 @@ def test_multislerp_cancelling_weights_fail_in_passes_too():
         in_passes("multislerp", base, donors, model_params, global_params, 7)
 
 
-def test_no_multipass_form():
-    """Variants whose statistics are not sums over whole tensors stay whole."""
-    assert get_method("karcher").multipass is None
+def test_nuslerp_per_last_dim_vector_needs_no_passes():
+    """One angle per vector along the last dim: row-chunks hold whole vectors."""
     model_params, global_params = params("nuslerp", 2, {"weight": 0.5},
-                                         {"nuslerp_flatten": False, "nuslerp_row_wise": True})
+                                         {"nuslerp_flatten": False})
     assert get_method("nuslerp").multipass(global_params, model_params, 100) is None
+    assert get_method("nuslerp").chunkable(global_params, model_params)
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (31, 6, 5)])
+@pytest.mark.parametrize("n_models", [2, 3])  # 3: two donors and a base
+def test_row_wise_nuslerp_in_passes(shape, n_models):
+    """One angle per vector along dim 0: per-column sums over the chunks, added in chunk
+    order whatever order they come in; float64 sums cut elsewhere, so the factors agree
+    to about 1e-16 and the result within the 2-ulp bound of the other sums."""
+    base, donors = bf16_family(shape, 2, seed=sum(shape))
+    if n_models == 2:
+        base = None
+    model_params, global_params = params("nuslerp", 2, [{"weight": 0.3}, {"weight": 0.6}],
+                                         {"nuslerp_flatten": False, "nuslerp_row_wise": True})
+    expected = whole("nuslerp", base, donors, model_params, global_params)
+    inputs = [expected.abs(), *(d.abs() for d in donors)] + ([] if base is None
+                                                              else [base.abs()])
+    scale = torch.stack(inputs).amax(0)
+    for step in (1, 7, shape[0]):
+        got, passes = in_passes("nuslerp", base, donors, model_params, global_params, step,
+                                order=step)
+        assert passes == 1
+        assert ((got - expected).abs() <= 2 * 2.0**-23 * scale).all()
+    plain = whole("nuslerp", base, donors, model_params, {**global_params,
+                                                          "nuslerp_row_wise": False})
+    assert not torch.equal(plain, expected)  # the angles really are per column
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -344,6 +432,10 @@ EXECUTOR_CASES = {
                          {"weight": 0.4, "density": 0.9}, ""),
     "slerp": ({}, None, "parameters:\n  t: 0.3\n"),
     "model_stock": ({}, {}, ""),
+    "karcher": ({}, {}, ""),
+    "nuslerp": ({"weight": 0.3}, {"weight": 0.6},
+                "parameters:\n  nuslerp_flatten: false\n  nuslerp_row_wise: true\n"),
+    "arcee_fusion": ({}, None, ""),
     "sce": ({}, {}, "parameters:\n  select_topk: 0.5\n"),
 }
 
@@ -360,7 +452,7 @@ def test_executor_in_passes_matches_whole_tensors(family, tmp_path, monkeypatch,
     got = merge(text, tmp_path / "passes")
     assert "model.embed_tokens.weight" in spy and "model.layers.0.mlp.up_proj.weight" in spy
     assert not any(name.endswith("norm.weight") for name in spy)  # 1-D: whole
-    if method in ("ties", "breadcrumbs_ties"):
+    if method in ("ties", "breadcrumbs_ties", "arcee_fusion"):  # exact cuts, row-wise KL
         assert_models_equal(got, expected)
     else:  # chunks of 100 elements cut the whole tensors' one reduction block
         for name in expected:

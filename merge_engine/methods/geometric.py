@@ -3,10 +3,10 @@ mean, and Model Stock's angle-derived ratio.
 
 Every norm, dot product and cosine of a whole tensor is summed accurately (see
 ``reductions``) and the scalar trigonometry is done in float64; the tensors stay float32.
-A large tensor of slerp, flattened nuslerp, multislerp or model_stock (one ratio) is
-merged in passes over row-chunks (``multipass``): a pass sums its dot products, then the
-apply pass mixes each chunk. karcher (its iterations need the whole tensors) and nuslerp
-with one angle per column (``nuslerp_row_wise``) stay whole.
+A large tensor of slerp, nuslerp, multislerp, karcher or model_stock (one ratio) is merged
+in passes over row-chunks (``multipass``): a pass sums its dot products (for karcher the
+Gram matrix, on which its iterations run; for nuslerp with one angle per column,
+``nuslerp_row_wise``, one sum per column), then the apply pass mixes each chunk.
 Notation: ``b`` the base tensor, ``t_i`` the donors, ``w_i`` their weights, ``|x|`` the L2
 norm of a tensor taken as one flat vector, ``x . y`` the dot product.
 
@@ -33,7 +33,9 @@ norm of a tensor taken as one flat vector, ``x . y`` the dot product.
   ``u <- exp_u(sum a_i log_u(u_i))`` from the normalized Euclidean mean, stopping when the
   step is shorter than ``tol``; terms with an angle below ``tol`` are skipped. The result
   is ``u * mean_i |t_i|`` (zero vectors count in the mean). Angles are taken as
-  ``atan2(|u_i - c u|, c)``, accurate also for nearly equal vectors.
+  ``atan2(|u_i - c u|, c)``, accurate also for nearly equal vectors. Every iterate is a
+  combination of the ``u_i``, so the iteration runs in float64 on the coefficients and
+  the Gram matrix ``t_i . t_j``; the result is one combination ``sum c_i t_i``.
 - model_stock: ``d_i = t_i - b`` (``N >= 2`` donors); ``c`` the mean over pairs ``i < j``
   of ``clamp((d_i . d_j) / max(|d_i| |d_j|, 1e-6), -1, 1)``; ``r = N c / (1 + (N - 1) c)``;
   result ``b + r * mean_i d_i`` (= ``r * mean_i t_i + (1 - r) b``). With ``filter_wise``
@@ -50,7 +52,7 @@ from types import MappingProxyType
 import torch
 
 from ..errors import InputError
-from .multipass import Chunk, SumPasses
+from .multipass import Chunk, MultiPass, SumPasses
 from .reductions import dot, dot_parts, norm, row_dot, row_norm
 from .registry import REQUIRED, MethodSpec, Params
 
@@ -252,13 +254,63 @@ class NuslerpPasses(SumPasses):
         return out if chunk.base is None else out.add_(chunk.base)
 
 
+class NuslerpColumnPasses(MultiPass):
+    """nuslerp with one angle per vector along dim 0 (``nuslerp_row_wise``) over
+    row-chunks: one pass sums, per position of the other dims, ``v0.v0``, ``v1.v1`` and
+    ``v0.v1`` over the chunk's rows (float64 sums of the float32 products, as the whole
+    tensor's), added in chunk order; then each chunk is mixed with its columns' factors.
+    Only the running sums and the partials that arrive ahead of their turn are kept."""
+
+    def __init__(self, t: float):
+        self.t = t
+        self.totals: list[torch.Tensor] | None = None
+        self.factors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._next = 0
+        self._early: dict[int, list[torch.Tensor]] = {}
+        self._started = False
+
+    def next_pass(self) -> bool:
+        if self._started:
+            assert self.totals is not None and not self._early
+            d00, d11, d01 = self.totals
+            norms = d00.sqrt().clamp_(min=NUSLERP_NORM_MIN) * d11.sqrt().clamp_(
+                min=NUSLERP_NORM_MIN)
+            self.factors = _nuslerp_coefficients(self.t, d01 / norms)
+        self._started = True
+        return self.factors is None
+
+    def measure(self, chunk: Chunk) -> object:
+        v0, v1 = NuslerpPasses._vectors(chunk)
+        return [(a * b).sum(dim=0, keepdim=True, dtype=torch.float64)
+                for a, b in ((v0, v0), (v1, v1), (v0, v1))]
+
+    def add(self, index: int, partial: object) -> None:
+        self._early[index] = partial  # type: ignore[assignment]
+        while self._next in self._early:
+            parts = self._early.pop(self._next)
+            self.totals = parts if self.totals is None else [
+                total.add_(part) for total, part in zip(self.totals, parts, strict=True)]
+            self._next += 1
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        assert self.factors is not None
+        v0, v1 = NuslerpPasses._vectors(chunk)
+        c0, c1 = (c.to(v0.device, torch.float32) for c in self.factors)
+        out = v0.mul_(c0).add_(v1.mul_(c1))
+        return out if chunk.base is None else out.add_(chunk.base)
+
+
 def _nuslerp_passes(global_params: Params, model_params: Sequence[Params],
-                    n: int) -> NuslerpPasses | None:
-    """Flattened nuslerp of two models; one angle per vector stays whole-tensor when not
-    chunkable (along dim 0: per-column sums over every row)."""
-    if len(model_params) != 2 or not global_params["nuslerp_flatten"]:
+                    n: int) -> MultiPass | None:
+    """nuslerp of two models with one angle (flattened) or one per vector along dim 0;
+    one angle per vector along the last dim is chunkable as it is."""
+    if len(model_params) != 2:
         return None
-    return NuslerpPasses(_nuslerp_t(model_params))
+    if global_params["nuslerp_flatten"]:
+        return NuslerpPasses(_nuslerp_t(model_params))
+    if global_params["nuslerp_row_wise"]:
+        return NuslerpColumnPasses(_nuslerp_t(model_params))
+    return None
 
 
 def _nuslerp_chunkable(global_params: Params, model_params: Sequence[Params]) -> bool:
@@ -385,6 +437,68 @@ def _multislerp_passes(global_params: Params, model_params: Sequence[Params],
 # --- karcher -------------------------------------------------------------------------------
 
 
+def _karcher_coefficients(gram: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
+    """Float64 ``c`` with ``karcher(t) = sum_i c_i t_i``, from the Gram matrix
+    ``gram[i, j] = t_i . t_j`` alone.
+
+    Every iterate ``u`` is a combination of the unit vectors, so the iteration runs on its
+    coefficients: ``x . y = a_x^T U a_y`` with ``U`` the units' Gram matrix. The sums over
+    the tensors are then only the Gram matrix, which one pass over row-chunks gives."""
+    norms = gram.diagonal().clamp(min=0).sqrt()
+    keep = [i for i in range(len(norms)) if norms[i] > tol]
+    coefficients = torch.zeros_like(norms)
+    if not keep:
+        return coefficients
+    scale = float(norms.mean())
+    n = norms[keep]
+    units = gram[keep][:, keep] / torch.outer(n, n)
+
+    def length(v: torch.Tensor) -> float:
+        return math.sqrt(max(float(v @ units @ v), 0.0))
+
+    alpha = 1.0 / len(keep)
+    a = torch.full((len(keep),), alpha, dtype=torch.float64)
+    u_norm = length(a)
+    a = torch.eye(len(keep), dtype=torch.float64)[0] if u_norm < tol else a / u_norm
+    eye = torch.eye(len(keep), dtype=torch.float64)
+    for _ in range(max_iter):
+        step = torch.zeros_like(a)
+        for j in range(len(keep)):
+            cos = max(-1.0, min(1.0, float(units[j] @ a)))
+            v = eye[j] - cos * a  # u_j - cos u: length sin(theta)
+            sin = length(v)
+            theta = math.atan2(sin, cos)
+            if theta < tol:
+                continue
+            step += (alpha * theta / sin) * v  # log_u(u_j)
+        size = length(step)
+        if size < tol:
+            break
+        a = math.cos(size) * a + (math.sin(size) / size) * step  # exp_u(step)
+        u_norm = length(a)
+        if u_norm > tol:
+            a = a / u_norm
+    coefficients[keep] = scale * a / n
+    return coefficients
+
+
+def _combine(tensors: Sequence[torch.Tensor], coefficients: torch.Tensor) -> torch.Tensor:
+    """``sum_i c_i t_i`` in float32, into the first tensor."""
+    out = tensors[0].mul_(float(coefficients[0]))
+    for x, c in zip(tensors[1:], coefficients[1:].tolist(), strict=True):
+        out.add_(x, alpha=c)
+    return out
+
+
+def _gram(n: int, dots) -> torch.Tensor:
+    """The float64 ``n x n`` Gram matrix from ``dots(i, j)``, called for ``i <= j``."""
+    gram = torch.zeros((n, n), dtype=torch.float64)
+    for i in range(n):
+        for j in range(i, n):
+            gram[i, j] = gram[j, i] = dots(i, j)
+    return gram
+
+
 def karcher(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None,
@@ -397,41 +511,41 @@ def karcher(
         raise ValueError("karcher needs at least one tensor")
     if len(tensors) == 1:
         return tensors[0]
-    max_iter, tol = int(global_params["max_iter"]), float(global_params["tol"])
-    norms = [norm(t) for t in tensors]
-    units = [t.div_(n) for t, n in zip(tensors, norms, strict=True) if n > tol]
-    scale = sum(norms) / len(norms)
-    if not units:
-        return tensors[0].zero_()
-    alpha = 1.0 / len(units)
-    u = torch.zeros_like(units[0])
-    for unit in units:
-        u.add_(unit, alpha=alpha)
-    u_norm = norm(u)
-    if u_norm < tol:
-        u.copy_(units[0])
-    else:
-        u.div_(u_norm)
-    step = torch.empty_like(u)
-    v = torch.empty_like(u)
-    for _ in range(max_iter):
-        step.zero_()
-        for unit in units:
-            cos = max(-1.0, min(1.0, dot(u, unit)))
-            torch.sub(unit, u, alpha=cos, out=v)  # u_i - cos u: length sin(theta)
-            sin = norm(v)
-            theta = math.atan2(sin, cos)
-            if theta < tol:
-                continue
-            step.add_(v, alpha=alpha * theta / sin)  # log_u(u_i)
-        length = norm(step)
-        if length < tol:
-            break
-        u.mul_(math.cos(length)).add_(step, alpha=math.sin(length) / length)  # exp_u(step)
-        u_norm = norm(u)
-        if u_norm > tol:
-            u.div_(u_norm)
-    return u.mul_(scale)
+    gram = _gram(len(tensors), lambda i, j: dot(tensors[i], tensors[j]))
+    coefficients = _karcher_coefficients(gram, int(global_params["max_iter"]),
+                                         float(global_params["tol"]))
+    return _combine(tensors, coefficients)
+
+
+class KarcherPasses(SumPasses):
+    """karcher over row-chunks: one pass sums the Gram matrix, then each chunk is the
+    combination of the inputs with the whole tensor's coefficients."""
+
+    def __init__(self, n: int, max_iter: int, tol: float):
+        super().__init__()
+        self.n, self.max_iter, self.tol = n, max_iter, tol
+        self.coefficients: torch.Tensor | None = None
+
+    def sums(self, stage: int, chunk: Chunk) -> list[torch.Tensor]:
+        xs = chunk.tensors
+        return [dot_parts(xs[i], xs[j]) for i in range(self.n) for j in range(i, self.n)]
+
+    def finish(self, stage: int, totals: list[float]) -> None:
+        pairs = iter(totals)
+        gram = _gram(self.n, lambda i, j: next(pairs))
+        self.coefficients = _karcher_coefficients(gram, self.max_iter, self.tol)
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        assert self.coefficients is not None
+        return _combine(chunk.tensors, self.coefficients)
+
+
+def _karcher_passes(global_params: Params, model_params: Sequence[Params],
+                    n: int) -> KarcherPasses | None:
+    if len(model_params) < 2:
+        return None  # one model is returned as it is
+    return KarcherPasses(len(model_params), int(global_params["max_iter"]),
+                         float(global_params["tol"]))
 
 
 # --- model_stock ---------------------------------------------------------------------------
@@ -569,6 +683,7 @@ SPECS: tuple[MethodSpec, ...] = (
         global_params=MappingProxyType({"max_iter": 10, "tol": 1e-5}),
         model_params=MappingProxyType({}),
         merge=karcher,
+        multipass=_karcher_passes,
     ),
     MethodSpec(
         name="model_stock",

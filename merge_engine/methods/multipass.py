@@ -19,7 +19,7 @@ place), and a generator seeded per chunk index, the same in every pass, so rando
 repeat from pass to pass. Float statistics are sums of the blocks of
 :mod:`~merge_engine.methods.reductions`, kept per chunk and added in chunk order: they do
 not depend on scheduling, and they equal the whole-tensor sums bit for bit when every
-chunk starts at a block boundary (otherwise within the blocks' float32 rounding).
+chunk starts at a block boundary (otherwise within the float64 sums' rounding).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The geometric methods branch on cosines near 1 and scale by norms, so these sums must
 not lose digits. torch's float32 whole-tensor reductions can, on the CPU: over 1e8
 values ``torch.linalg.vector_norm`` was measured 1% off (its L1 norm 17%), ``torch.dot``
-3.5e-7. Here a whole tensor is summed in blocks (each block's float32 dot accurate to
-about 1e-9 relative) and the block sums are added in float64, with no full-size temporary.
+3.5e-7, and a float32 BLAS dot of 65,536 values up to 1e-6 on some CPUs. Here a whole
+tensor is summed in blocks, each widened to float64 in a small reused buffer (exact
+products, float64 sums), with no full-size temporary.
 Row sums (along the last dim) use ``(a * b).sum(-1)``, whose float32 cascade sum is
 accurate for rows of any realistic length.
 """
@@ -16,9 +17,9 @@ import math
 import torch
 
 CPU_BLOCK = 1 << 16
-"""Elements per float32 block dot on the CPU (BLAS accumulates a block in float32)."""
+"""Elements per block on the CPU (its float64 buffers stay in cache)."""
 DEVICE_BLOCK = 1 << 22
-"""Elements per block on an accelerator (tree reductions: larger blocks are accurate)."""
+"""Elements per block on an accelerator (fewer, larger kernels)."""
 
 
 def _block(x: torch.Tensor) -> int:
@@ -26,20 +27,27 @@ def _block(x: torch.Tensor) -> int:
 
 
 def dot_parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The float32 dots of ``a`` and ``b`` over consecutive blocks of their flattened
-    elements (1-D); :func:`dot` is their float64 sum. Parts of row-chunks that start at
-    block boundaries, concatenated in order, are exactly the whole tensor's parts."""
+    """The float64 dots of ``a`` and ``b`` over consecutive blocks of their flattened
+    elements (1-D); :func:`dot` is their sum. Each block is widened to float64 in a reused
+    buffer, so its products are exact and its sum is accurate to about 1e-16 relative: the
+    result hardly depends on where row-chunks cut the tensor, and parts of row-chunks that
+    start at block boundaries, concatenated in order, are exactly the whole tensor's."""
     fa, fb = a.reshape(-1), b.reshape(-1)
     n, block = fa.numel(), _block(fa)
-    if n <= block:
-        return torch.dot(fa, fb).view(1)
-    return torch.stack([torch.dot(fa[s : s + block], fb[s : s + block])
-                        for s in range(0, n, block)])
+    wide_a = torch.empty(min(n, block), dtype=torch.float64, device=fa.device)
+    wide_b = wide_a if a is b else torch.empty_like(wide_a)
+    parts = []
+    for s in range(0, n, block):
+        k = min(block, n - s)
+        x = wide_a[:k].copy_(fa[s : s + k])
+        y = x if a is b else wide_b[:k].copy_(fb[s : s + k])
+        parts.append(torch.dot(x, y))
+    return torch.stack(parts) if parts else torch.zeros(1, dtype=torch.float64, device=fa.device)
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
     """``sum(a * b)`` over every element, as a Python float (float64 accumulation)."""
-    return float(dot_parts(a, b).double().sum())
+    return float(dot_parts(a, b).sum())
 
 
 def norm(a: torch.Tensor) -> float:

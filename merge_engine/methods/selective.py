@@ -2,9 +2,9 @@
 take (sce, nearswap, ram, ramplus_tl, arcee_fusion).
 
 Notation: ``b`` the base tensor, ``t_i`` the donors, ``d_i = t_i - b`` their task vectors.
-A large tensor of sce or ramplus_tl is merged in passes over row-chunks (``multipass``):
-sce's variance window as TIES finds its cut, then its mean squares, ramplus_tl's counts;
-arcee_fusion (its quantiles) stays whole.
+A large tensor of sce, ramplus_tl or arcee_fusion is merged in passes over row-chunks
+(``multipass``): sce's variance window as TIES finds its cut, then its mean squares,
+ramplus_tl's counts, arcee_fusion's three quantiles by radix select (each exact).
 
 - sce: with ``select_topk < 1``, keep in every ``d_i`` only the entries at the
   ``int(nnz * select_topk)`` positions of largest variance across the ``d_i`` (``nnz`` the
@@ -39,6 +39,7 @@ import torch
 
 from ..errors import InputError
 from .multipass import Chunk, ChunkSums, MultiPass, SumPasses
+from .radix import RadixSelect, key_value, order_keys
 from .reductions import dot, dot_parts
 from .registry import REQUIRED, MethodSpec, Params, always_chunkable
 from .task_arithmetic import RankRange, keep_rank_range
@@ -387,20 +388,83 @@ def arcee_fusion(
     if not tensors:
         return base
     _one_donor("arcee_fusion", tensors)
-    other = tensors[0]
+    delta, importance = _fusion_importance(tensors[0], base)
+    flat = importance.view(-1)
+    q1, median, q3 = (sorted_value(flat, r) for r in _fusion_ranks(flat.numel()))
+    return _fuse(delta, importance, base, _fusion_threshold(q1, median, q3))
+
+
+def _fusion_importance(other: torch.Tensor, base: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d, |d| * KL(p || q))``, KL per vector along the last dim; ``d`` in ``other``."""
     p = torch.softmax(other, dim=-1).add_(FUSION_SOFTMAX_EPS)
     q = torch.softmax(base, dim=-1).add_(FUSION_SOFTMAX_EPS)
     kl = p.div(q).log_().mul_(p).sum(dim=-1, keepdim=True)
     del p, q
     delta = other.sub_(base)
-    importance = delta.abs().mul_(kl).view(-1)
-    n = importance.numel()
-    median = sorted_value(importance, (n - 1) // 2)
-    q1 = sorted_value(importance, (n - 1) // 4)
-    q3 = sorted_value(importance, 3 * (n - 1) // 4)
-    threshold = median + 1.5 * (q3 - q1)
-    keep = importance.ge_(threshold).view(delta.shape)
-    return delta.mul_(keep).add_(base)
+    return delta, delta.abs().mul_(kl)
+
+
+def _fusion_ranks(n: int) -> tuple[int, int, int]:
+    """The ranks of q1, the median and q3 among ``n`` importances."""
+    return (n - 1) // 4, (n - 1) // 2, 3 * (n - 1) // 4
+
+
+def _fusion_threshold(q1: torch.Tensor, median: torch.Tensor, q3: torch.Tensor
+                      ) -> torch.Tensor:
+    """``median + 1.5 * (q3 - q1)``, in float32 like the quantiles."""
+    return median + 1.5 * (q3 - q1)
+
+
+def _fuse(delta: torch.Tensor, importance: torch.Tensor, base: torch.Tensor,
+          threshold: torch.Tensor) -> torch.Tensor:
+    """``b + d * [importance >= threshold]``, into ``delta``."""
+    return delta.mul_(importance >= threshold.to(importance.device)).add_(base)
+
+
+class FusionPasses(MultiPass):
+    """arcee_fusion over row-chunks (each holds whole vectors along the last dim, so its
+    KL terms are its own): two radix-select passes over the importances' keys give q1,
+    the median and q3 exactly, then each chunk is fused with the threshold."""
+
+    def __init__(self, n: int):
+        self.select = RadixSelect(_fusion_ranks(n))
+        self.threshold: torch.Tensor | None = None
+        self._started = False
+
+    @staticmethod
+    def _importance(chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        assert chunk.base is not None
+        return _fusion_importance(chunk.tensors[0], chunk.base)
+
+    def next_pass(self) -> bool:
+        if self._started:
+            self.select.finish()
+        self._started = True
+        if self.select.phase != "done":
+            return True
+        q1, median, q3 = (key_value(f.key) for f in self.select.found)
+        self.threshold = _fusion_threshold(q1, median, q3)
+        return False
+
+    def measure(self, chunk: Chunk) -> object:
+        _, importance = self._importance(chunk)
+        return self.select.measure(order_keys(importance.view(-1)))
+
+    def add(self, index: int, partial: object) -> None:
+        self.select.add(partial)
+
+    def apply(self, chunk: Chunk) -> torch.Tensor:
+        assert self.threshold is not None and chunk.base is not None
+        delta, importance = self._importance(chunk)
+        return _fuse(delta, importance, chunk.base, self.threshold)
+
+
+def _fusion_passes(global_params: Params, model_params: Sequence[Params],
+                   n: int) -> FusionPasses | None:
+    if len(model_params) != 1:
+        return None  # the whole-tensor path gives the error
+    return FusionPasses(n)
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -446,6 +510,7 @@ SPECS: tuple[MethodSpec, ...] = (
         global_params=MappingProxyType({}),
         model_params=MappingProxyType({}),
         merge=arcee_fusion,
+        multipass=_fusion_passes,
         min_donors=1,
         max_donors=1,
     ),

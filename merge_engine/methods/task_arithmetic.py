@@ -47,6 +47,7 @@ import torch
 
 from ..errors import InputError
 from .multipass import Chunk, ChunkSums, MultiPass
+from .radix import RadixSelect
 from .reductions import l1_norm, l1_parts
 from .registry import REQUIRED, MethodSpec, Params, always_chunkable
 
@@ -60,10 +61,6 @@ Sparsifier = Callable[[torch.Tensor, Params, torch.Generator | None], torch.Tens
 Ranks = Callable[[int, Params], tuple[int, int]]
 """A rank sparsifier's window: ``(lo, hi)`` of the ascending ``|d|`` ranks it keeps among
 ``n`` entries, given its model's parameters."""
-HIGH_BINS = 1 << 15
-"""Radix select, first pass: magnitude keys by their high 16 bits (the sign bit is 0)."""
-LOW_BINS = 1 << 16
-"""Radix select, second pass: the keys of one high bin by their low 16 bits."""
 
 
 # --- sparsifiers ---------------------------------------------------------------------
@@ -112,14 +109,9 @@ def keep_rank_range(delta: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 class _Cut:
     """One end of a :class:`RankRange` window."""
 
-    rank: int
-    """The ascending rank (from 0) of the cut value: ``lo``, or ``hi - 1``."""
     lower: bool
     """Lower cut: drop smaller keys and the first ``drop`` equal ones; upper cut: drop
     larger keys and the last ``drop`` equal ones."""
-    bin: int = 0
-    below: int = 0
-    """Keys below the cut's high bin, then (once found) below its value."""
     value: int = 0
     equal: int = 0
     drop: int = 0
@@ -135,15 +127,13 @@ class _Cut:
 class RankRange:
     """:func:`keep_rank_range` over a tensor of ``n`` entries seen in chunks.
 
-    The two cut values (the keys at ranks ``lo`` and ``hi - 1``) are found exactly by
-    radix select over the magnitude keys: one pass counts the keys by their high 16 bits
-    (:data:`HIGH_BINS`), which gives the bin holding each cut's rank, a second counts the
-    keys of those bins by their low 16 bits, which gives the value, how many keys lie
-    below it and how many equal it. When the whole-tensor rule drops only some keys equal
-    to a cut value (the first ``lo - below`` by position at the lower cut, the last
-    ``below + equal - hi`` at the upper; none when the value is 0), a third pass counts
-    them per chunk, so that each chunk knows where its own stand among all. Then
-    :meth:`apply` zeroes exactly the entries ``keep_rank_range`` zeroes, in any chunk
+    The two cut values (the magnitude keys at ranks ``lo`` and ``hi - 1``) are found
+    exactly by radix select (:class:`~merge_engine.methods.radix.RadixSelect`, two
+    passes), with how many keys lie below and equal each. When the whole-tensor rule drops
+    only some keys equal to a cut value (the first ``lo - below`` by position at the lower
+    cut, the last ``below + equal - hi`` at the upper; none when the value is 0), a third
+    pass counts them per chunk, so that each chunk knows where its own stand among all.
+    Then :meth:`apply` zeroes exactly the entries ``keep_rank_range`` zeroes, in any chunk
     order. Driven like a :class:`~merge_engine.methods.multipass.MultiPass`: while
     :attr:`phase` is not ``"done"``, :meth:`measure` and :meth:`add` every chunk, then
     :meth:`finish`. The window may be set after the first pass (before its ``finish``).
@@ -152,8 +142,7 @@ class RankRange:
     def __init__(self, n: int, lo: int | None = None, hi: int | None = None):
         self.n = n
         self.phase = "high"
-        self._high = torch.zeros(HIGH_BINS, dtype=torch.int64)
-        self._low: dict[int, torch.Tensor] = {}
+        self._select = RadixSelect()
         self._cuts: list[_Cut] = []
         self._ties: dict[int, list[int]] = {}
         if lo is not None and hi is not None:
@@ -165,50 +154,34 @@ class RankRange:
         if (lo <= 0 and hi >= self.n) or hi <= lo:
             self.phase = "done"
             return
-        self._cuts = ([_Cut(lo, lower=True)] if lo > 0 else []) + (
-            [_Cut(hi - 1, lower=False)] if hi < self.n else [])
+        self._cuts = ([_Cut(lower=True)] if lo > 0 else []) + (
+            [_Cut(lower=False)] if hi < self.n else [])
+        self._select.ask(([lo] if lo > 0 else []) + ([hi - 1] if hi < self.n else []))
 
     def measure(self, x: torch.Tensor) -> object:
         """This pass's counts over one chunk ``x`` (float32, contiguous)."""
         keys = magnitude_keys(x.view(-1))
-        if self.phase == "high":
-            return torch.bincount(keys >> 16, minlength=HIGH_BINS)
-        if self.phase == "low":
-            high = keys >> 16
-            return {b: torch.bincount(keys[high == b] & 0xFFFF, minlength=LOW_BINS)
-                    for b in self._low}
+        if self.phase in ("high", "low"):
+            return self._select.measure(keys)
         return [int((keys == c.value).sum()) if c.drop else 0 for c in self._cuts]
 
     def add(self, index: int, partial: object) -> None:
-        if self.phase == "high":
-            self._high += partial.cpu()  # type: ignore[attr-defined]
-        elif self.phase == "low":
-            for b, counts in partial.items():  # type: ignore[attr-defined]
-                self._low[b] += counts.cpu()
+        if self.phase in ("high", "low"):
+            self._select.add(partial)
         else:
             self._ties[index] = partial  # type: ignore[assignment]
 
     def finish(self) -> None:
         """End a pass: locate the cuts' bins, then their values, then the chunks' ties."""
-        if self.phase == "high":
-            cumulative = self._high.cumsum(0)
-            for c in self._cuts:
-                c.bin = int(torch.searchsorted(cumulative, torch.tensor(c.rank), right=True))
-                c.below = int(cumulative[c.bin] - self._high[c.bin])
-                self._low[c.bin] = torch.zeros(LOW_BINS, dtype=torch.int64)
-            self.phase = "low" if self._cuts else "done"
-        elif self.phase == "low":
-            for c in self._cuts:
-                counts = self._low[c.bin]
-                cumulative = counts.cumsum(0)
-                j = int(torch.searchsorted(cumulative, torch.tensor(c.rank - c.below),
-                                           right=True))
-                c.value = (c.bin << 16) | j
-                c.below += int(cumulative[j] - counts[j])
-                c.equal = int(counts[j])
-                c.drop = (self.lo - c.below if c.lower else c.below + c.equal - self.hi
-                          ) if c.value != 0 else 0
-            self.phase = "ties" if any(c.drop for c in self._cuts) else "done"
+        if self.phase in ("high", "low"):
+            self._select.finish()
+            self.phase = self._select.phase
+            if self.phase == "done" and self._cuts:
+                for c, f in zip(self._cuts, self._select.found, strict=True):
+                    c.value, c.equal = f.key, f.equal
+                    c.drop = (self.lo - f.below if c.lower else f.below + f.equal - self.hi
+                              ) if c.value != 0 else 0
+                self.phase = "ties" if any(c.drop for c in self._cuts) else "done"
         elif self.phase == "ties":
             for k, c in enumerate(self._cuts):
                 seen = 0
