@@ -17,6 +17,10 @@ emits its chunks once per statistics pass, workers measure them and fold the par
 the runner has finished the pass, before it emits the next pass's chunks: that wait is
 the barrier, so no worker ever sees a chunk of a pass whose statistics are not complete.
 The last pass's chunks are merged and written like any others. Other tensors go whole.
+Row-mapped tensors (tokenizer merging) go by chunks of output rows too, in passes, or
+whole, as the method allows: their inputs are read whole once, in their file dtype, and
+every chunk gathers its rows from them (:func:`merge_engine.vocab.fill_rows`); one such
+task's inputs are held at a time.
 A fixed number of buffer slots circulates; the reader takes each chunk's slot in sequence
 and the writer frees it in sequence (a statistics chunk's worker frees it at once), so
 out-of-order workers can never starve the chunk the writer waits for, and memory stays
@@ -42,7 +46,7 @@ from .errors import MergeEngineError, MergeError
 from .methods.multipass import Chunk, MultiPass
 from .plan import Plan, TensorTask
 from .prefetch import Prefetcher
-from .vocab import fill_missing
+from .vocab import fill_rows
 
 DEFAULT_CHUNK_ELEMS = 1 << 18
 MULTIPASS_MIN_CHUNKS = 4
@@ -109,6 +113,8 @@ class _Chunk:
     passes: _Passes | None = None
     """The runner of a multi-pass tensor (its statistics and its apply passes)."""
     views: list[torch.Tensor] = field(default_factory=list)
+    """Each input's rows of the chunk; of a row-mapped task, each input whole (shared by
+    the task's chunks). Dropped once the chunk is merged."""
     loras: dict[int, LoraParts] = field(default_factory=dict)
     """Input index -> (A, B) of its LoRA update, whole (shared by the task's chunks)."""
     host: torch.Tensor | None = None
@@ -210,6 +216,9 @@ class Executor:
         sizes = ([self.chunk_elems * max_item] * n_inputs
                  + [self.chunk_elems * plan.out_dtype.itemsize])
         self._slots = _Slots(self.workers + 2, sizes, device.type == "cuda", self._failed)
+        self._mapped = threading.Semaphore(1)
+        """Held from reading a row-mapped task's whole inputs until its last chunk is
+        written: one such task's inputs in memory at a time."""
         self._scratch = threading.local()
 
     def run(self) -> list[Path]:
@@ -261,7 +270,6 @@ class Executor:
         make = self.plan.method.multipass
         numel = math.prod(task.out.shape)
         if (make is None or task.chunkable or task.copy or len(task.out.shape) < 2
-                or any(inp.row_map is not None for inp in task.inputs)
                 or numel <= MULTIPASS_MIN_CHUNKS * self.chunk_elems):
             return None
         return make(task.global_params, task.model_params, numel)
@@ -280,23 +288,7 @@ class Executor:
         seq = 0
         try:
             for t, task in enumerate(self.plan.tasks):
-                t0 = time.perf_counter()
-                loras = self._read_loras(t, task, prefetcher, reader)
-                self.timings.read += time.perf_counter() - t0
-                runner = self._multipass(task)
-                passes = None if runner is None else _Passes(runner, self._failed)
-                spans = self._spans(task, passes is None and not task.chunkable)
-                if passes is not None:
-                    while passes.runner.next_pass():
-                        passes.start(len(spans))
-                        for index, (row0, rows) in enumerate(spans):
-                            read_q.put(self._read_chunk(-1, task, index, row0, rows, loras,
-                                                        passes, prefetcher, reader))
-                        passes.wait()
-                for index, (row0, rows) in enumerate(spans):
-                    read_q.put(self._read_chunk(seq, task, index, row0, rows, loras, passes,
-                                                prefetcher, reader))
-                    seq += 1
+                seq = self._read_task(t, task, seq, prefetcher, reader, read_q)
                 for path in prefetcher.task_done(t):
                     reader.close(path)
         finally:
@@ -304,27 +296,70 @@ class Executor:
             for _ in range(self.workers):
                 read_q.put(None)
 
+    def _read_task(self, t: int, task: TensorTask, seq: int, prefetcher: Prefetcher,
+                   reader: FileReader, read_q: queue.Queue) -> int:
+        """Emit one task's chunks, the first to be written numbered ``seq``; returns the
+        next number. What the chunks share (LoRA factors, a row-mapped task's whole inputs)
+        is referenced by them alone once this returns, so it goes with the last of them."""
+        t0 = time.perf_counter()
+        loras = self._read_loras(t, task, prefetcher, reader)
+        mapped = self._read_mapped(task, prefetcher, reader)
+        self.timings.read += time.perf_counter() - t0
+        runner = self._multipass(task)
+        passes = None if runner is None else _Passes(runner, self._failed)
+        spans = self._spans(task, passes is None and not task.chunkable)
+        if passes is not None:
+            while passes.runner.next_pass():
+                passes.start(len(spans))
+                for index, (row0, rows) in enumerate(spans):
+                    read_q.put(self._read_chunk(-1, task, index, row0, rows, loras, mapped,
+                                                passes, prefetcher, reader))
+                passes.wait()
+        for index, (row0, rows) in enumerate(spans):
+            read_q.put(self._read_chunk(seq, task, index, row0, rows, loras, mapped, passes,
+                                        prefetcher, reader))
+            seq += 1
+        return seq
+
     def _read_chunk(self, seq: int, task: TensorTask, index: int, row0: int, rows: int,
-                    loras: dict[int, LoraParts],
+                    loras: dict[int, LoraParts], mapped: list[torch.Tensor] | None,
                     passes: _Passes | None, prefetcher: Prefetcher,
                     reader: FileReader) -> _Chunk:
-        """Rows ``[row0, row0 + rows)`` of every input of a task, into a free slot."""
+        """Rows ``[row0, row0 + rows)`` of every input of a task, into a free slot (of a
+        row-mapped task: its whole inputs, ``mapped``, from which the rows are gathered)."""
         chunk = _Chunk(seq, task, index, row0, rows, self._slots.take(), passes)
-        t0 = time.perf_counter()
         chunk.loras = loras
+        if mapped is not None:
+            chunk.views = mapped
+            return chunk
+        t0 = time.perf_counter()
         for k, inp in enumerate(task.inputs):
             path = prefetcher.path(inp.model, inp.meta.file)
-            # a row-mapped input (tokenizer merging) is read whole: its rows are
-            # gathered by token in _merge
-            first, count = (0, inp.rows) if inp.row_map is not None else (row0, rows)
-            nbytes = count * inp.meta.row_bytes if inp.meta.shape else (
+            nbytes = rows * inp.meta.row_bytes if inp.meta.shape else (
                 inp.meta.end - inp.meta.begin)
             buf = chunk.slot[k]
             if nbytes > buf.numel():
                 buf = torch.empty(nbytes, dtype=torch.uint8)
-            chunk.views.append(reader.read(path, inp.meta, first, count, buf, inp.name))
+            chunk.views.append(reader.read(path, inp.meta, row0, rows, buf, inp.name))
         self.timings.read += time.perf_counter() - t0
         return chunk
+
+    def _read_mapped(self, task: TensorTask, prefetcher: Prefetcher,
+                     reader: FileReader) -> list[torch.Tensor] | None:
+        """Every input of a row-mapped task, whole and in its file dtype, in fresh buffers
+        (its chunks gather their rows from any of its rows); None for other tasks. Waits
+        until the previous row-mapped task is written (:attr:`_mapped`)."""
+        if task.inputs[0].row_map is None:
+            return None
+        while not self._mapped.acquire(timeout=0.2):
+            if self._failed.is_set():
+                raise _Stop
+        views = []
+        for inp in task.inputs:
+            buf = torch.empty(inp.rows * inp.meta.row_bytes, dtype=torch.uint8)
+            views.append(reader.read(prefetcher.path(inp.model, inp.meta.file), inp.meta, 0,
+                                     inp.rows, buf, inp.name))
+        return views
 
     def _read_loras(self, t: int, task: TensorTask, prefetcher: Prefetcher,
                     reader: FileReader) -> dict[int, LoraParts]:
@@ -355,20 +390,26 @@ class Executor:
                 t0 = time.perf_counter()
                 if chunk.stats:
                     self._measure(chunk)
-                    self.timings.compute += time.perf_counter() - t0
-                    continue
-                result = chunk.views[0] if chunk.task.copy else self._merge(chunk)
-                chunk.host, rounded = self._round_to_host(result, chunk.task.out.dtype,
-                                                          chunk.slot[-1])
-                if not chunk.task.copy:
-                    chunk.bad = not_finite(rounded)
-                if self.device.type == "cuda":
-                    chunk.event = torch.cuda.Event()
-                    chunk.event.record()
+                else:
+                    self._compute(chunk)
+                chunk.views = []  # so a row-mapped task's inputs go with its last chunk
                 self.timings.compute += time.perf_counter() - t0
-                write_q.put(chunk)
+                if not chunk.stats:
+                    write_q.put(chunk)
         finally:
             write_q.put(None)
+
+    def _compute(self, chunk: _Chunk) -> None:
+        """Merge one chunk and round it into its host output buffer (``chunk.host``),
+        with its NaN/inf flag (``chunk.bad``) and, on a GPU, its completion event."""
+        result = chunk.views[0] if chunk.task.copy else self._merge(chunk)
+        chunk.host, rounded = self._round_to_host(result, chunk.task.out.dtype,
+                                                  chunk.slot[-1])
+        if not chunk.task.copy:
+            chunk.bad = not_finite(rounded)
+        if self.device.type == "cuda":
+            chunk.event = torch.cuda.Event()
+            chunk.event.record()
 
     def _scratch_for(self, k: int, numel: int) -> torch.Tensor | None:
         """This worker's k-th float32 chunk buffer, when ``numel`` fits in it."""
@@ -386,24 +427,40 @@ class Executor:
         """The float32 inputs of one chunk on the device, split into base and donors as
         the method takes them, with the chunk's generator."""
         task = chunk.task
-        xs = []
-        for k, view in enumerate(chunk.views):
-            src = view.to(self.device, non_blocking=True)
-            if self.plan.read_dtype is not None and src.dtype != self.plan.read_dtype:
-                src = src.to(self.plan.read_dtype)
-            scratch = None if chunk.whole else self._scratch_for(k, src.numel())
-            x = (src.to(torch.float32) if scratch is None
-                 else scratch.view(src.shape).copy_(src))
-            if k in chunk.loras:
-                x = self._add_lora(x, chunk, k, scratch is not None)
-            xs.append(x)
         if task.inputs[0].row_map is not None:
-            maps = [inp.row_map.to(self.device) for inp in task.inputs]
-            xs = fill_missing(xs, maps, self.plan.has_base, task.row_rules)
+            xs = fill_rows(lambda k, rows: self._take(chunk, k, rows),
+                           [inp.row_map for inp in task.inputs], self.plan.has_base,
+                           task.row_rules, chunk.row0, chunk.row0 + chunk.rows)
+        else:
+            xs = []
+            for k, view in enumerate(chunk.views):
+                src = self._to_device(view)
+                scratch = None if chunk.whole else self._scratch_for(k, src.numel())
+                x = (src.to(torch.float32) if scratch is None
+                     else scratch.view(src.shape).copy_(src))
+                if k in chunk.loras:
+                    x = self._add_lora(x, chunk, k, slice(chunk.row0, chunk.row0 + chunk.rows),
+                                       scratch is not None)
+                xs.append(x)
         base, tensors = (xs[0], xs[1:]) if self.plan.has_base else (None, xs)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(chunk_seed(self.seed, task.out.name, chunk.index))
         return Chunk(chunk.index, tensors, base, generator)
+
+    def _to_device(self, view: torch.Tensor) -> torch.Tensor:
+        """Read bytes on the device, in the recipe's ``dtype`` when it sets one."""
+        src = view.to(self.device, non_blocking=True)
+        if self.plan.read_dtype is not None and src.dtype != self.plan.read_dtype:
+            src = src.to(self.plan.read_dtype)
+        return src
+
+    def _take(self, chunk: _Chunk, k: int, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` (CPU int64 indices) of input ``k`` of a row-mapped chunk (read
+        whole): gathered on the host, then float32 on the device with the LoRA update."""
+        x = self._to_device(chunk.views[k][rows]).to(torch.float32)
+        if k in chunk.loras:
+            x = self._add_lora(x, chunk, k, rows, True)
+        return x
 
     def _merge(self, chunk: _Chunk) -> torch.Tensor:
         """The float32 merge of one chunk, on the device."""
@@ -424,9 +481,11 @@ class Executor:
         self._slots.give(chunk.slot)
         chunk.passes.add(chunk.index, partial)
 
-    def _add_lora(self, x: torch.Tensor, chunk: _Chunk, k: int, inplace: bool) -> torch.Tensor:
-        """``x + scale * delta`` for this chunk's rows of input ``k``: ``B[r0:r1] @ A``, or
-        ``A[:, r0:r1].T @ B.T`` for a transposed update (embeddings, ``fan_in_fan_out``).
+    def _add_lora(self, x: torch.Tensor, chunk: _Chunk, k: int, rows: slice | torch.Tensor,
+                  inplace: bool) -> torch.Tensor:
+        """``x + scale * delta`` for rows ``rows`` (a slice, or int64 indices) of input
+        ``k``: ``B[rows] @ A``, or ``A[:, rows].T @ B.T`` for a transposed update
+        (embeddings, ``fan_in_fan_out``).
 
         Computed in float64 and rounded once to float32: float32 matmul kernels differ
         with the chunk's shape (gemv vs gemm), which made chunked and whole results differ
@@ -438,16 +497,12 @@ class Executor:
         whole rows), as PEFT merges it."""
         delta = chunk.task.inputs[k].lora
         a, b, magnitude = chunk.loras[k]
-        r0, r1 = chunk.row0, chunk.row0 + x.shape[0]
-        if delta.transpose:
-            left, right = a[:, r0:r1].T, b.T
-        else:
-            left, right = b[r0:r1], a
+        left, right = (a[:, rows].T, b.T) if delta.transpose else (b[rows], a)
         left = left.to(self.device, torch.float64, non_blocking=True)
         right = right.to(self.device, torch.float64, non_blocking=True)
         exact = torch.addmm(x.double(), left, right, alpha=delta.scale)
         if magnitude is not None:
-            m = magnitude[r0:r1].to(self.device, torch.float64, non_blocking=True)
+            m = magnitude[rows].to(self.device, torch.float64, non_blocking=True)
             exact *= (m / exact.norm(dim=1)).unsqueeze(1)
         return x.copy_(exact) if inplace else exact.float()
 
@@ -493,6 +548,8 @@ class Executor:
                     bad = False
                 self.writer.write(chunk.task.out.name, chunk.host)
                 self._slots.give(chunk.slot)
+                if chunk.last and chunk.task.inputs[0].row_map is not None:
+                    self._mapped.release()
                 done += chunk.host.numel() * chunk.host.element_size()
                 self.timings.write += time.perf_counter() - t0
                 if self.progress:

@@ -65,8 +65,9 @@ class TensorInput:
     B are read from file ``lora.a.file`` of fetch owner :meth:`Plan.adapter_index`."""
     row_map: torch.Tensor | None = field(default=None, compare=False)
     """Tokenizer merging: for each output row, this input's row for the same token, -1
-    where the model lacks it (int64). The input is then read whole (``rows`` rows) and its
-    rows gathered and filled by :func:`merge_engine.vocab.fill_missing` before the merge."""
+    where the model lacks it (int64). The input is then read whole (``rows`` rows), once
+    for all the task's chunks, and each chunk's rows gathered from it and filled by
+    :func:`merge_engine.vocab.fill_rows` before the merge."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class TensorTask:
     """Not floating point: copied from the first input, no math."""
     row_rules: tuple[RowRule, ...] = ()
     """Tokenizer merging: the ``tokenizer.tokens`` rules, ``model`` an index into
-    :attr:`inputs` (see :func:`merge_engine.vocab.fill_missing`)."""
+    :attr:`inputs` (see :func:`merge_engine.vocab.fill_rows`)."""
 
     @property
     def rows(self) -> int:
@@ -256,7 +257,8 @@ def _renumber(task: TensorTask, idx: Sequence[int], total: int) -> TensorTask:
 
 def _map_rows(task: TensorTask, vocab: Vocab, sources: Sequence[Source]) -> TensorTask:
     """An embedding or output-head task re-laid onto the output vocabulary: each input
-    read whole with its row map, the output ``vocab.size`` rows, merged whole."""
+    read whole with its row map, the output ``vocab.size`` rows, chunked over them when
+    the method is chunkable (the rows are gathered per chunk)."""
     if not task.out.name.endswith(EMBEDDING_SUFFIXES) or len(task.out.shape) != 2:
         return task
     inputs, position = [], {}
@@ -279,8 +281,7 @@ def _map_rows(task: TensorTask, vocab: Vocab, sources: Sequence[Source]) -> Tens
                             f"{sources[rule.model].name}")
         rules.append(dataclasses.replace(rule, model=k))
     out = OutTensor(task.out.name, task.out.dtype, (vocab.size, task.out.shape[1]))
-    return dataclasses.replace(task, out=out, inputs=tuple(inputs), chunkable=False,
-                               row_rules=tuple(rules))
+    return dataclasses.replace(task, out=out, inputs=tuple(inputs), row_rules=tuple(rules))
 
 
 def _vocab_config(config: dict, vocab: Vocab) -> dict:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,32 +253,60 @@ def _union(vocabs: Sequence[ModelVocab], limits: Sequence[int | None], base_name
 
 def fill_missing(xs: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
                  has_base: bool, rules: Sequence[RowRule] = ()) -> list[torch.Tensor]:
-    """Every input's rows in output-vocabulary order, missing ones filled (mergekit's rule).
+    """Every input's rows in output-vocabulary order, missing ones filled: :func:`fill_rows`
+    over all the output rows of whole tensors ``xs``."""
+    return fill_rows(lambda k, rows: xs[k][rows], maps, has_base, rules, 0, len(maps[0]))
 
+
+RowTaker = Callable[[int, torch.Tensor], torch.Tensor]
+"""``take(k, rows)``: rows ``rows`` (int64 indices, on the CPU) of input ``k`` as a new
+tensor; every input's in the same floating dtype, on one device."""
+
+
+def fill_rows(take: RowTaker, maps: Sequence[torch.Tensor], has_base: bool,
+              rules: Sequence[RowRule], r0: int, r1: int) -> list[torch.Tensor]:
+    """Output rows ``[r0, r1)`` of every input, missing ones filled (mergekit's rule).
+
+    ``maps[k][i]`` is input ``k``'s row for output row ``i`` (-1: missing), on the CPU.
     A model that has a token keeps its own row. A model that lacks it gets: the row a
-    ``tokenizer.tokens`` rule gives (``rules``, ``model`` indexing ``xs``); else the row of
-    the only model that has it; else the base's row when there is a base and it has the
-    token; else the mean of the rows of the models that have it; zeros when no model has
-    it (padding rows too). A forced rule's row replaces every model's row.
+    ``tokenizer.tokens`` rule gives (``rules``, ``model`` indexing the inputs); else the
+    row of the only model that has it; else the base's row when there is a base and it
+    has the token; else the mean of the rows of the models that have it; zeros when no
+    model has it (padding rows too). A forced rule's row replaces every model's row.
     So with a base, a token only a donor has comes out as that donor's row for any method
     whose result is the base when the donors equal it.
+
+    The mean is ``sum_k present_k * row_k / max(1, count)``, the sum taken in float64 in
+    input order, and only for the rows some model lacks (usually few): the result does
+    not depend on ``[r0, r1)``, so any split into row ranges gives the whole's rows.
     """
-    present = [m >= 0 for m in maps]
-    rows = [x[m.clamp(min=0)] * p.unsqueeze(1).to(x.dtype)
-            for x, m, p in zip(xs, maps, present, strict=True)]
-    count = torch.stack(present).sum(0)
-    total = torch.stack([r.double() for r in rows]).sum(0)
-    default = (total / count.clamp(min=1).unsqueeze(1)).to(xs[0].dtype)
+    present = [m[r0:r1] >= 0 for m in maps]
+    out = [take(k, m[r0:r1].clamp(min=0)) for k, m in enumerate(maps)]
+    device = out[0].device
+    need = (~torch.stack(present).all(0)).nonzero().squeeze(1)
+    at = need.to(device)
+    have = [p[need].to(device).unsqueeze(1) for p in present]
+    sub = [x[at] for x in out]
+    total = torch.zeros(sub[0].shape, dtype=torch.float64, device=device)
+    for x, p in zip(sub, have, strict=True):
+        total += torch.where(p, x, 0.0)
+    default = (total / torch.stack(have).sum(0).clamp(min=1)).to(out[0].dtype)
     if has_base:
-        default = torch.where(present[0].unsqueeze(1), rows[0], default)
-    values = [(r, xs[r.model][r.source_row] if r.model is not None else 0.0) for r in rules]
-    for rule, value in values:
-        default[rule.row] = value
-    out = [torch.where(p.unsqueeze(1), r, default) for r, p in zip(rows, present, strict=True)]
-    for rule, value in values:
+        default = torch.where(have[0], sub[0], default)
+    position = torch.full((r1 - r0,), -1, dtype=torch.int64)
+    position[need] = torch.arange(len(need))
+    local = [(rule, 0.0 if rule.model is None
+              else take(rule.model, torch.tensor([rule.source_row]))[0])
+             for rule in rules if r0 <= rule.row < r1]
+    for rule, value in local:
+        if position[rule.row - r0] >= 0:
+            default[position[rule.row - r0]] = value
+    for x, p, s in zip(out, have, sub, strict=True):
+        x[at] = torch.where(p, s, default)
+    for rule, value in local:
         if rule.force:
             for x in out:
-                x[rule.row] = value
+                x[rule.row - r0] = value
     return out
 
 
