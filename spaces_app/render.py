@@ -45,10 +45,11 @@ def errors_md(errors: list[dict], recipe_text: str) -> str:
     return "\n\n".join(parts)
 
 
-def summary_md(summary: dict, hub_url: str) -> str:
-    """The formula with its real weights, a table of models, output size and warnings."""
+def models_table(models: list[dict], hub_url: str) -> str:
+    """A Markdown table of the models (role, name, revision link, weight, other
+    parameters, and license and size where the rows have them); empty columns left out."""
     table = []
-    for m in summary["models"]:
+    for m in models:
         revision = m.get("revision")
         rev = "local"
         if revision:
@@ -61,25 +62,41 @@ def summary_md(summary: dict, hub_url: str) -> str:
                 "revision": rev,
                 "weight": m.get("weight") or "",
                 "other parameters": others,
-                "license": m.get("license") or "unknown",
-                "size": size(m.get("bytes")),
+                "license": (m.get("license") or "unknown") if "license" in m else "",
+                "size": size(m["bytes"]) if "bytes" in m else "",
             }
         )
     columns = [c for c in table[0] if any(row[c] for row in table)] if table else []
     rows = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     rows += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
+    return "\n".join(rows)
+
+
+def _parameters_md(parameters: dict, label: str) -> str:
+    shown = ", ".join(f"`{k}` = {v}" for k, v in parameters.items())
+    return f"**{label}:** {shown}"
+
+
+def summary_md(summary: dict, hub_url: str) -> str:
+    """The formula with its real weights, a table of models, output size and warnings;
+    for a multi-part recipe, then each module's formula, models and parameters."""
     parts = [
         f"### ✓ Ready to merge ({summary['method']})",
         f"```\n{summary['formula']}\n```",
-        "\n".join(rows),
+        models_table(summary["models"], hub_url),
     ]
     if summary.get("parameters"):
-        shown = ", ".join(f"`{k}` = {v}" for k, v in summary["parameters"].items())
-        parts.append(f"**Parameters:** {shown}")
+        parts.append(_parameters_md(summary["parameters"], "Parameters"))
     parts += [
         f"**Output:** {size(summary.get('output_bytes'))}, "
         f"{summary.get('parameter_count', 0):,} parameters.",
     ]
+    for module in summary.get("modules") or []:
+        parts += [f"#### Module `{module['name']}` "
+                  f"({module.get('parameter_count', 0):,} parameters)",
+                  models_table(module["models"], hub_url)]
+        if module.get("parameters"):
+            parts.append(_parameters_md(module["parameters"], "Module parameters"))
     warnings = summary.get("warnings") or []
     if warnings:
         parts.append("**Warnings**\n\n" + "\n".join(f"- ⚠ {w}" for w in warnings))

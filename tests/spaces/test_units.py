@@ -72,6 +72,24 @@ def test_local_preflight_summarizes_a_plan(family: list[Path]) -> None:
     assert "other parameters" not in shown  # empty columns are left out
 
 
+def test_a_multi_part_check_shows_each_module(tmp_path: Path) -> None:
+    """Each module's models with their own weights, and its own parameters."""
+    from ..test_card_modules import weighted
+    from ..test_modules import write_llava
+
+    a, b = write_llava(tmp_path / "a", 0), write_llava(tmp_path / "b", 1)
+    answer = preflight.check(weighted(a, b), endpoint=None, token=None)
+    assert answer["ok"] is True, answer
+    shown = render.summary_md(answer, "https://hub.example")
+    sections = shown.split("#### Module ")
+    assert [s.split("`")[1] for s in sections[1:]] == [
+        "text_decoder", "vision_tower", "multi_modal_projector"]
+    assert f"| donor | {b} | local | 0.9 |" in sections[2]
+    assert f"| donor | {b} | local | 0.25 |\n| donor | {a} | local | 0.75 |" in sections[3]
+    assert "**Module parameters:** `weight` = 0.25" in sections[3]
+    assert "license" not in sections[1] and "license" in sections[0]
+
+
 def test_errors_md_points_at_the_line() -> None:
     text = "a: 1\nb: 2\nc: 3\nd: 4\n"
     shown = render.errors_md([{"loc": "c", "msg": "bad value", "line": 3}], text)
