@@ -233,6 +233,24 @@ def job_from_row(row: sqlite3.Row) -> Job:
     )
 
 
+def _enable_wal(db: sqlite3.Connection, path: Path) -> None:
+    """Switch the database to WAL mode (persistent). SQLite answers "database is locked"
+    at once, without its busy handler, when another connection is switching it at the
+    same moment (several processes starting on a new database), so this retries until
+    ``BUSY_TIMEOUT_MS``."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"{path}: could not switch the database to WAL mode")
+        time.sleep(0.01)
+
+
 class Store:
     """The database at ``path``; see the module docstring."""
 
@@ -278,7 +296,7 @@ class Store:
         """Apply pending migrations; return the schema version."""
         db = self._connect()
         try:
-            db.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(db, self.path)
             db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
