@@ -2,6 +2,7 @@
 
     python benchmarks/bench_merge.py --family 0.9b [--device cpu|cuda] [--data bench-data]
     python benchmarks/bench_merge.py --family 0.2b --method ties   # density 0.5, no accuracy
+    python benchmarks/bench_merge.py --family 0.2b --method karcher   # or slerp, nuslerp, ...
 
 Measures, in one run:
 - the I/O floor: time to read every input file once and write a file of the output's size;
@@ -11,9 +12,11 @@ floor and merge alternate ``--repeat`` times and the medians are reported;
 - accuracy (task_arithmetic only): the fraction of output elements that differ from the
   correctly rounded float64 result, and for comparison the same for plain bf16 math (what
   mergekit does).
-``--method ties`` merges the same models with TIES at density 0.5 instead: a method that
-needs whole-tensor statistics (each task vector's top half by magnitude), so its peak RSS
-shows what the executor's multi-pass scheme bounds.
+Other ``--method`` values merge the same models with a method that needs whole-tensor
+statistics, so their peak RSS shows what the executor's multi-pass scheme bounds (see
+:data:`RECIPES`): ``ties`` (density 0.5: each task vector's top half by magnitude),
+``slerp`` (t 0.3, base and donor 1), ``karcher`` (all three), ``arcee_fusion`` (base and
+donor 1), ``nuslerp`` (donors 1 and 2 over the base, one angle per column).
 The family is generated once under --data and reused (page cache warm for both timings).
 """
 
@@ -22,15 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from procs import wall_and_peak_rss
 from safetensors import safe_open
 
 from merge_engine.synth import BENCH_0_2B, BENCH_0_9B, write_family
@@ -40,6 +42,34 @@ WEIGHTS = (1.0, 0.3)
 ROWS = 256
 DENSITY = 0.5
 """``--method ties``: every donor's density."""
+RECIPES = {
+    "task_arithmetic": ("base", [{"weight": w} for w in WEIGHTS], {}),
+    "ties": ("base", [{"weight": w, "density": DENSITY} for w in WEIGHTS], {}),
+    "slerp": ("base", [{}], {"t": 0.3}),
+    "karcher": (None, [{}, {}, {}], {}),
+    "arcee_fusion": ("base", [{}], {}),
+    "nuslerp": ("base", [{"weight": w} for w in WEIGHTS],
+                {"nuslerp_flatten": False, "nuslerp_row_wise": True}),
+}
+"""method -> (base or None, each further model's parameters, global parameters): the
+models are the family's base (unless the base is None), then donor 1, 2, ..."""
+
+
+def recipe_text(method: str, models: list[Path]) -> str:
+    """The benchmark's recipe for ``method`` over the family ``models`` (base first)."""
+    base, params, glob = RECIPES[method]
+    listed = models[1:] if base else models
+    lines = [f"merge_method: {method}"] + ([f"base_model: {models[0]}"] if base else [])
+    if glob:
+        lines += ["parameters:"] + [f"  {k}: {str(v).lower()}" for k, v in glob.items()]
+    lines.append("models:")
+    if method == "slerp":
+        lines.append(f"  - model: {models[0]}")
+    for model, p in zip(listed, params, strict=False):
+        lines.append(f"  - model: {model}")
+        if p:
+            lines += ["    parameters:"] + [f"      {k}: {v}" for k, v in p.items()]
+    return "\n".join(lines) + "\n"
 
 
 def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
@@ -63,11 +93,8 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
 def run_merge_process(recipe: Path, out: Path, device: str) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of a fresh merge-engine process."""
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "merge_engine", "run", str(recipe), str(out),
-                    "--device", device, "--quiet", "--random-seed", "0"], check=True)
-    wall = time.perf_counter() - start
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return wall_and_peak_rss([sys.executable, "-m", "merge_engine", "run", str(recipe),
+                              str(out), "--device", device, "--quiet", "--random-seed", "0"])
 
 
 def round_bf16(x: torch.Tensor) -> torch.Tensor:
@@ -111,8 +138,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("bench-data"))
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--repeat", type=int, default=5, help="runs of floor + merge")
-    parser.add_argument("--method", choices=("task_arithmetic", "ties"),
-                        default="task_arithmetic")
+    parser.add_argument("--method", choices=tuple(RECIPES), default="task_arithmetic")
     args = parser.parse_args()
     root = args.data / args.family
     models = [root / "base", root / "donor-1", root / "donor-2"]
@@ -120,16 +146,12 @@ def main() -> int:
         print(f"generating the {args.family} family under {root} ...", file=sys.stderr)
         write_family(root, FAMILIES[args.family], donors=2, delta_scale=0.002,
                      shard_bytes=1_000_000_000)
-    ties = args.method == "ties"
-    recipe = root / ("recipe-ties.yml" if ties else "recipe.yml")
-    density = f"      density: {DENSITY}\n" if ties else ""
-    recipe.write_text(
-        f"merge_method: {args.method}\nbase_model: {models[0]}\nmodels:\n"
-        + "".join(f"  - model: {m}\n    parameters:\n      weight: {w}\n{density}"
-                  for m, w in zip(models[1:], WEIGHTS, strict=True)))
+    seed = args.method == "task_arithmetic"
+    recipe = root / f"recipe-{args.method}.yml"
+    recipe.write_text(recipe_text(args.method, models))
     inputs = sorted(f for m in models for f in m.glob("*.safetensors"))
     in_bytes = sum(f.stat().st_size for f in inputs)
-    out = args.data / (f"out-{args.family}-ties" if ties else f"out-{args.family}")
+    out = args.data / f"out-{args.family}-{args.method}"
     out_bytes = sum(f.stat().st_size for f in models[0].glob("*.safetensors"))
     io_floor(inputs, out_bytes, args.data / "floor.bin")  # warm the page cache once
     floors, walls, rss = [], [], 0
@@ -148,7 +170,7 @@ def main() -> int:
         "wall_range_s": [round(min(walls), 2), round(max(walls), 2)],
         "peak_rss_mb": round(rss / 1e6),
     }
-    if not args.skip_accuracy and not ties:
+    if not args.skip_accuracy and seed:
         frac, frac_bf16, total = accuracy(models, out)
         figures |= {"elements": total, "differ_from_f64_pct": round(100 * frac, 4),
                     "bf16_math_differ_pct": round(100 * frac_bf16, 2)}

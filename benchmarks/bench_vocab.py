@@ -10,9 +10,8 @@ first ``--own`` of them otherwise and replaces the last ``--own`` by words of it
 union has ``vocab + donors * own`` rows, every donor's rows are found by token, and
 ``donors * own`` rows of each tensor lack some model (their default is a mean, or the
 base's row). Then runs ``merge-engine run`` as a fresh process (the package found from
-the current directory first, then ``PYTHONPATH``) and reports its wall time and peak RSS.
-The family is written by another process and this one imports no torch: a child starts
-as a copy of its parent (vfork), whose resident memory would count in the child's peak.
+the current directory first, then ``PYTHONPATH``) and reports its wall time and peak RSS
+(:func:`procs.wall_and_peak_rss`). The family is written by another process.
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from procs import wall_and_peak_rss
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
 
@@ -62,15 +61,8 @@ def write_models(paths: list[Path], vocab: int, hidden: int, layers: int, own: i
 def run_merge_process(recipe: Path, out: Path, device: str) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of a fresh merge-engine process."""
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "merge_engine", "run", str(recipe),
-                             str(out), "--device", device, "--quiet", "--random-seed", "0"])
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"merge-engine exited with {proc.returncode}")
-    return wall, usage.ru_maxrss * 1024
+    return wall_and_peak_rss([sys.executable, "-m", "merge_engine", "run", str(recipe),
+                              str(out), "--device", device, "--quiet", "--random-seed", "0"])
 
 
 def main() -> int:

@@ -1,7 +1,9 @@
-"""Processes the benchmarks start: a free loopback port, and `mergebot localhub`."""
+"""Processes the benchmarks start: a free loopback port, `mergebot localhub`, and a
+command's wall time and peak resident memory."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -43,3 +45,24 @@ def start_localhub(data: Path, user: str, token: str, bandwidth: float | None = 
     url = f"http://127.0.0.1:{port}"
     wait_http(url, proc)
     return proc, url
+
+
+_PEAK = """import json, os, resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:]).returncode
+print(json.dumps([code, time.perf_counter() - start,
+                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024]))
+"""
+"""Runs a command and prints its exit code, wall seconds and peak RSS in bytes."""
+
+
+def wall_and_peak_rss(cmd: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of ``cmd``, which must succeed. Started from a small
+    helper interpreter (no site packages): a child's peak counts the memory of the
+    process it was started from, and a benchmark that has imported torch holds ~350 MB."""
+    out = subprocess.run([sys.executable, "-S", "-c", _PEAK, *cmd], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    code, wall, peak = json.loads(out.strip().splitlines()[-1])
+    if code:
+        raise SystemExit(f"{cmd[:4]} exited with {code}")
+    return wall, peak

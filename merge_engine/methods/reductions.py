@@ -13,6 +13,7 @@ accurate for rows of any realistic length.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -26,6 +27,23 @@ def _block(x: torch.Tensor) -> int:
     return CPU_BLOCK if x.device.type == "cpu" else DEVICE_BLOCK
 
 
+_scratch = threading.local()
+
+
+def _wide_buffers(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This thread's two float64 block buffers on ``device``, at least ``numel`` long:
+    allocated once per thread, so the many small dots of a merge do not churn (and, over
+    several worker threads, fragment) the allocator."""
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    pair = buffers.get(device)
+    if pair is None or pair[0].numel() < numel:
+        pair = buffers[device] = (torch.empty(numel, dtype=torch.float64, device=device),
+                                  torch.empty(numel, dtype=torch.float64, device=device))
+    return pair
+
+
 def dot_parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The float64 dots of ``a`` and ``b`` over consecutive blocks of their flattened
     elements (1-D); :func:`dot` is their sum. Each block is widened to float64 in a reused
@@ -34,15 +52,16 @@ def dot_parts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     start at block boundaries, concatenated in order, are exactly the whole tensor's."""
     fa, fb = a.reshape(-1), b.reshape(-1)
     n, block = fa.numel(), _block(fa)
-    wide_a = torch.empty(min(n, block), dtype=torch.float64, device=fa.device)
-    wide_b = wide_a if a is b else torch.empty_like(wide_a)
+    if n == 0:
+        return torch.zeros(1, dtype=torch.float64, device=fa.device)
+    wide_a, wide_b = _wide_buffers(fa.device, block)
     parts = []
     for s in range(0, n, block):
         k = min(block, n - s)
         x = wide_a[:k].copy_(fa[s : s + k])
         y = x if a is b else wide_b[:k].copy_(fb[s : s + k])
         parts.append(torch.dot(x, y))
-    return torch.stack(parts) if parts else torch.zeros(1, dtype=torch.float64, device=fa.device)
+    return torch.stack(parts)
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
