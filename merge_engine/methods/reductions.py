@@ -32,8 +32,9 @@ _scratch = threading.local()
 
 def _wide_buffers(device: torch.device, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This thread's two float64 block buffers on ``device``, at least ``numel`` long:
-    allocated once per thread, so the many small dots of a merge do not churn (and, over
-    several worker threads, fragment) the allocator."""
+    allocated once per thread (and freed with it: the executor's workers end with the
+    merge), so the many small dots of a merge do not churn (and, over several worker
+    threads, fragment) the allocator. Scratch only: no result depends on it."""
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
         buffers = _scratch.buffers = {}
