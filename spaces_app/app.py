@@ -27,7 +27,7 @@ import gradio as gr
 
 from spaces_app import preflight, render
 from spaces_app.client import ApiError, MergebotClient
-from spaces_app.examples import SEED_MODELS, examples
+from spaces_app.examples import SEED_LAYERS, SEED_MODELS, examples
 from spaces_app.hub import HubReader
 
 DEFAULT_HUB = "https://huggingface.co"
@@ -54,6 +54,8 @@ class AppConfig:
     demo_token: str | None = field(default=None, repr=False)
     """Offline demo only: the token used when there is no real OAuth token."""
     example_models: tuple[str, str, str] = SEED_MODELS
+    example_layers: int = SEED_LAYERS
+    """The example models' decoder layers (the frankenmerge example's ranges)."""
     poll_seconds: float = 1.5
     login: bool | None = None
     """Show "Sign in with Hugging Face"; None: on a Space, or where Gradio can mock it."""
@@ -221,7 +223,7 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
     """The Blocks app; launch it, or serve it with :class:`spaces_app.mount.GradioASGI`."""
     config = config or AppConfig()
     h = Handlers(client, config)
-    choices = examples(*config.example_models)
+    choices = examples(*config.example_models, layers=config.example_layers)
     by_label = {e.label: e.text for e in choices}
     namespace = config.namespace or "the bot's namespace"
 

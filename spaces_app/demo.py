@@ -35,6 +35,8 @@ REPOS = ("demo/base", "demo/donor-1", "demo/donor-2")
 LICENSES = ("apache-2.0", "apache-2.0", "mit")
 """donor-2's license differs on purpose, so Check shows the license warning."""
 STATE = "demo.json"
+DEMO_LAYERS = 4
+"""Decoder layers of the generated models (hidden 256, vocab 1000: about 1.4M parameters)."""
 
 
 def free_port() -> int:
@@ -63,11 +65,18 @@ def isolate(home: Path, hub_url: str) -> None:
     os.environ.pop("SPACE_ID", None)
 
 
+def demo_shape():
+    """The generated models' :class:`~merge_engine.synth.LlamaShape`."""
+    from merge_engine.synth import LlamaShape
+
+    return LlamaShape(hidden=256, intermediate=512, layers=DEMO_LAYERS, vocab=1000)
+
+
 def seed(home: Path, hub_url: str) -> None:
     """Generate and upload the three source models, once (skipped when present)."""
     from huggingface_hub import HfApi
 
-    from merge_engine.synth import LlamaShape, write_family
+    from merge_engine.synth import write_family
 
     api = HfApi(endpoint=hub_url, token=DEMO_TOKEN)
     if all(api.repo_exists(repo) for repo in REPOS):
@@ -75,7 +84,7 @@ def seed(home: Path, hub_url: str) -> None:
     models = home / "models"
     if not (models / "donor-2" / "config.json").exists():
         print(f"generating a small llama base and two donors in {models}", file=sys.stderr)
-        write_family(models, LlamaShape(hidden=256, intermediate=512, layers=4, vocab=1000))
+        write_family(models, demo_shape())
     folders = ("base", "donor-1", "donor-2")
     for repo, folder, license_id in zip(REPOS, folders, LICENSES, strict=True):
         path = models / folder
@@ -101,13 +110,12 @@ def push_donor(home: Path, number: int) -> int:
     isolate(home, state["hub_url"])
     from huggingface_hub import HfApi
 
-    from merge_engine.synth import LlamaShape, write_model
+    from merge_engine.synth import write_model
 
     api = HfApi(endpoint=state["hub_url"], token=DEMO_TOKEN)
     pushes = state.get("pushes", 0) + 1
     out = home / "pushes" / f"donor-{number}-{pushes}"
-    shape = LlamaShape(hidden=256, intermediate=512, layers=4, vocab=1000)
-    write_model(out, shape, donor=number + 100 * pushes)  # same base, a new fine-tune delta
+    write_model(out, demo_shape(), donor=number + 100 * pushes)  # same base, a new fine-tune delta
     info = api.upload_folder(
         repo_id=f"demo/donor-{number}",
         folder_path=out,
@@ -163,6 +171,7 @@ def build_asgi(home: Path, hub_url: str, url: str):
         ui_factory,
         demo_token=DEMO_TOKEN,
         example_models=REPOS,
+        example_layers=DEMO_LAYERS,
         poll_seconds=1.0,
     )
     try:
@@ -177,7 +186,8 @@ def build_asgi(home: Path, hub_url: str, url: str):
         from spaces_app.app import AppConfig, build_app
         from spaces_app.client import MergebotClient
 
-        config = AppConfig(hub_url=hub_url, demo_token=DEMO_TOKEN, example_models=REPOS)
+        config = AppConfig(hub_url=hub_url, demo_token=DEMO_TOKEN, example_models=REPOS,
+                           example_layers=DEMO_LAYERS)
         holder: dict = {}
         client = MergebotClient(lambda: holder["asgi"].base_url())
         holder["asgi"] = asgi = GradioASGI(build_app(client, config))

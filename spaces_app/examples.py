@@ -1,7 +1,9 @@
-"""Ready recipes for the editor: the seed recipe, ties, dare_ties and a slerp.
+"""Ready recipes for the editor: the seed recipe, ties, dare_ties, a slerp, model_stock and
+a frankenmerge.
 
-``examples(base, donor_1, donor_2)`` fills in the models: the seed recipe's own models by
-default, the demo's generated ones in the offline demo.
+``examples(base, donor_1, donor_2, layers)`` fills in the models and their layer count: the
+seed recipe's own models (40 layers) by default, the demo's generated ones in the offline
+demo.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ SEED_MODELS = (
     "psmathur/orca_mini_v3_13b",
     "WizardLM/WizardLM-13B-V1.2",
 )
+SEED_LAYERS = 40
+"""Decoder layers of the seed models (Llama-2-13B fine-tunes)."""
 
 _SEED = """\
 # The seed recipe: orca_mini + 0.3 x (WizardLM - Platypus2).
@@ -75,6 +79,32 @@ dtype: bfloat16
 """
 
 
+_MODEL_STOCK = """\
+# Model Stock: the donors' mean, pulled toward the base by how well their task vectors
+# agree (the cosine between them); needs a base and at least two donors, no weights.
+merge_method: model_stock
+base_model: {base}
+models:
+  - model: {donor_1}
+  - model: {donor_2}
+dtype: bfloat16
+"""
+
+_FRANKENMERGE = """\
+# Frankenmerge: layers of two models stacked ({total} layers out); passthrough copies them.
+# The output's tensor names and its config's layer count follow the slices.
+merge_method: passthrough
+slices:
+  - sources:
+      - model: {donor_1}
+        layer_range: [0, {upper}]
+  - sources:
+      - model: {donor_2}
+        layer_range: [{lower}, {layers}]
+dtype: bfloat16
+"""
+
+
 @dataclass(frozen=True)
 class Example:
     label: str
@@ -82,13 +112,21 @@ class Example:
 
 
 def examples(
-    base: str = SEED_MODELS[0], donor_1: str = SEED_MODELS[1], donor_2: str = SEED_MODELS[2]
+    base: str = SEED_MODELS[0],
+    donor_1: str = SEED_MODELS[1],
+    donor_2: str = SEED_MODELS[2],
+    layers: int = SEED_LAYERS,
 ) -> list[Example]:
-    """The editor's examples, first the seed recipe, with these models filled in."""
+    """The editor's examples, first the seed recipe, with these models filled in; the
+    frankenmerge takes the first 3/4 of donor 1's ``layers`` and the last 3/4 of donor 2's."""
     names = {"base": base, "donor_1": donor_1, "donor_2": donor_2}
+    upper, lower = layers - layers // 4, layers // 4
+    stack = {"upper": upper, "lower": lower, "layers": layers, "total": 2 * upper}
     return [
         Example("seed recipe (task_arithmetic 1.0 / 0.3)", _SEED.format(**names)),
         Example("ties", _TIES.format(**names)),
         Example("dare_ties", _DARE_TIES.format(**names)),
         Example("slerp", _SLERP.format(**names)),
+        Example("model_stock", _MODEL_STOCK.format(**names)),
+        Example("frankenmerge (passthrough slices)", _FRANKENMERGE.format(**names, **stack)),
     ]

@@ -4,16 +4,20 @@ remerge, and the remerge a donor push triggers."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from spaces_app.demo import REPOS
+from spaces_app.demo import DEMO_LAYERS, DEMO_TOKEN, REPOS
 from spaces_app.examples import examples
 from tests.bot.botutil import wait_for
 from tests.spaces.conftest import Demo
 
 gradio_client = pytest.importorskip("gradio_client")
 
-SEED, TIES, DARE_TIES, SLERP = (e.text for e in examples(*REPOS))
+EXAMPLES = examples(*REPOS, layers=DEMO_LAYERS)
+SEED = EXAMPLES[0].text
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +53,11 @@ def test_check_shows_formula_revisions_licenses_and_sizes(client, demo: Demo) ->
     assert "**Output:** 5.7 MB" in answer
 
 
-@pytest.mark.parametrize("recipe", [TIES, DARE_TIES, SLERP], ids=["ties", "dare_ties", "slerp"])
-def test_every_example_checks(client, recipe: str) -> None:
-    answer = client.predict(recipe, api_name="/check")
-    assert "Ready to merge" in answer or "not supported yet" in answer, answer
+@pytest.mark.parametrize("example", EXAMPLES[1:], ids=lambda e: e.label.split(" ")[0])
+def test_every_example_checks(client, example) -> None:
+    answer = client.predict(example.text, api_name="/check")
+    method = example.text.split("merge_method: ")[1].split()[0]
+    assert f"Ready to merge ({method})" in answer, answer
 
 
 def test_check_shows_an_error_at_its_yaml_line(client) -> None:
@@ -91,6 +96,23 @@ def test_submit_then_job_status_and_card(client, demo: Demo) -> None:
     assert f"job {new_job}" in message and new_job != job_id
     status, *_ = follow(client, None, new_job)
     assert "succeeded" in status or "skipped" in status
+
+
+def test_the_frankenmerge_example_publishes_a_deeper_model(client, demo: Demo,
+                                                           tmp_path: Path) -> None:
+    """Submitted from the UI: the published config has the stacked layer count."""
+    from huggingface_hub import HfApi
+
+    stack = EXAMPLES[-1]
+    _, recipe_id, job_id, _ = client.predict(stack.text, "client-stack", False, False,
+                                             api_name="/submit")
+    status, log, _card, _ = follow(client, recipe_id, job_id)
+    assert "succeeded" in status, (status, log, demo.logs())
+    api = HfApi(endpoint=demo.hub_url, token=DEMO_TOKEN)
+    config = json.loads(Path(api.hf_hub_download("mergebot/client-stack", "config.json",
+                                                  cache_dir=tmp_path)).read_text())
+    upper = DEMO_LAYERS - DEMO_LAYERS // 4
+    assert config["num_hidden_layers"] == 2 * upper
 
 
 def test_submit_refused_recipe_shows_errors(client) -> None:

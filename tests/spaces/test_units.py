@@ -24,7 +24,8 @@ from spaces_app.stage import stage
 
 def test_examples_parse_and_start_with_the_seed_recipe() -> None:
     items = examples()
-    assert [e.label.split(" ")[0] for e in items] == ["seed", "ties", "dare_ties", "slerp"]
+    assert [e.label.split(" ")[0] for e in items] == [
+        "seed", "ties", "dare_ties", "slerp", "model_stock", "frankenmerge"]
     seed = parse_recipe(items[0].text)
     assert seed.merge_method == "task_arithmetic"
     assert [m.ref.path for m in seed.inputs()] == list(SEED_MODELS)
@@ -32,6 +33,8 @@ def test_examples_parse_and_start_with_the_seed_recipe() -> None:
         parse_recipe(item.text)
     custom = examples("a/base", "a/one", "a/two")[0].text
     assert "base_model: a/base" in custom and "model: a/two" in custom
+    stack = parse_recipe(examples()[-1].text).slices
+    assert [s.sources[0].layer_range for s in stack] == [(0, 30), (10, 40)]
 
 
 def test_line_of_finds_yaml_paths() -> None:
