@@ -16,7 +16,7 @@
 
 A token's ``source`` gives the embedding (and output-head) row used for models that lack
 the token; with ``force`` it replaces every model's row, so methods that return their
-inputs' common value give exactly it. See :func:`merge_engine.vocab.fill_missing`.
+inputs' common value give exactly it. See :func:`merge_engine.vocab.fill_rows`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ The block adds per-token rules (``tokens``, see :mod:`merge_engine.tokenizer_blo
 Each model then gets a row map: for every output token id, the row of that model's
 embedding (and output head) for the same token string, or -1 when the model lacks it (or
 its id is past the model's ``vocab_size``). Missing rows are filled before the merge, as
-mergekit's ``PermutedEmbeddings`` does (see :func:`fill_missing`).
+mergekit's ``PermutedEmbeddings`` does (see :func:`fill_rows`).
 
 Vocabularies are read by :mod:`merge_engine.vocab_files` (tokenizer.json, or a slow
 tokenizer's files); Hub models fetch only their small tokenizer files.
@@ -249,13 +249,6 @@ def _union(vocabs: Sequence[ModelVocab], limits: Sequence[int | None], base_name
                 out.add_tokens([info])
             have.add(info.content)
     return out
-
-
-def fill_missing(xs: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
-                 has_base: bool, rules: Sequence[RowRule] = ()) -> list[torch.Tensor]:
-    """Every input's rows in output-vocabulary order, missing ones filled: :func:`fill_rows`
-    over all the output rows of whole tensors ``xs``."""
-    return fill_rows(lambda k, rows: xs[k][rows], maps, has_base, rules, 0, len(maps[0]))
 
 
 RowTaker = Callable[[int, torch.Tensor], torch.Tensor]

@@ -10,10 +10,10 @@ import torch
 from merge_engine import run_merge, validate
 from merge_engine.errors import RecipeError
 from merge_engine.recipe import parse_recipe
-from merge_engine.vocab import NAMED_TEMPLATES, fill_missing
+from merge_engine.vocab import NAMED_TEMPLATES
 
 from .conftest import TINY, load_model
-from .tokutil import SHARED, SPECIALS, make_pair, recipe
+from .tokutil import SHARED, SPECIALS, fill_missing, make_pair, recipe
 
 
 @pytest.fixture(scope="module")

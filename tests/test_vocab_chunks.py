@@ -10,12 +10,12 @@ import torch
 
 import merge_engine.executor as executor
 from merge_engine import run_merge, validate
-from merge_engine.vocab import RowRule, fill_missing, fill_rows
+from merge_engine.vocab import RowRule, fill_rows
 
 from .conftest import load_model, recipe_text
 from .test_lora import write_adapter
 from .test_tokenizer_block import block
-from .tokutil import make_pair, recipe
+from .tokutil import fill_missing, make_pair, recipe
 
 EMB, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from merge_engine.synth import write_model
+from merge_engine.vocab import fill_rows
 
 from .conftest import TINY
 
@@ -48,3 +49,8 @@ def recipe(method: str, a, b, extra: str, *, base=None, wa=0.6, wb=0.4) -> str:
     lines += ["models:", f"  - model: {a}", "    parameters:", f"      weight: {wa}",
               f"  - model: {b}", "    parameters:", f"      weight: {wb}"]
     return "\n".join(lines) + "\n" + extra
+
+
+def fill_missing(xs, maps, has_base, rules=()):
+    """:func:`merge_engine.vocab.fill_rows` over every output row of whole tensors ``xs``."""
+    return fill_rows(lambda k, rows: xs[k][rows], maps, has_base, rules, 0, len(maps[0]))

@@ -155,9 +155,12 @@ def _slerp_passes(global_params: Params, model_params: Sequence[Params],
 # --- nuslerp -------------------------------------------------------------------------------
 
 
-def _nuslerp_coefficients(t: float, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 factors (c0, c1) of ``c0 v0 + c1 v1`` for cosines ``cos`` (any shape)."""
-    theta = torch.acos(cos.clamp(-1, 1))
+def _nuslerp_coefficients(t: float, d00: torch.Tensor, d11: torch.Tensor, d01: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 factors (c0, c1) of ``c0 v0 + c1 v1`` from the float64 dot products
+    ``v0.v0``, ``v1.v1``, ``v0.v1`` (any shape: one angle per element)."""
+    norms = d00.sqrt().clamp(min=NUSLERP_NORM_MIN) * d11.sqrt().clamp(min=NUSLERP_NORM_MIN)
+    theta = torch.acos((d01 / norms).clamp(-1, 1))
     sin_theta = torch.sin(theta)
     colinear = sin_theta.abs() < NUSLERP_SIN_MIN
     safe_sin = torch.where(colinear, torch.ones_like(sin_theta), sin_theta)
@@ -168,10 +171,8 @@ def _nuslerp_coefficients(t: float, cos: torch.Tensor) -> tuple[torch.Tensor, to
 
 def _flat_nuslerp_factors(t: float, d00: float, d11: float, d01: float) -> tuple[float, float]:
     """``(c0, c1)`` of flattened nuslerp from the dot products ``v0.v0``, ``v1.v1``, ``v0.v1``."""
-    n0 = max(math.sqrt(d00), NUSLERP_NORM_MIN)
-    n1 = max(math.sqrt(d11), NUSLERP_NORM_MIN)
-    cos = torch.tensor(d01 / (n0 * n1), dtype=torch.float64)
-    c0, c1 = _nuslerp_coefficients(t, cos)
+    c0, c1 = _nuslerp_coefficients(t, *(torch.tensor(d, dtype=torch.float64)
+                                        for d in (d00, d11, d01)))
     return float(c0), float(c1)
 
 
@@ -187,9 +188,7 @@ def nuslerp_tensors(
         c0, c1 = _flat_nuslerp_factors(t, dot(v0, v0), dot(v1, v1), dot(v0, v1))
         return v0.mul_(c0).add_(v1, alpha=c1)
     x0, x1 = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
-    n0 = row_norm(x0).clamp_(min=NUSLERP_NORM_MIN)
-    n1 = row_norm(x1).clamp_(min=NUSLERP_NORM_MIN)
-    c0, c1 = _nuslerp_coefficients(t, row_dot(x0, x1) / (n0 * n1))
+    c0, c1 = _nuslerp_coefficients(t, row_dot(x0, x0), row_dot(x1, x1), row_dot(x0, x1))
     x0.mul_(c0.to(x0.dtype)).add_(x1.mul_(c1.to(x1.dtype)))
     return v0
 
@@ -272,10 +271,7 @@ class NuslerpColumnPasses(MultiPass):
     def next_pass(self) -> bool:
         if self._started:
             assert self.totals is not None and not self._early
-            d00, d11, d01 = self.totals
-            norms = d00.sqrt().clamp_(min=NUSLERP_NORM_MIN) * d11.sqrt().clamp_(
-                min=NUSLERP_NORM_MIN)
-            self.factors = _nuslerp_coefficients(self.t, d01 / norms)
+            self.factors = _nuslerp_coefficients(self.t, *self.totals)
         self._started = True
         return self.factors is None
 
