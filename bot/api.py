@@ -49,11 +49,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from merge_engine.api import validate
-from merge_engine.errors import InputError, MergeEngineError, RecipeError
-from merge_engine.plan import Plan
-from merge_engine.recipe import Recipe, parse_recipe
-from merge_engine.sources import HubAccess
+from merge_engine import (
+    HubAccess,
+    InputError,
+    MergeEngineError,
+    Plan,
+    Recipe,
+    RecipeError,
+    parse_recipe,
+    validate,
+)
 
 from . import queue
 from .settings import Settings

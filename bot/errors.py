@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from merge_engine import retry
+import merge_engine
 
 
 class BotError(Exception):
@@ -16,5 +16,5 @@ class TransientError(BotError):
 
 def is_transient(exc: BaseException) -> bool:
     """Is ``exc`` (or what it was raised from) worth retrying?"""
-    return (any(isinstance(e, TransientError) for e in retry.causes(exc))
-            or retry.is_transient(exc))
+    return (any(isinstance(e, TransientError) for e in merge_engine.error_causes(exc))
+            or merge_engine.is_transient(exc))

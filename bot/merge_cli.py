@@ -15,7 +15,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from merge_engine.errors import InputError, MergeEngineError
+from merge_engine import InputError, MergeEngineError
 
 from .errors import BotError
 from .publish import PublishRequest, merge_and_publish

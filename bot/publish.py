@@ -30,12 +30,18 @@ import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-from merge_engine.api import DEFAULT_SHARD_BYTES, run_merge, validate
-from merge_engine.plan import Plan
-from merge_engine.recipe import parse_recipe
-from merge_engine.retry import retry
-from merge_engine.sources import HubAccess, Source, open_source
-from merge_engine.summary import formula
+from merge_engine import (
+    DEFAULT_SHARD_BYTES,
+    HubAccess,
+    Plan,
+    Source,
+    formula,
+    open_source,
+    parse_recipe,
+    retry,
+    run_merge,
+    validate,
+)
 
 from .errors import BotError, TransientError
 

@@ -5,14 +5,14 @@
     error_item(loc, msg, line)  # {"loc", "msg", "line"}; an answer with errors is
                     # {"ok": False, "errors": [...]}
 
-``summary`` is :func:`merge_engine.summary.plan_json`, which the Space's local fallback
+``summary`` is :func:`merge_engine.plan.summary.plan_json`, which the Space's local fallback
 (``spaces_app/preflight.py``) uses too.
 """
 
 from __future__ import annotations
 
-from merge_engine.recipe import Recipe
-from merge_engine.summary import plan_json as summary
+from merge_engine import Recipe
+from merge_engine import plan_json as summary
 
 __all__ = ["error_item", "line_of", "summary"]
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from merge_engine.errors import InputError, SourceError
+from merge_engine import InputError, SourceError
 
 from . import cleanup, queue, workdirs
 from .errors import BotError, is_transient

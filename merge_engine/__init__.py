@@ -1,9 +1,16 @@
-"""merge_engine: mergekit recipes in, merged safetensors checkpoints out, tensor by tensor."""
+"""merge_engine: mergekit recipes in, merged safetensors checkpoints out, tensor by tensor.
 
-__version__ = "0.1.0"
+The stages, each a subpackage that imports only the ones before it: ``recipe`` ->
+``io`` -> ``tokenizer`` -> ``plan`` -> ``execute``, then ``card``, ``api`` and ``cli``;
+``methods`` (pure float32 tensor functions) and ``errors`` sit below them all.
 
-from .api import MergeResult, run_merge, validate  # noqa: E402
-from .errors import (  # noqa: E402
+The names below are the engine's public API: what ``bot/`` and ``spaces_app/`` use. The
+other public module is ``merge_engine.synth`` (tiny generated model families for demos,
+tests and benchmarks).
+"""
+
+from merge_engine.api import DEFAULT_SHARD_BYTES, MergeResult, run_merge, validate
+from merge_engine.errors import (
     InputError,
     MergeEngineError,
     MergeError,
@@ -11,16 +18,36 @@ from .errors import (  # noqa: E402
     RecipeError,
     SourceError,
 )
+from merge_engine.io import HubAccess, Source, open_source
+from merge_engine.io.retry import causes as error_causes
+from merge_engine.io.retry import is_transient, retry
+from merge_engine.plan import Plan
+from merge_engine.plan.summary import formula, plan_json
+from merge_engine.recipe import Recipe, load_recipe, parse_recipe
+from merge_engine.version import __version__
 
 __all__ = [
+    "DEFAULT_SHARD_BYTES",
+    "HubAccess",
     "InputError",
     "MergeEngineError",
     "MergeError",
     "MergeResult",
     "PlanError",
+    "Plan",
+    "Recipe",
     "RecipeError",
+    "Source",
     "SourceError",
     "__version__",
+    "error_causes",
+    "formula",
+    "is_transient",
+    "load_recipe",
+    "open_source",
+    "parse_recipe",
+    "plan_json",
+    "retry",
     "run_merge",
     "validate",
 ]

@@ -1,5 +1,5 @@
 """``python -m merge_engine`` is ``merge-engine``."""
 
-from .cli import main
+from merge_engine.cli import main
 
 raise SystemExit(main())

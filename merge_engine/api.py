@@ -19,14 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .card import render_card
-from .errors import MergeEngineError
-from .executor import Executor, Progress, Timings, resolve_device
-from .plan import Plan, build_plan
-from .recipe import Recipe, load_recipe, parse_recipe
-from .sources import HubAccess, Source, open_source
-from .summary import ModelRow, formula, model_rows
-from .vocab import TOKENIZER_FILES, write_tokenizer
+from merge_engine.card import render_card
+from merge_engine.errors import MergeEngineError
+from merge_engine.execute.executor import Executor, Progress, Timings, resolve_device
+from merge_engine.io.hub import HubAccess
+from merge_engine.io.sources import Source, open_source
+from merge_engine.plan.build import Plan, build_plan
+from merge_engine.plan.summary import ModelRow, formula, model_rows
+from merge_engine.recipe import Recipe, load_recipe, parse_recipe
+from merge_engine.tokenizer.vocab import TOKENIZER_FILES, write_tokenizer
 
 DEFAULT_SHARD_BYTES = 5_000_000_000
 RECIPE_NAME = "mergekit_config.yml"
@@ -125,7 +126,7 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
 def write_side_files(plan: Plan, directory: Path, copy_tokenizer: bool) -> list[Path]:
     """``config.json`` (dtype updated; the plan's own config when slices changed the layers
     or a tokenizer merge the vocabulary), generation files (the first source's), tokenizer
-    files (the first source's, or the merged tokenizer: :func:`merge_engine.vocab.
+    files (the first source's, or the merged tokenizer: :func:`merge_engine.tokenizer.vocab.
     write_tokenizer`) with the chat template, and the recipe."""
     reference = plan.sources[0]
     written = []

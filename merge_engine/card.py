@@ -16,10 +16,9 @@ import re
 
 import yaml
 
-from . import __version__
-from .plan import Plan
-from .sources import Source
-from .summary import (
+from merge_engine.io.sources import Source
+from merge_engine.plan.build import Plan
+from merge_engine.plan.summary import (
     ModelRow,
     Part,
     SliceRow,
@@ -33,6 +32,7 @@ from .summary import (
     recipe_parameters,
     slice_rows,
 )
+from merge_engine.version import __version__
 
 DEFAULT_HUB = "https://huggingface.co"
 

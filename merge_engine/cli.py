@@ -12,10 +12,9 @@ import re
 import sys
 import traceback
 
-from . import __version__
-from .api import DEFAULT_SHARD_BYTES, run_merge, validate
-from .errors import MergeEngineError
-from .summary import (
+from merge_engine.api import DEFAULT_SHARD_BYTES, run_merge, validate
+from merge_engine.errors import MergeEngineError
+from merge_engine.plan.summary import (
     ModelRow,
     fmt,
     formula,
@@ -24,6 +23,7 @@ from .summary import (
     model_rows,
     parts,
 )
+from merge_engine.version import __version__
 
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,

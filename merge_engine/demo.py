@@ -10,8 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .api import run_merge
-from .synth import LlamaShape, write_family
+from merge_engine.api import run_merge
+from merge_engine.synth import LlamaShape, write_family
 
 RECIPE = """\
 # merged = base + 1.0 x (donor-1 - base) + 0.3 x (donor-2 - base), as in the seed recipe

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import OutTensor, ShardedWriter
+from merge_engine.io.checkpoint import OutTensor, ShardedWriter
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,22 @@
     summary["formula"]   # "merged = base + 1.0 * (donor-1 - base) + 0.3 * (donor-2 - base)"
 
 The UI's Check asks the bot (``POST /api/validate``); this is its fallback for when no bot
-answers. The answer is the same JSON as the bot's (:func:`merge_engine.summary.plan_json`).
+answers. The answer is the same JSON as the bot's (:func:`merge_engine.plan.summary.plan_json`).
 It calls the engine's pure ``merge_engine.api.validate`` with the *user's* token,
 so a user only sees models they can read. No weight byte is downloaded.
 """
 
 from __future__ import annotations
 
-from merge_engine.api import validate
-from merge_engine.errors import InputError, MergeEngineError, RecipeError
-from merge_engine.recipe import parse_recipe
-from merge_engine.sources import HubAccess
-from merge_engine.summary import plan_json
+from merge_engine import (
+    HubAccess,
+    InputError,
+    MergeEngineError,
+    RecipeError,
+    parse_recipe,
+    plan_json,
+    validate,
+)
 
 
 def check(recipe_text: str, *, endpoint: str | None, token: str | None) -> dict:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from merge_engine import PlanError, run_merge, validate
-from merge_engine.architecture import (
+from merge_engine.plan.architecture import (
     EMBEDDING_SUFFIXES,
     TIED_ALIASES,
     config_get,
@@ -504,7 +504,7 @@ def test_gpt_neox_slices_with_linear(tmp_path):
 
 
 def test_gradients_in_a_whole_model_merge_of_a_vision_model_use_each_stack():
-    from merge_engine.plan import _gradient_t
+    from merge_engine.plan.build import _gradient_t
 
     config, names = CASES["gemma3"][:2]
     layout = detect_layout(config, names, "m")

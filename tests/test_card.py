@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 
 from merge_engine import run_merge, validate
 from merge_engine.card import render_card
-from merge_engine.summary import model_rows, plan_json
+from merge_engine.plan.summary import model_rows, plan_json
 
 from .conftest import recipe_text
 from .test_lora import write_adapter

@@ -8,7 +8,7 @@ import pytest
 from merge_engine import run_merge, validate
 from merge_engine.card import render_card
 from merge_engine.cli import main
-from merge_engine.summary import model_rows, plan_json
+from merge_engine.plan.summary import model_rows, plan_json
 
 from .test_card import parse, table_rows
 from .test_modules import write_llava

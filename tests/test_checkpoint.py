@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from merge_engine.checkpoint import (
+from merge_engine.errors import SourceError
+from merge_engine.io.checkpoint import (
     INDEX_NAME,
     FileReader,
     OutTensor,
@@ -17,7 +18,6 @@ from merge_engine.checkpoint import (
     require_safetensors,
     shard_layout,
 )
-from merge_engine.errors import SourceError
 
 
 def test_read_header_matches_safetensors(tmp_path):

@@ -116,7 +116,7 @@ def models(tmp_path_factory):
 
 
 def test_lora_base_equals_applying_by_hand_chunked_or_not(models, tmp_path, monkeypatch):
-    import merge_engine.executor as executor
+    import merge_engine.execute.executor as executor
 
     base, d1, d2, adapter = models
     text = recipe_text(
@@ -297,9 +297,9 @@ def test_hub_refs_pinned_in_card():
     """A Hub ``model+adapter`` shows both parts pinned in the reproducible recipe."""
     from types import SimpleNamespace
 
-    from merge_engine.lora import Adapter
-    from merge_engine.refs import parse_ref
-    from merge_engine.sources import Source
+    from merge_engine.io.lora import Adapter
+    from merge_engine.io.sources import Source
+    from merge_engine.recipe.refs import parse_ref
 
     ref = parse_ref("org/model@main+org/adapter")
     source = Source(ref, "a" * 40, {}, {}, [])
@@ -363,7 +363,7 @@ def test_dora_matches_peft_merge_and_unload(models, tmp_path, monkeypatch, chunk
     merges it, also when the rows come in chunks (the norm is a whole row's)."""
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
-    import merge_engine.executor as executor
+    import merge_engine.execute.executor as executor
 
     if chunk:
         monkeypatch.setattr(executor, "DEFAULT_CHUNK_ELEMS", chunk)

@@ -95,7 +95,7 @@ def test_sharded_inputs_and_outputs_give_the_same_model(family, tmp_path):
 
 
 def test_chunked_and_whole_tensor_math_agree(family, tmp_path, monkeypatch):
-    import merge_engine.executor as executor
+    import merge_engine.execute.executor as executor
 
     base, d1, d2 = family
     text = recipe_text("task_arithmetic", base, [(d1, {"weight": 0.7}), (d2, {"weight": -0.2})])
@@ -259,7 +259,7 @@ def test_disk_full_is_a_clear_error_and_leaves_nothing(family, tmp_path, monkeyp
     import errno
     import os
 
-    import merge_engine.checkpoint as checkpoint
+    import merge_engine.io.checkpoint as checkpoint
     from merge_engine import MergeEngineError
 
     real_write = os.write

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from merge_engine import run_merge, validate
-from merge_engine.architecture import module_of
 from merge_engine.errors import PlanError, RecipeError
+from merge_engine.plan.architecture import module_of
 from merge_engine.recipe import parse_recipe
 
 from .conftest import load_model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import merge_engine.executor as executor
+import merge_engine.execute.executor as executor
 from merge_engine import MergeError, run_merge
 from merge_engine.errors import InputError
 from merge_engine.methods import get_method

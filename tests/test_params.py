@@ -7,7 +7,7 @@ import math
 import pytest
 
 from merge_engine.errors import RecipeError
-from merge_engine.params import (
+from merge_engine.recipe.params import (
     FilterList,
     FilterRule,
     Gradient,

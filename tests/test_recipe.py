@@ -10,9 +10,9 @@ import pytest
 from merge_engine import methods
 from merge_engine.errors import RecipeError
 from merge_engine.methods.registry import REQUIRED, MethodSpec
-from merge_engine.params import FilterList, FilterRule, Gradient
 from merge_engine.recipe import InputModel, Recipe, load_recipe, parse_recipe
-from merge_engine.refs import ModelRef
+from merge_engine.recipe.params import FilterList, FilterRule, Gradient
+from merge_engine.recipe.refs import ModelRef
 
 # /work/shared/reference/seed-recipe.yml, verbatim.
 SEED = """\

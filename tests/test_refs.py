@@ -7,7 +7,7 @@ import os
 import pytest
 
 from merge_engine.errors import RecipeError
-from merge_engine.refs import ModelRef, is_hub_id, parse_ref, parse_ref_value
+from merge_engine.recipe.refs import ModelRef, is_hub_id, parse_ref, parse_ref_value
 
 
 def _err(text, loc="models[0].model") -> RecipeError:

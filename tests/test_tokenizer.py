@@ -10,7 +10,7 @@ import torch
 from merge_engine import run_merge, validate
 from merge_engine.errors import RecipeError
 from merge_engine.recipe import parse_recipe
-from merge_engine.vocab import NAMED_TEMPLATES
+from merge_engine.recipe.chat_templates import NAMED_TEMPLATES
 
 from .conftest import TINY, load_model
 from .tokutil import SHARED, SPECIALS, fill_missing, make_pair, recipe

@@ -11,9 +11,9 @@ import torch
 from merge_engine import run_merge, validate
 from merge_engine.errors import PlanError, RecipeError
 from merge_engine.recipe import parse_recipe
+from merge_engine.recipe.tokenizer_block import TokenSource
 from merge_engine.synth import write_model
-from merge_engine.tokenizer_block import TokenSource
-from merge_engine.vocab_files import sentencepiece_pieces
+from merge_engine.tokenizer.files import sentencepiece_pieces
 
 from .conftest import TINY, load_model
 from .tokutil import SHARED, SPECIALS, make_pair, recipe, write_tokenizer

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import merge_engine.executor as executor
+import merge_engine.execute.executor as executor
 from merge_engine import run_merge, validate
-from merge_engine.vocab import RowRule, fill_rows
+from merge_engine.tokenizer.vocab import RowRule, fill_rows
 
 from .conftest import load_model, recipe_text
 from .test_lora import write_adapter

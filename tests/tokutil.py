@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from merge_engine.synth import write_model
-from merge_engine.vocab import fill_rows
+from merge_engine.tokenizer.vocab import fill_rows
 
 from .conftest import TINY
 
@@ -52,5 +52,6 @@ def recipe(method: str, a, b, extra: str, *, base=None, wa=0.6, wb=0.4) -> str:
 
 
 def fill_missing(xs, maps, has_base, rules=()):
-    """:func:`merge_engine.vocab.fill_rows` over every output row of whole tensors ``xs``."""
+    """:func:`merge_engine.tokenizer.vocab.fill_rows` over every output row of whole
+    tensors ``xs``."""
     return fill_rows(lambda k, rows: xs[k][rows], maps, has_base, rules, 0, len(maps[0]))

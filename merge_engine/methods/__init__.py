@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from . import geometric, linear, passthrough, selective, task_arithmetic
-from .registry import REQUIRED, MethodSpec
+from merge_engine.methods import geometric, linear, passthrough, selective, task_arithmetic
+from merge_engine.methods.registry import REQUIRED, MethodSpec
 
 __all__ = ["METHODS", "REQUIRED", "MethodSpec", "get_method", "method_names"]
 

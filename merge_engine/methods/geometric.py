@@ -51,10 +51,10 @@ from types import MappingProxyType
 
 import torch
 
-from ..errors import InputError
-from .multipass import Chunk, MultiPass, SumPasses
-from .reductions import dot, dot_parts, norm, row_dot, row_norm
-from .registry import REQUIRED, MethodSpec, Params
+from merge_engine.errors import InputError
+from merge_engine.methods.multipass import Chunk, MultiPass, SumPasses
+from merge_engine.methods.reductions import dot, dot_parts, norm, row_dot, row_norm
+from merge_engine.methods.registry import REQUIRED, MethodSpec, Params
 
 SLERP_LERP_ABOVE = 0.9995
 """slerp: above this |cosine| the two tensors count as colinear and are lerped."""

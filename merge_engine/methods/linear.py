@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import torch
 
-from .registry import REQUIRED, MethodSpec, Params, always_chunkable
+from merge_engine.methods.registry import REQUIRED, MethodSpec, Params, always_chunkable
 
 NORMALIZE_EPS = 1e-8
 """A weight sum smaller than this in magnitude divides by 1 instead."""

@@ -12,8 +12,8 @@ from types import MappingProxyType
 
 import torch
 
-from ..errors import InputError
-from .registry import MethodSpec, Params, always_chunkable
+from merge_engine.errors import InputError
+from merge_engine.methods.registry import MethodSpec, Params, always_chunkable
 
 
 def passthrough(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .multipass import MultiPass
+from merge_engine.methods.multipass import MultiPass
 
 REQUIRED = object()
 """Default of a parameter the recipe must give (per model, or globally as a fallback)."""

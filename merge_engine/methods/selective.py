@@ -37,12 +37,12 @@ from types import MappingProxyType
 
 import torch
 
-from ..errors import InputError
-from .multipass import Chunk, ChunkSums, MultiPass, SumPasses
-from .radix import RadixSelect, key_value, order_keys
-from .reductions import dot, dot_parts
-from .registry import REQUIRED, MethodSpec, Params, always_chunkable
-from .task_arithmetic import RankRange, keep_rank_range
+from merge_engine.errors import InputError
+from merge_engine.methods.multipass import Chunk, ChunkSums, MultiPass, SumPasses
+from merge_engine.methods.radix import RadixSelect, key_value, order_keys
+from merge_engine.methods.reductions import dot, dot_parts
+from merge_engine.methods.registry import REQUIRED, MethodSpec, Params, always_chunkable
+from merge_engine.methods.task_arithmetic import RankRange, keep_rank_range
 
 SCE_WEIGHT_SUM_MIN = 1e-6
 """sce: below this sum of mean squares, every model weighs ``1 / n``."""

@@ -45,11 +45,11 @@ from types import MappingProxyType
 
 import torch
 
-from ..errors import InputError
-from .multipass import Chunk, ChunkSums, MultiPass
-from .radix import RadixSelect
-from .reductions import l1_norm, l1_parts
-from .registry import REQUIRED, MethodSpec, Params, always_chunkable
+from merge_engine.errors import InputError
+from merge_engine.methods.multipass import Chunk, ChunkSums, MultiPass
+from merge_engine.methods.radix import RadixSelect
+from merge_engine.methods.reductions import l1_norm, l1_parts
+from merge_engine.methods.registry import REQUIRED, MethodSpec, Params, always_chunkable
 
 RESCALE_EPS = 1e-7
 """Below this L1 norm (before or after sparsifying) rescaling is skipped."""

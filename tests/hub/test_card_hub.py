@@ -9,7 +9,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from merge_engine import run_merge
-from merge_engine.sources import HubAccess
+from merge_engine.io.hub import HubAccess
 from merge_engine.synth import write_model
 from tests.conftest import TINY
 from tests.hubtools import USERS

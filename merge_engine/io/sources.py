@@ -8,31 +8,24 @@ when the executor first needs them, with :meth:`Source.fetch`.
 from __future__ import annotations
 
 import json
-import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
 from huggingface_hub import errors as hub_errors
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from .checkpoint import (
-    INDEX_NAME,
-    MAX_HEADER_BYTES,
+from merge_engine.errors import MergeEngineError, SourceError
+from merge_engine.io.checkpoint import (
     TensorMeta,
-    parse_header,
     read_header,
     require_safetensors,
     weight_files,
 )
-from .errors import MergeEngineError, SourceError
-from .lora import Adapter, attach, open_adapter
-from .refs import ModelRef
-from .repofiles import PinnedFiles
-from .retry import retry
+from merge_engine.io.hub import HubAccess, PinnedFiles, download, remote_tensors
+from merge_engine.io.lora import Adapter, attach, open_adapter
+from merge_engine.io.retry import retry
+from merge_engine.recipe.refs import ModelRef
 
 SIDE_FILES = (
     "config.json",
@@ -50,20 +43,6 @@ SIDE_FILES = (
 """Small files copied from the base model (config and tokenizer)."""
 
 
-@dataclass(frozen=True)
-class HubAccess:
-    """How to reach the Hub: endpoint (None: huggingface_hub's default) and token."""
-
-    endpoint: str | None = None
-    token: str | None = None
-    cache_dir: Path | None = None
-    """The Hugging Face cache to use (None: the default one)."""
-    stream_dir: Path | None = None
-    """When set, files are downloaded here instead of the cache, and weight files are
-    deleted as soon as the merge has read them (bounded disk for large merges)."""
-
-    def api(self) -> HfApi:
-        return HfApi(endpoint=self.endpoint, token=self.token)
 
 
 @dataclass
@@ -123,7 +102,7 @@ def open_source(ref: ModelRef, access: HubAccess | None = None) -> Source:
     """Resolve ``ref`` and read its metadata; no weight bytes are read or downloaded.
 
     A ``model+adapter`` reference opens the base model and the LoRA adapter (see
-    :mod:`merge_engine.lora`) and checks that every adapter tensor fits the base."""
+    :mod:`merge_engine.io.lora`) and checks that every adapter tensor fits the base."""
     if ref.lora is not None:
         source = open_source(ModelRef(ref.path, ref.revision), access)
         adapter = open_adapter(ref.lora, access)
@@ -168,7 +147,7 @@ def _open_hub(ref: ModelRef, access: HubAccess) -> Source:
         require_safetensors(files, ref.path)
         config = {}
         if "config.json" in files:
-            config = _read_config(Path(_download(ref.path, "config.json", sha, access)))
+            config = _read_config(Path(download(ref.path, "config.json", sha, access)))
         tensors = remote_tensors(ref.path, sha, files, access)
     except hub_errors.RevisionNotFoundError as e:
         raise SourceError(f"revision '{ref.revision}' does not exist in {ref.path}") from e
@@ -181,38 +160,5 @@ def _open_hub(ref: ModelRef, access: HubAccess) -> Source:
     return Source(ref, sha, tensors, config, files, card_data=card, access=access)
 
 
-def _download(repo_id: str, filename: str, revision: str, access: HubAccess) -> str:
-    return retry(lambda: hf_hub_download(repo_id, filename, revision=revision,
-                                         token=access.token, endpoint=access.endpoint,
-                                         cache_dir=access.cache_dir))
 
 
-def remote_tensors(repo_id: str, revision: str, files: list[str],
-                   access: HubAccess) -> dict[str, TensorMeta]:
-    """Tensor metadata of a Hub model from exact ranged reads of its safetensors headers.
-
-    Two small range requests per weight file (the 8-byte length, then the header), run in
-    parallel: no byte of weight data is downloaded.
-    """
-    if INDEX_NAME in files:
-        index = json.loads(Path(_download(repo_id, INDEX_NAME, revision, access)).read_text())
-        weights = sorted(set(index["weight_map"].values()))
-    else:
-        weights = [f for f in files if f.endswith(".safetensors") and "/" not in f]
-    headers = build_hf_headers(token=access.token)
-
-    def read_range(url: str, first: int, last: int) -> bytes:
-        response = get_session().get(url, headers={**headers, "range": f"bytes={first}-{last}"})
-        hf_raise_for_status(response)
-        return response.content
-
-    def header_of(filename: str) -> dict[str, TensorMeta]:
-        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=access.endpoint)
-        (size,) = struct.unpack("<Q", retry(lambda: read_range(url, 0, 7)))
-        if size > MAX_HEADER_BYTES:
-            raise SourceError(f"{filename} in {repo_id} is not a safetensors file")
-        return parse_header(retry(lambda: read_range(url, 8, 7 + size)), filename)
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return {name: meta for part in pool.map(header_of, weights)
-                for name, meta in part.items()}

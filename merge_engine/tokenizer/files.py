@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .errors import PlanError
-from .sources import Source
+from merge_engine.errors import PlanError
+from merge_engine.io.sources import Source
 
 
 @dataclass

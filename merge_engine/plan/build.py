@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .architecture import (
+from merge_engine.errors import PlanError
+from merge_engine.io.checkpoint import DTYPES, OutTensor, TensorMeta
+from merge_engine.io.lora import Adapter, LoraDelta
+from merge_engine.io.sources import Source
+from merge_engine.methods import get_method
+from merge_engine.methods.registry import MethodSpec
+from merge_engine.plan.architecture import (
     EMBEDDING_SUFFIXES,
     LAYER_COUNT_KEYS,
     LAYER_RE,
@@ -26,15 +32,9 @@ from .architecture import (
     detect_layout,
     module_of,
 )
-from .checkpoint import DTYPES, OutTensor, TensorMeta
-from .errors import PlanError
-from .lora import Adapter, LoraDelta
-from .methods import get_method
-from .methods.registry import MethodSpec
-from .params import layer_t
-from .recipe import InputModel, OutputSlice, Recipe, SliceSource, ref_key
-from .sources import Source
-from .vocab import RowRule, Vocab, build_vocab, resolve_chat_template
+from merge_engine.recipe import InputModel, OutputSlice, Recipe, SliceSource, ref_key
+from merge_engine.recipe.params import layer_t
+from merge_engine.tokenizer.vocab import RowRule, Vocab, build_vocab, resolve_chat_template
 
 __all__ = [
     "EMBEDDING_SUFFIXES", "LAYER_COUNT_KEYS", "LAYER_RE", "TIED_ALIASES", "Plan", "TensorInput",
@@ -67,7 +67,7 @@ class TensorInput:
     """Tokenizer merging: for each output row, this input's row for the same token, -1
     where the model lacks it (int64). The input is then read whole (``rows`` rows), once
     for all the task's chunks, and each chunk's rows gathered from it and filled by
-    :func:`merge_engine.vocab.fill_rows` before the merge."""
+    :func:`merge_engine.tokenizer.vocab.fill_rows` before the merge."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class TensorTask:
     """Not floating point: copied from the first input, no math."""
     row_rules: tuple[RowRule, ...] = ()
     """Tokenizer merging: the ``tokenizer.tokens`` rules, ``model`` an index into
-    :attr:`inputs` (see :func:`merge_engine.vocab.fill_rows`)."""
+    :attr:`inputs` (see :func:`merge_engine.tokenizer.vocab.fill_rows`)."""
 
     @property
     def rows(self) -> int:
@@ -108,7 +108,8 @@ class Plan:
     """The output's config.json when it differs from the first source's (slices change the
     layer count); None: the first source's, as it is."""
     vocab: Vocab | None = None
-    """The output vocabulary when tokens are mapped (see :func:`merge_engine.vocab.build_vocab`)."""
+    """The output vocabulary when tokens are mapped (see
+    :func:`merge_engine.tokenizer.vocab.build_vocab`)."""
     chat_template: str | None = None
     """The chat template text to write (``chat_template``), resolved."""
 

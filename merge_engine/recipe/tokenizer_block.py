@@ -16,7 +16,7 @@
 
 A token's ``source`` gives the embedding (and output-head) row used for models that lack
 the token; with ``force`` it replaces every model's row, so methods that return their
-inputs' common value give exactly it. See :func:`merge_engine.vocab.fill_rows`.
+inputs' common value give exactly it. See :func:`merge_engine.tokenizer.vocab.fill_rows`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from merge_engine.errors import RecipeError
-from merge_engine.params import _kind, unknown_key
-from merge_engine.refs import parse_ref, parse_ref_value
+from merge_engine.recipe.params import _kind, unknown_key
+from merge_engine.recipe.refs import parse_ref, parse_ref_value
 
 BLOCK_KEYS = ("source", "tokens", "pad_to_multiple_of")
 TOKEN_KEYS = ("source", "force")

@@ -8,11 +8,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .architecture import module_of
-from .methods.registry import REQUIRED
-from .params import FilterList, Gradient, ParamValue
-from .plan import Plan
-from .recipe import ref_key
+from merge_engine.methods.registry import REQUIRED
+from merge_engine.plan.architecture import module_of
+from merge_engine.plan.build import Plan
+from merge_engine.recipe import ref_key
+from merge_engine.recipe.params import FilterList, Gradient, ParamValue
 
 TASK_ARITHMETIC_FAMILY = {
     "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",

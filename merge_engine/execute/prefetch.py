@@ -18,8 +18,8 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import MergeEngineError
-from .plan import Plan
+from merge_engine.errors import MergeEngineError
+from merge_engine.plan.build import Plan
 
 Key = tuple[int, str]
 """(model index, file name)."""

@@ -19,7 +19,7 @@ the barrier, so no worker ever sees a chunk of a pass whose statistics are not c
 The last pass's chunks are merged and written like any others. Other tensors go whole.
 Row-mapped tensors (tokenizer merging) go by chunks of output rows too, in passes, or
 whole, as the method allows: their inputs are read whole once, in their file dtype, and
-every chunk gathers its rows from them (:func:`merge_engine.vocab.fill_rows`); one such
+every chunk gathers its rows from them (:func:`merge_engine.tokenizer.vocab.fill_rows`); one such
 task's inputs are held at a time.
 A fixed number of buffer slots circulates; the reader takes each chunk's slot in sequence
 and the writer frees it in sequence (a statistics chunk's worker frees it at once), so
@@ -41,12 +41,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import FileReader, ShardedWriter
-from .errors import MergeEngineError, MergeError
-from .methods.multipass import Chunk, MultiPass
-from .plan import Plan, TensorTask
-from .prefetch import Prefetcher
-from .vocab import fill_rows
+from merge_engine.errors import MergeEngineError, MergeError
+from merge_engine.execute.prefetch import Prefetcher
+from merge_engine.io.checkpoint import FileReader, ShardedWriter
+from merge_engine.methods.multipass import Chunk, MultiPass
+from merge_engine.plan.build import Plan, TensorTask
+from merge_engine.tokenizer.vocab import fill_rows
 
 DEFAULT_CHUNK_ELEMS = 1 << 18
 MULTIPASS_MIN_CHUNKS = 4

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MergeEngineError, SourceError
+from merge_engine.errors import MergeEngineError, SourceError
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,

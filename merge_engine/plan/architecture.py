@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import PlanError
+from merge_engine.errors import PlanError
 
 EMBEDDING_SUFFIXES = (
     "embed_tokens.weight",

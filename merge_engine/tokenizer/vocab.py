@@ -12,7 +12,7 @@
   the added tokens of every model (base first, by id; the first model's settings win).
   mergekit walks each vocabulary in dict order, which is not stable; increasing id is.
 
-The block adds per-token rules (``tokens``, see :mod:`merge_engine.tokenizer_block`) and
+The block adds per-token rules (``tokens``, see :mod:`merge_engine.recipe.tokenizer_block`) and
 ``pad_to_multiple_of`` (the row count rounded up; the tokenizer files are unchanged).
 
 Each model then gets a row map: for every output token id, the row of that model's
@@ -20,7 +20,7 @@ embedding (and output head) for the same token string, or -1 when the model lack
 its id is past the model's ``vocab_size``). Missing rows are filled before the merge, as
 mergekit's ``PermutedEmbeddings`` does (see :func:`fill_rows`).
 
-Vocabularies are read by :mod:`merge_engine.vocab_files` (tokenizer.json, or a slow
+Vocabularies are read by :mod:`merge_engine.tokenizer.files` (tokenizer.json, or a slow
 tokenizer's files); Hub models fetch only their small tokenizer files.
 """
 
@@ -34,11 +34,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import PlanError
-from .recipe import Recipe, ref_key
-from .refs import parse_ref
-from .sources import Source
-from .vocab_files import ModelVocab, read_vocab, tokenizers_module
+from merge_engine.errors import PlanError
+from merge_engine.io.sources import Source
+from merge_engine.recipe import Recipe, ref_key
+from merge_engine.recipe.chat_templates import NAMED_TEMPLATES
+from merge_engine.recipe.refs import parse_ref
+from merge_engine.tokenizer.files import ModelVocab, read_vocab, tokenizers_module
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -47,45 +48,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 SLOW_FILES = ("added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt")
 """Slow-tokenizer files: left out of a union tokenizer (they would not match it)."""
 
-# Written for mergebot (mergekit ships templates under the same names).
-NAMED_TEMPLATES = {
-    "chatml": (
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    ),
-    "llama3": (
-        "{{ bos_token }}"
-        "{% for message in messages %}"
-        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
-        "+ message['content'] | trim + '<|eot_id|>' }}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}"
-        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-    ),
-    "alpaca": (
-        "{{ bos_token }}"
-        "{% for message in messages %}"
-        "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
-        "{% elif message['role'] == 'user' %}"
-        "{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
-        "{% elif message['role'] == 'assistant' %}"
-        "{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}"
-        "{% endif %}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
-    ),
-    "mistral": (
-        "{{ bos_token }}"
-        "{% for message in messages %}"
-        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
-        "{% else %}{{ message['content'] + '\\n\\n' }}"
-        "{% endif %}"
-        "{% endfor %}"
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -93,7 +55,7 @@ class RowRule:
     """A ``tokenizer.tokens`` entry resolved: output row ``row`` takes row ``source_row``
     of input ``model`` (zeros when ``model`` is None) where a model lacks the token, or
     for every model with ``force``. In :class:`Vocab`, ``model`` indexes the plan's
-    sources; in a task (:attr:`merge_engine.plan.TensorTask.row_rules`), its inputs."""
+    sources; in a task (:attr:`merge_engine.plan.build.TensorTask.row_rules`), its inputs."""
 
     row: int
     model: int | None
@@ -306,15 +268,6 @@ def fill_rows(take: RowTaker, maps: Sequence[torch.Tensor], has_base: bool,
 # --- chat templates ------------------------------------------------------------------------
 
 
-def check_chat_template(value: str) -> str | None:
-    """Why ``chat_template`` is not usable (None when it is): a known name, ``auto``, or
-    a literal Jinja template (mergekit: at least 20 characters with a ``{``)."""
-    if value in NAMED_TEMPLATES or value == "auto":
-        return None
-    if len(value) < 20 or "{" not in value:
-        return (f"unknown chat template {value!r}; use one of "
-                f"{', '.join(sorted(NAMED_TEMPLATES))}, auto, or a literal Jinja template")
-    return None
 
 
 def source_template(source: Source) -> str | None:

@@ -1,6 +1,6 @@
 """LoRA adapters (PEFT's safetensors format) applied to a base model while streaming.
 
-A source ``org/model+org/adapter`` is the base model's :class:`~merge_engine.sources.Source`
+A source ``org/model+org/adapter`` is the base model's :class:`~merge_engine.io.sources.Source`
 with an :class:`Adapter` attached. Opening the adapter reads metadata only:
 ``adapter_config.json`` and the header of ``adapter_model.safetensors`` (two exact range
 requests for a Hub repo, which is pinned to a commit SHA first). Every adapter tensor is
@@ -39,11 +39,11 @@ import yaml
 from huggingface_hub import errors as hub_errors
 from huggingface_hub import hf_hub_download, metadata_load
 
-from .checkpoint import PICKLE_SUFFIXES, TensorMeta, read_header
-from .errors import MergeEngineError, SourceError
-from .refs import ModelRef
-from .repofiles import PinnedFiles
-from .retry import retry
+from merge_engine.errors import MergeEngineError, SourceError
+from merge_engine.io.checkpoint import PICKLE_SUFFIXES, TensorMeta, read_header
+from merge_engine.io.hub import HubAccess, PinnedFiles, remote_tensors
+from merge_engine.io.retry import retry
+from merge_engine.recipe.refs import ModelRef
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -88,7 +88,7 @@ class Adapter(PinnedFiles):
     """Base tensor name -> (adapter tensor name, meta) that replaces it whole."""
     local_dir: Path | None = None
     access: object | None = None
-    """A :class:`~merge_engine.sources.HubAccess` for a Hub adapter."""
+    """A :class:`~merge_engine.io.sources.HubAccess` for a Hub adapter."""
     card_data: dict = field(default_factory=dict)
     """The front matter of the adapter's README.md (its license, ...), if any."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -157,8 +157,6 @@ def open_adapter(ref: ModelRef, access=None) -> Adapter:
         config = _parse_config((directory / CONFIG_NAME).read_text(), ref.path)
         return Adapter(ref, None, config, read_header(directory / WEIGHTS_NAME),
                        local_dir=directory, card_data=_readme_metadata(directory))
-    from .sources import HubAccess, remote_tensors
-
     access = access or HubAccess()
     where = f"{ref.path}@{ref.revision}" if ref.revision else ref.path
     try:

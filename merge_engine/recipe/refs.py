@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from merge_engine.errors import RecipeError
-from merge_engine.params import unknown_key
+from merge_engine.recipe.params import unknown_key
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _HUB_PART = re.compile(r"[A-Za-z0-9_.-]+")
