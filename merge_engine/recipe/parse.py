@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
+from merge_engine import methods
 from merge_engine.errors import RecipeError
-from merge_engine.methods import get_method, method_names
 from merge_engine.methods.registry import MethodSpec
 from merge_engine.recipe.checks import check_tokenizer_settings, validate_params, validate_slices
 from merge_engine.recipe.inputs import (
@@ -202,9 +202,9 @@ def _method(raw: object) -> MethodSpec:
     if not isinstance(raw, str):
         raise RecipeError("merge_method", f"expected a merge method name, got {kind_of(raw)}")
     try:
-        return get_method(raw)
+        return methods.get_method(raw)
     except KeyError:
-        names = sorted(method_names())
+        names = sorted(methods.method_names())
         close = difflib.get_close_matches(raw, names, n=3)
         if close:
             hint = "; did you mean " + " or ".join(repr(n) for n in close) + "?"

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from merge_engine import methods
 from merge_engine.errors import RecipeError
-from merge_engine.methods import get_method
 from merge_engine.methods.registry import REQUIRED, MethodSpec
 from merge_engine.recipe.locations import line_of
 from merge_engine.recipe.params import (
@@ -110,7 +110,7 @@ class Recipe:
         """The merge method's registry entry."""
         if self.method is not None:
             return self.method
-        return get_method(self.merge_method)
+        return methods.get_method(self.merge_method)
 
     @property
     def has_base_role(self) -> bool:
