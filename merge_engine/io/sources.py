@@ -43,8 +43,6 @@ SIDE_FILES = (
 """Small files copied from the base model (config and tokenizer)."""
 
 
-
-
 @dataclass
 class Source(PinnedFiles):
     """One input model, resolved: its tensors' metadata and a way to fetch its files."""
@@ -158,7 +156,5 @@ def _open_hub(ref: ModelRef, access: HubAccess) -> Source:
         raise MergeEngineError(f"could not read {where} from the Hub: {e}") from e
     card = info.card_data.to_dict() if info.card_data else {}
     return Source(ref, sha, tensors, config, files, card_data=card, access=access)
-
-
 
 

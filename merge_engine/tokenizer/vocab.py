@@ -49,7 +49,6 @@ SLOW_FILES = ("added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt"
 """Slow-tokenizer files: left out of a union tokenizer (they would not match it)."""
 
 
-
 @dataclass(frozen=True)
 class RowRule:
     """A ``tokenizer.tokens`` entry resolved: output row ``row`` takes row ``source_row``
@@ -266,8 +265,6 @@ def fill_rows(take: RowTaker, maps: Sequence[torch.Tensor], has_base: bool,
 
 
 # --- chat templates ------------------------------------------------------------------------
-
-
 
 
 def source_template(source: Source) -> str | None:
