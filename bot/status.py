@@ -40,8 +40,9 @@ def _row(*cells: object) -> str:
 def _running_table(store: Store, jobs: list[Job]) -> str:
     if not jobs:
         return "<p>No job is running.</p>"
-    head = "<tr><th>job</th><th>repo</th><th>stage</th><th>progress</th><th>attempt</th>" \
-        "<th>started</th></tr>"
+    head = "<tr>" + "".join(
+        f"<th>{name}</th>" for name in ("job", "repo", "stage", "progress", "attempt", "started")
+    ) + "</tr>"
     rows = []
     for job in jobs:
         recipe = store.get_recipe(job.recipe_id)

@@ -87,7 +87,7 @@ class SpaceProcess:
                 [*self.argv, "--workers", str(workers)], cwd=self.folder, env=self.env,
                 stdout=out, stderr=subprocess.STDOUT,
             )
-        wait_for(self._healthy, timeout=90, every=0.2, what="the Space to serve /healthz")
+        wait_for(self._healthy, timeout=180, every=0.2, what="the Space to serve /healthz")
         return self
 
     def _healthy(self) -> bool:

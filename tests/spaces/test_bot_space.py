@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,8 @@ def test_dockerfile_base_user_port_torch_and_command(folder: Path) -> None:
     assert users == ["1000"]  # Spaces run the container as uid 1000
     runs = [a for w, a in steps if w == "RUN"]
     assert "useradd --create-home --uid 1000 user" in runs[0]
+    workdir = dict(steps)["WORKDIR"]
+    assert f"install -d -o user -g user {workdir}" in runs[0]  # the user can write there
     assert ("EXPOSE", str(card(folder)["app_port"])) in steps
     args = dict(a.split("=", 1) for w, a in steps if w == "ARG")
     assert args["TORCH_VARIANT"] == "cpu"
@@ -106,3 +109,22 @@ def test_deploy_workflow_pushes_either_space() -> None:
     assert "--target bot" in upload["run"] and "--push" in upload["run"]
     assert upload["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
     assert "HF_BOT_SPACE_ID" in bot["if"] and "HF_BOT_SPACE_ID" in bot["env"]["SPACE_ID"]
+
+
+def test_staged_folder_builds_the_mergebot_package(tmp_path: Path) -> None:
+    """What the Dockerfile's `pip install .` builds: the three packages and the command."""
+    pytest.importorskip("setuptools")
+    folder = stage(tmp_path / "bot-space", "bot")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "wheel"), str(folder)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "wheel").glob("mergebot-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        scripts = archive.read(entry_points).decode()
+    assert {"bot/space.py", "bot/status.py", "spaces_app/mount.py", "merge_engine/api.py"} <= names
+    assert "mergebot = bot.cli:main" in scripts and "spaces_app.mount:ui_factory" in scripts
