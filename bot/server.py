@@ -4,11 +4,11 @@
     serve(settings, host="127.0.0.1", port=7860, workers=1)
 
 Routes: ``/api/...`` (:mod:`bot.api`), ``POST /webhooks/hub`` (:mod:`bot.webhooks`),
-``GET /healthz``, ``GET /status`` (:mod:`bot.status`), and whatever
-``ui(settings, services)`` returns mounted at ``/`` (the Gradio UI plugs in there). The
-lifespan migrates the database, starts ``workers`` worker threads (0 for an API-only
-process) and stops them on shutdown; a merge in progress at shutdown is abandoned to its
-lease, and another worker picks it up after it expires.
+``GET /healthz``, and whatever ``ui(settings, services)`` returns mounted at ``/`` (the
+Gradio UI plugs in there). The lifespan migrates the database, starts ``workers`` worker
+threads (0 for an API-only process) and stops them on shutdown; a merge in progress at
+shutdown is abandoned to its lease, and another worker picks it up after it expires.
+``GET /status`` (:mod:`bot.status`) is a plain HTML page for whoever runs the bot.
 """
 
 from __future__ import annotations
