@@ -140,6 +140,54 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_serve)
 
 
+def _run_space(args: argparse.Namespace) -> int:
+    import os
+
+    from .server import serve
+    from .settings import Settings, SettingsError
+    from .space import space_environment
+
+    env, notices = space_environment(os.environ, args.data)
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"mergebot space: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"mergebot Space serving on http://{args.host}:{args.port} with {args.workers} "
+        f"worker(s), state in {settings.home}, public URL {settings.public_url or 'not set'}",
+        file=sys.stderr,
+    )
+    _configure_logging(args.log_level)
+    serve(settings, host=args.host, port=args.port, workers=args.workers,
+          log_level=args.log_level, ui=_ui_plugin(), notices=notices)
+    return 0
+
+
+def add_space_parser(subparsers: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    from .space import DATA
+
+    parser = subparsers.add_parser(
+        "space",
+        help="run the bot as a Hugging Face Space: `mergebot serve` with the Space's "
+        "environment mapped onto the bot's (see bot/space.py)",
+        description="The start command of the bot Space's Dockerfile. State goes to the "
+        "persistent storage (/data/mergebot) when the Space has it, the public URL is "
+        "https://$SPACE_HOST, HF_TOKEN and WEBHOOK_SECRET are the Space's secrets.",
+    )
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=7860, help="the README's app_port")
+    parser.add_argument("--workers", type=int, default=1, help="in-process workers (0: none)")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="where the persistent storage is mounted (default /data)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.set_defaults(run=_run_space)
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from .server import run_worker_process
 
@@ -292,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_localhub_parser(subparsers)
     add_merge_parser(subparsers)
     add_serve_parser(subparsers)
+    add_space_parser(subparsers)
     add_worker_parser(subparsers)
     add_submit_parser(subparsers)
     add_status_parser(subparsers)

@@ -8,6 +8,7 @@ Routes: ``/api/...`` (:mod:`bot.api`), ``POST /webhooks/hub`` (:mod:`bot.webhook
 Gradio UI plugs in there). The lifespan migrates the database, starts ``workers`` worker
 threads (0 for an API-only process) and stops them on shutdown; a merge in progress at
 shutdown is abandoned to its lease, and another worker picks it up after it expires.
+``GET /status`` (:mod:`bot.status`) is a plain HTML page for whoever runs the bot.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp
 
 from . import api, queue
 from .settings import Settings
+from .status import status_page
 from .store import Store
 from .webhooks import hub_webhook
 from .worker import WebhookSync, run_workers
@@ -55,9 +57,14 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 def create_app(
-    settings: Settings | None = None, *, workers: int = 1, ui: UiFactory | None = None
+    settings: Settings | None = None,
+    *,
+    workers: int = 1,
+    ui: UiFactory | None = None,
+    notices: Sequence[str] = (),
 ) -> Starlette:
-    """The app; see the module docstring."""
+    """The app; see the module docstring. ``notices``: sentences about what will not work
+    (e.g. from :func:`bot.space.space_environment`), logged at start and shown on /status."""
     settings = settings or Settings.from_env()
     store = Store(settings.db_path)
     sync = WebhookSync(settings, store)
@@ -66,6 +73,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(store.migrate)
+        for notice in notices:
+            log.warning("%s", notice)
         if not sync.enabled:
             log.warning(
                 "Hub webhooks are not registered: set MERGEBOT_PUBLIC_URL, "
@@ -85,6 +94,7 @@ def create_app(
         Mount("/api", routes=api.ROUTES),
         Route("/webhooks/hub", hub_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/status", status_page, methods=["GET"]),
     ]
     if ui is not None:
         try:
@@ -96,6 +106,7 @@ def create_app(
     app.state.store = store
     app.state.services = services
     app.state.worker_threads = []
+    app.state.notices = tuple(notices)
     return app
 
 
@@ -107,9 +118,10 @@ def serve(
     workers: int = 1,
     ui: UiFactory | None = None,
     log_level: str = "info",
+    notices: Sequence[str] = (),
 ) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM)."""
-    app = create_app(settings, workers=workers, ui=ui)
+    app = create_app(settings, workers=workers, ui=ui, notices=notices)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
 
 

@@ -17,7 +17,9 @@ Variables (all optional; limits have defaults):
     MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
     MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
 
-Tokens and the secret never appear in ``repr``. Nothing else in the bot reads env vars.
+Tokens and the secret never appear in ``repr``. Nothing else in the bot reads env vars;
+on a Hugging Face Space, :mod:`bot.space` first renames the Space's variables into these
+(``/data`` -> MERGEBOT_HOME, SPACE_HOST -> MERGEBOT_PUBLIC_URL), then this object reads them.
 """
 
 from __future__ import annotations

@@ -469,6 +469,14 @@ class Store:
                 return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
             return db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
 
+    def jobs_with_status(self, status: str, limit: int = 20) -> list[Job]:
+        """The oldest ``limit`` jobs with ``status``."""
+        with self.read() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE status = ? ORDER BY id LIMIT ?", (status, limit)
+            )
+            return [job_from_row(r) for r in rows]
+
     def append_log(self, job_id: int, line: str) -> None:
         with self.write() as db:
             db.execute(
@@ -524,6 +532,15 @@ class Store:
             "received": sum(r["total"] for r in rows),
             "by_outcome": by_outcome,
         }
+
+    def last_delivery(self) -> dict | None:
+        """The most recent webhook delivery: event, repo, outcome, count, last_at."""
+        with self.read() as db:
+            row = db.execute(
+                "SELECT event, repo, outcome, count, last_at FROM deliveries"
+                " ORDER BY last_at DESC, id DESC LIMIT 1"
+            ).fetchone()
+        return dict(row) if row else None
 
 
 def _statements(sql: str) -> list[str]:
