@@ -1,4 +1,5 @@
-"""``merge-engine run RECIPE OUT`` and ``merge-engine validate RECIPE``.
+"""``merge-engine run RECIPE OUT``, ``merge-engine validate RECIPE`` and
+``merge-engine extract-lora MODEL BASE OUT``.
 
 Exit codes: 0 done, 2 a mistake in the recipe or the input models, 1 a runtime failure,
 130 interrupted. Errors are one line on stderr; ``-v`` adds the traceback.
@@ -14,6 +15,8 @@ import traceback
 
 from merge_engine.api import DEFAULT_SHARD_BYTES, run_merge, validate
 from merge_engine.errors import MergeEngineError
+from merge_engine.execute import resolve_device
+from merge_engine.extract import extract_lora
 from merge_engine.plan.summary import (
     ModelRow,
     fmt,
@@ -61,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("validate", help="check RECIPE from headers only and print the plan")
     check.add_argument("recipe")
     check.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    lora = sub.add_parser("extract-lora", help="write a PEFT LoRA adapter of MODEL - BASE "
+                                               "into the directory OUT (truncated SVD)")
+    lora.add_argument("model", help="the fine-tuned (or merged) model: a directory or org/name")
+    lora.add_argument("base", help="the base model it was made from")
+    lora.add_argument("out")
+    lora.add_argument("--max-rank", type=int, required=True, help="largest rank per module")
+    lora.add_argument("--sv-cutoff", type=float, default=0.0,
+                      help="drop singular values below this fraction of each matrix's largest")
+    lora.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    lora.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                      help="dtype of the adapter's factors")
+    lora.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return parser
 
 
@@ -71,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args)
+        if args.command == "extract-lora":
+            return _extract_lora(args)
         return _run(args)
     except MergeEngineError as e:
         if args.verbose:
@@ -117,6 +134,18 @@ def _validate(args: argparse.Namespace) -> int:
     note = license_warning(plan)
     if note:
         print(f"warning: {note}")
+    return 0
+
+
+def _extract_lora(args: argparse.Namespace) -> int:
+    result = extract_lora(args.model, args.base, args.out, max_rank=args.max_rank,
+                          sv_cutoff=args.sv_cutoff, device=str(resolve_device(args.device)),
+                          dtype=args.dtype)
+    worst = max((m.error for m in result.modules), default=0.0)
+    print(f"{result.out_dir}: {len(result.modules)} modules, rank <= {result.rank}, "
+          f"worst relative error {worst:.3g}")
+    for name, change in sorted(result.not_captured.items()):
+        print(f"warning: {name} differs but LoRA cannot carry it (relative change {change:.3g})")
     return 0
 
 
