@@ -158,7 +158,7 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
     if not reference.tensors:
         raise PlanError(f"{reference.name} has no tensors")
     out_dtype = _out_dtype(recipe, reference)
-    warnings: list[str] = []
+    warnings = list(recipe.warnings)
     vocab = build_vocab(recipe, sources, warnings)
     plan_tasks = _part_tasks if recipe.parts else _tasks
     tasks, out_config, layout = plan_tasks(recipe, method, sources, out_dtype, warnings,
