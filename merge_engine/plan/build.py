@@ -454,10 +454,13 @@ def _fixed_task(recipe: Recipe, method: MethodSpec, name: str,
                 plan: tuple[OutputSlice, tuple[SliceSource, ...], list[int]],
                 sources: Sequence[Source], reference: Source, out_dtype: torch.dtype,
                 warnings: list[str], any_vocab: bool = False) -> TensorTask:
-    """A tensor outside the layer stack, merged from one slice's sources at ``t = 0``."""
+    """A tensor outside the layer stack, merged from one slice's sources at ``t = 0``; a
+    buffer is the output's reference's, compared with theirs."""
     out_slice, ins, idx = plan
     if _is_buffer(name, reference.tensors[name]):
-        return _buffer_task(name, idx, [name] * len(idx), sources, warnings)
+        first = next(i for i, src in enumerate(sources) if src is reference)
+        order = list(dict.fromkeys([first, *idx]))
+        return _buffer_task(name, order, [name] * len(order), sources, warnings)
     inputs = _merged_inputs(name, idx, sources, reference, warnings, any_vocab)
     t = layer_t(None, 1, "pre")
     skip = 1 if recipe.has_base_role else 0
