@@ -96,7 +96,7 @@ def test_buffers_that_differ_are_kept_from_the_base_with_a_warning(tmp_path: Pat
         f"{dirs[0]}; it is not merged, {dirs[0]}'s is kept"]
     out = tmp_path / "out"
     result = run_merge(recipe(dirs), out, device="cpu", random_seed=0)
-    differs = (f"buffer embeddings.position_ids has other values in {dirs[2]} than in "
+    differs = (f"tensor embeddings.position_ids has other values in {dirs[2]} than in "
                f"{dirs[0]}; it is not merged, {dirs[0]}'s is kept")
     assert result.warnings == [*plan.warnings, differs]
     assert differs in (out / "README.md").read_text()

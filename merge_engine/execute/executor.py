@@ -430,7 +430,7 @@ class Executor:
                 if (task.out.name, model) not in self._warned:
                     self._warned.add((task.out.name, model))
                     self.warnings.append(
-                        f"buffer {task.inputs[k].name} has other values in {names[1]} than in "
+                        f"tensor {task.inputs[k].name} has other values in {names[1]} than in "
                         f"{names[0]}; it is not merged, {names[0]}'s is kept")
 
     def _scratch_for(self, k: int, numel: int) -> torch.Tensor | None:
