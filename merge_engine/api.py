@@ -9,6 +9,7 @@ sibling directory that is renamed into place at the end and removed on any failu
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -101,6 +102,7 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,
                             progress=progress, on_shard_done=on_shard_done)
         files = executor.run()
+        plan = dataclasses.replace(plan, warnings=[*plan.warnings, *executor.warnings])
         files += write_side_files(plan, work, copy_tokenizer)
         (work / "README.md").write_text(render_card(plan, seed=seed, **(card_options or {})))
         files.append(work / "README.md")

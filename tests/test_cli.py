@@ -47,6 +47,25 @@ def test_validate_prints_the_plan_without_merging(family, tmp_path, capsys):
     assert "GB as bfloat16" in out
 
 
+def test_ignored_parameters_are_warnings_in_validate_and_the_card(family, tmp_path, capsys):
+    """A model_stock recipe as people publish it, with weights model_stock does not use."""
+    base, d1, d2 = family
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(recipe_text("model_stock", base, [(d1, {"weight": 0.5}),
+                                                        (d2, {"weight": 0.5})],
+                                  "parameters:\n  int8_mask: true\n"))
+    assert main(["validate", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    warned = ["parameters.int8_mask (line 11): ignored: not a parameter of model_stock",
+              "models[0].parameters.weight (line 6): ignored: not a parameter of model_stock",
+              "models[1].parameters.weight (line 9): ignored: not a parameter of model_stock"]
+    assert [line for line in out.splitlines() if "ignored" in line] == [
+        f"warning: {w}" for w in warned]
+    assert main(["run", str(recipe), str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert all(f"- {w}" in card for w in warned)
+
+
 def test_validate_shows_a_lora_adapters_license(family, tmp_path, capsys):
     base, d1, _ = family
     adapter = write_adapter(tmp_path / "adapter")

@@ -7,10 +7,10 @@ from types import MappingProxyType
 
 import pytest
 
-from merge_engine import methods
 from merge_engine.errors import RecipeError
 from merge_engine.methods.registry import REQUIRED, MethodSpec
 from merge_engine.recipe import InputModel, Recipe, load_recipe, parse_recipe
+from merge_engine.recipe import parse as recipe_parse
 from merge_engine.recipe.params import FilterList, FilterRule, Gradient
 from merge_engine.recipe.refs import ModelRef
 
@@ -440,9 +440,76 @@ def test_unknown_global_parameter():
     assert err.msg == "unknown key 'lamda'; did you mean 'lambda'?"
 
 
-def test_parameter_of_another_method():
-    err = error(SEED + "parameters:\n  gamma: 0.1\n")  # breadcrumbs only
-    assert err.loc == "parameters.gamma" and err.msg.startswith("unknown key 'gamma'")
+def test_a_parameter_of_another_method_is_ignored_with_a_warning():
+    """As published recipes have them: mergekit's names the method does not use."""
+    recipe = parse(SEED + "parameters:\n  gamma: 0.1\n  embed_slerp: true\n")
+    assert recipe.warnings == (
+        "parameters.gamma (line 13): ignored: not a parameter of task_arithmetic",
+        "parameters.embed_slerp (line 14): ignored: not a parameter of task_arithmetic")
+    assert dict(recipe.parameters) == {}
+    stock = parse(ta("""\
+        - model: org/a
+          parameters: {weight: 0.5}
+        - model: org/b
+          parameters: {weight: 0.5, density: 7}
+        """, "parameters:\n  normalize: true\n  int8_mask: true\n", "model_stock"))
+    assert stock.warnings == (
+        "parameters.normalize (line 4): ignored: not a parameter of model_stock",
+        "parameters.int8_mask (line 5): ignored: not a parameter of model_stock",
+        "models[0].parameters.weight (line 8): ignored: not a parameter of model_stock",
+        "models[1].parameters.weight (line 10): ignored: not a parameter of model_stock",
+        "models[1].parameters.density (line 10): ignored: not a parameter of model_stock")
+    assert [dict(m.parameters) for m in stock.models] == [{}, {}]  # density 7: not checked
+    sce = parse(ta("- model: org/a\n- model: org/b\n",
+                   "parameters: {normalize: false, int8_mask: true, lambda: 2}\n", "sce"))
+    assert [w.split(": ")[-1] for w in sce.warnings] == ["not a parameter of sce"] * 2
+    assert dict(sce.parameters) == {"int8_mask": True}  # sce's own
+
+
+def test_ignored_parameters_in_slices_and_modules_are_found_too():
+    recipe = parse("""\
+        merge_method: slerp
+        base_model: org/a
+        parameters: {t: 0.5}
+        slices:
+          - sources:
+              - model: org/a
+                layer_range: [0, 2]
+              - model: org/b
+                layer_range: [0, 2]
+                parameters: {weight: 0.3}
+            parameters: {rescale: true}
+        """)
+    assert recipe.warnings == (
+        "slices[0].parameters.rescale (line 11): ignored: not a parameter of slerp",
+        "slices[0].sources[1].parameters.weight (line 10): ignored: not a parameter of slerp")
+    assert recipe.slices is not None and dict(recipe.slices[0].parameters) == {}
+    modules = parse("""\
+        merge_method: linear
+        parameters: {lambda: 0.5}
+        modules:
+          text_decoder:
+            models:
+              - model: org/a
+                parameters: {weight: 1}
+          vision_tower:
+            parameters: {t: 0.2}
+            models:
+              - model: org/a
+                parameters: {weight: 1}
+        """)
+    assert modules.warnings == (
+        "parameters.lambda (line 2): ignored: not a parameter of linear",
+        "modules.vision_tower.parameters.t (line 9): ignored: not a parameter of linear")
+
+
+def test_unknown_and_misplaced_parameters_stay_errors():
+    err = error(SEED + "parameters:\n  gama: 0.1\n")
+    assert err.loc == "parameters.gama" and err.msg.startswith("unknown key 'gama'")
+    err = error(ta("- model: org/a\n  parameters: {weight: 1, lambda: 2}\n"))
+    assert err.loc == "models[0].parameters.lambda"
+    assert err.msg == "'lambda' is a global parameter of task_arithmetic; move it to the " \
+                      "top-level parameters"
 
 
 def test_missing_merge_method():
@@ -810,8 +877,9 @@ def test_string_and_required_global_parameters(monkeypatch):
         model_params={"weight": REQUIRED},
         merge=lambda *a: None,
     )
-    monkeypatch.setattr(methods, "get_method", lambda name: spec if name == "fake" else {}[name])
-    monkeypatch.setattr(methods, "method_names", lambda: ["fake"])
+    monkeypatch.setattr(recipe_parse, "get_method",
+                        lambda name: spec if name == "fake" else {}[name])
+    monkeypatch.setattr(recipe_parse, "method_names", lambda: ["fake"])
     base = "merge_method: fake\nmodels:\n  - model: org/a\n    parameters: {weight: 1}\n"
     recipe = parse(base + "parameters:\n  mode: slow\n  t: [{filter: mlp, value: 0.5}]\n")
     assert recipe.global_param("mode", Q, 0.0) == "slow"

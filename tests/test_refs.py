@@ -117,6 +117,17 @@ def test_invalid_hub_ids(text):
     assert err.msg == f"{text!r} is neither a local directory nor a Hub repo id (org/name)"
 
 
+@pytest.mark.parametrize("text", [
+    "D:\\models\\x", "C:/x", "c:\\Users\\me\\llama", "\\\\server\\share\\model",
+    "models\\x", "D:\\models\\x@main",
+])
+def test_a_windows_path_says_it_is_on_another_machine(text):
+    err = _err(text)
+    assert err.loc == "models[0].model"
+    assert err.msg == (f"{text!r} is a Windows path, a directory on another machine; use the "
+                       "model's Hub repo id (org/name) instead")
+
+
 def test_hub_name_length_limit():
     assert is_hub_id("org/" + "n" * 96)
     assert not is_hub_id("org/" + "n" * 97)

@@ -220,6 +220,10 @@ class Executor:
         """Held from reading a row-mapped task's whole inputs until its last chunk is
         written: one such task's inputs in memory at a time."""
         self._scratch = threading.local()
+        self.warnings: list[str] = []
+        """Found while merging: buffers whose models disagree (see :meth:`_check_same`)."""
+        self._warned: set[tuple[str, int]] = set()
+        self._warn_lock = threading.Lock()
 
     def run(self) -> list[Path]:
         """Merge everything; return the output files (shards and index)."""
@@ -402,6 +406,8 @@ class Executor:
     def _compute(self, chunk: _Chunk) -> None:
         """Merge one chunk and round it into its host output buffer (``chunk.host``),
         with its NaN/inf flag (``chunk.bad``) and, on a GPU, its completion event."""
+        if chunk.task.copy:
+            self._check_same(chunk)
         result = chunk.views[0] if chunk.task.copy else self._merge(chunk)
         chunk.host, rounded = self._round_to_host(result, chunk.task.out.dtype,
                                                   chunk.slot[-1])
@@ -410,6 +416,22 @@ class Executor:
         if self.device.type == "cuda":
             chunk.event = torch.cuda.Event()
             chunk.event.record()
+
+    def _check_same(self, chunk: _Chunk) -> None:
+        """A copied tensor (a buffer) is taken from its first input; each other input,
+        there only to be compared, that holds other values gets a warning, once."""
+        task, first = chunk.task, chunk.views[0]
+        for k, view in enumerate(chunk.views[1:], 1):
+            model = task.inputs[k].model
+            if torch.equal(first, view) or (task.out.name, model) in self._warned:
+                continue
+            names = [self.plan.sources[task.inputs[j].model].name for j in (0, k)]
+            with self._warn_lock:
+                if (task.out.name, model) not in self._warned:
+                    self._warned.add((task.out.name, model))
+                    self.warnings.append(
+                        f"tensor {task.inputs[k].name} has other values in {names[1]} than in "
+                        f"{names[0]}; it is not merged, {names[0]}'s is kept")
 
     def _scratch_for(self, k: int, numel: int) -> torch.Tensor | None:
         """This worker's k-th float32 chunk buffer, when ``numel`` fits in it."""

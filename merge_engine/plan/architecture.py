@@ -43,6 +43,19 @@ _FINAL_NORM_RE = re.compile(
 )
 _PRE_HINTS = ("embed", "wte", "wpe")
 
+STALE_BUFFERS: tuple[tuple[re.Pattern, int | None], ...] = (
+    (re.compile(r"(?:^|\.)inv_freq$"), None),
+    (re.compile(r"(?:^|\.)rotary_emb\.(?:cos|sin)_cached$"), None),
+    (re.compile(r"(?:^|\.)(?:attn|attention)\.bias$"), 4),
+    (re.compile(r"(?:^|\.)(?:attn|attention)\.masked_bias$"), 0),
+)
+"""Floating-point buffers that older transformers saved with the weights and newer ones
+compute instead, as (name pattern, number of dimensions or None for any): the rotary
+frequencies ``inv_freq`` and ``cos/sin_cached`` tables (Llama-2 era llama, mistral,
+gpt-neox, falcon checkpoints) and the causal masks of GPT-2, GPT-J and GPT-Neo(X)
+(``attn.bias`` ``[1, 1, n, n]``, ``attn.masked_bias`` a scalar; the dimensions keep a
+real 1-D ``bias`` parameter out). They are not merged: see :func:`is_buffer`."""
+
 MODULE_PATTERNS = (
     ("multi_modal_projector",
      re.compile(r"(?:^|\.)(?:multi_modal_projector|mm_projector)\.|(?:^|\.)visual\.merger\.")),
@@ -172,6 +185,17 @@ def family_for(config: Mapping) -> Family | None:
         if any(a in family.architectures for a in archs):
             return family
     return None
+
+
+def is_buffer(name: str, shape: tuple[int, ...], floating: bool) -> bool:
+    """Is tensor ``name`` a buffer rather than a weight: not floating point (position or
+    token type ids, ``num_batches_tracked``, masks), or a stale floating buffer
+    (:data:`STALE_BUFFERS`)? Buffers are taken from one model, not merged, and models
+    may lack them."""
+    if not floating:
+        return True
+    return any(pattern.search(name) and dims in (None, len(shape))
+               for pattern, dims in STALE_BUFFERS)
 
 
 def split_layer_name(name: str) -> tuple[str, int, str] | None:

@@ -30,6 +30,7 @@ from merge_engine.plan.architecture import (
     config_get,
     config_set,
     detect_layout,
+    is_buffer,
     module_of,
 )
 from merge_engine.recipe import InputModel, OutputSlice, Recipe, SliceSource, ref_key
@@ -157,7 +158,7 @@ def build_plan(recipe: Recipe, sources: Sequence[Source]) -> Plan:
     if not reference.tensors:
         raise PlanError(f"{reference.name} has no tensors")
     out_dtype = _out_dtype(recipe, reference)
-    warnings: list[str] = []
+    warnings = list(recipe.warnings)
     vocab = build_vocab(recipe, sources, warnings)
     plan_tasks = _part_tasks if recipe.parts else _tasks
     tasks, out_config, layout = plan_tasks(recipe, method, sources, out_dtype, warnings,
@@ -188,9 +189,12 @@ def _tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
     layout = detect_layout(reference.config, reference.tensors, reference.name)
     donors = recipe.inputs()[1:] if recipe.has_base_role else recipe.inputs()
     tasks = []
+    every = range(len(sources))
     for name in _ordered_names(reference):
-        inputs = tuple(_adapted(_find_input(name, i, src, reference, warnings, any_vocab),
-                                sources) for i, src in enumerate(sources))
+        if _is_buffer(name, reference.tensors[name]):
+            tasks.append(_buffer_task(name, every, [name] * len(sources), sources, warnings))
+            continue
+        inputs = _merged_inputs(name, every, sources, reference, warnings, any_vocab)
         t = _gradient_t(layout, name)
         tasks.append(_task(recipe, method, name, reference.tensors[name], inputs, out_dtype,
                            global_params={p: recipe.global_param(p, name, t)
@@ -296,6 +300,34 @@ def _vocab_config(config: dict, vocab: Vocab) -> dict:
     return config
 
 
+def _is_buffer(name: str, meta: TensorMeta) -> bool:
+    return is_buffer(name, meta.shape, meta.torch_dtype.is_floating_point)
+
+
+def _buffer_task(out_name: str, indices: Sequence[int], names: Sequence[str],
+                 sources: Sequence[Source], warnings: list[str]) -> TensorTask:
+    """A buffer (:func:`~merge_engine.plan.architecture.is_buffer`) is not merged: it is
+    copied from the first of ``sources[indices]`` (the base, or the first model), which
+    has it as ``names[0]``. The others that have it (as ``names[k]``) are inputs too, only
+    to check at merge time that they hold the same values; one of another shape or dtype
+    is left out with a warning, and a model without it is fine."""
+    first, want = sources[indices[0]], sources[indices[0]].tensors[names[0]]
+    inputs = [TensorInput(indices[0], names[0], want, want.shape[0] if want.shape else 1)]
+    for i, name in zip(indices[1:], names[1:], strict=True):
+        meta = sources[i].tensors.get(name)
+        if meta is None:
+            continue
+        if (meta.dtype, meta.shape) != (want.dtype, want.shape):
+            warnings.append(
+                f"buffer {name} is {meta.dtype} {list(meta.shape)} in {sources[i].name} but "
+                f"{want.dtype} {list(want.shape)} in {first.name}; it is not merged, "
+                f"{first.name}'s is kept")
+            continue
+        inputs.append(TensorInput(i, name, meta, want.shape[0] if want.shape else 1))
+    return TensorTask(OutTensor(out_name, want.torch_dtype, want.shape), tuple(inputs), {}, (),
+                      chunkable=len(want.shape) >= 2, copy=True)
+
+
 def _task(recipe: Recipe, method: MethodSpec, name: str, meta: TensorMeta,
           inputs: tuple[TensorInput, ...], out_dtype: torch.dtype, *, global_params: dict,
           model_params: tuple[dict, ...]) -> TensorTask:
@@ -376,6 +408,9 @@ def _slice_tasks(recipe: Recipe, method: MethodSpec, sources: Sequence[Source],
                 names = [layout_of(i).layer_name(layer, suffix)
                          for i, layer in zip(idx, layers, strict=True)]
                 want = ref_src.tensors[names[0]]
+                if _is_buffer(names[0], want):
+                    tasks.append(_buffer_task(out_name, idx, names, sources, warnings))
+                    continue
                 inputs = []
                 for src, i, name in zip(ins, idx, names, strict=True):
                     meta = sources[i].tensors.get(name)
@@ -419,10 +454,14 @@ def _fixed_task(recipe: Recipe, method: MethodSpec, name: str,
                 plan: tuple[OutputSlice, tuple[SliceSource, ...], list[int]],
                 sources: Sequence[Source], reference: Source, out_dtype: torch.dtype,
                 warnings: list[str], any_vocab: bool = False) -> TensorTask:
-    """A tensor outside the layer stack, merged from one slice's sources at ``t = 0``."""
+    """A tensor outside the layer stack, merged from one slice's sources at ``t = 0``; a
+    buffer is the output's reference's, compared with theirs."""
     out_slice, ins, idx = plan
-    inputs = tuple(_adapted(_find_input(name, i, sources[i], reference, warnings, any_vocab),
-                            sources) for i in idx)
+    if _is_buffer(name, reference.tensors[name]):
+        first = next(i for i, src in enumerate(sources) if src is reference)
+        order = list(dict.fromkeys([first, *idx]))
+        return _buffer_task(name, order, [name] * len(order), sources, warnings)
+    inputs = _merged_inputs(name, idx, sources, reference, warnings, any_vocab)
     t = layer_t(None, 1, "pre")
     skip = 1 if recipe.has_base_role else 0
     global_params = {p: recipe.global_param(p, name, t, out_slice) for p in method.global_params}
@@ -521,15 +560,32 @@ def _adapted(inp: TensorInput, sources: Sequence[Source]) -> TensorInput:
     return inp
 
 
+def _merged_inputs(name: str, indices: Sequence[int], sources: Sequence[Source],
+                   reference: Source, warnings: list[str],
+                   any_vocab: bool) -> tuple[TensorInput, ...]:
+    """The inputs of weight ``name`` (in ``reference``) from each of ``sources[indices]``,
+    LoRA applied; a PlanError naming every model that lacks it (a tied output head reads
+    the model's input embedding, see :data:`TIED_ALIASES`)."""
+    found = [_find_input(name, i, sources[i], reference, warnings, any_vocab) for i in indices]
+    missing = [sources[i].name for i, inp in zip(indices, found, strict=True) if inp is None]
+    if missing:
+        raise PlanError(
+            f"tensor {name} is missing from {', '.join(missing)} but {reference.name} has "
+            "it; a weight is merged from every model of the recipe (only buffers and tied "
+            "output heads may be absent)")
+    return tuple(_adapted(inp, sources) for inp in found if inp is not None)
+
+
 def _find_input(name: str, index: int, source: Source, reference: Source,
-                warnings: list[str], any_vocab: bool = False) -> TensorInput:
-    """``name``'s input from ``source``; with ``any_vocab`` (tokenizer merging) an
-    embedding may have any number of rows, since its rows are mapped by token."""
+                warnings: list[str], any_vocab: bool = False) -> TensorInput | None:
+    """``name``'s input from ``source``, None when it has none; with ``any_vocab``
+    (tokenizer merging) an embedding may have any number of rows, since its rows are
+    mapped by token."""
     want = reference.tensors[name]
     found = name if name in source.tensors else next(
         (a for a in TIED_ALIASES.get(name, ()) if a in source.tensors), None)
     if found is None:
-        raise PlanError(f"tensor {name} is missing from {source.name}")
+        return None
     meta = source.tensors[found]
     if meta.shape == want.shape:
         return TensorInput(index, found, meta, meta.shape[0] if meta.shape else 1)
@@ -548,13 +604,16 @@ def _find_input(name: str, index: int, source: Source, reference: Source,
 
 
 def _out_dtype(recipe: Recipe, reference: Source) -> torch.dtype:
-    """``out_dtype``, else ``dtype``, else the base's own dtype."""
+    """``out_dtype``, else ``dtype``, else the dtype the base (without a base role: the
+    first model) stores most of its weights in, counted in elements: what its files
+    hold, not what its config.json declares (the output's config is written to match).
+    The donors' dtypes never decide: a float16 donor merged into a bfloat16 base gives
+    bfloat16."""
     name = recipe.out_dtype or recipe.dtype
     if name:
         return DTYPES_BY_NAME[name]
-    declared = reference.config.get("torch_dtype") or reference.config.get("dtype")
-    if declared in DTYPES_BY_NAME:
-        return DTYPES_BY_NAME[declared]
-    counts = Counter(m.dtype for m in reference.tensors.values()
-                     if DTYPES[m.dtype] in FLOAT_DTYPES)
+    counts: Counter[str] = Counter()
+    for tensor, meta in reference.tensors.items():
+        if meta.torch_dtype in FLOAT_DTYPES and not _is_buffer(tensor, meta):
+            counts[meta.dtype] += meta.numel
     return DTYPES[counts.most_common(1)[0][0]] if counts else torch.float32

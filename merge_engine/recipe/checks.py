@@ -4,9 +4,12 @@ ranges, required values, mergekit's rules for ``slices``, and the tokenizer sett
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from merge_engine.errors import RecipeError
+from merge_engine.methods import METHODS
 from merge_engine.methods.registry import REQUIRED, MethodSpec
 from merge_engine.recipe.chat_templates import check_chat_template
 from merge_engine.recipe.params import (
@@ -21,6 +24,51 @@ from merge_engine.recipe.refs import parse_ref
 from merge_engine.recipe.schema import InputModel, Recipe, ref_key
 
 _DELLA = ("della", "della_linear")
+
+OTHER_MERGEKIT_PARAMS = ("embed_slerp",)
+"""mergekit parameters that belong to no merge method: ``embed_slerp`` (mergekit merges
+embeddings with slerp under ``tokenizer_source``; here the recipe's method merges them)."""
+MERGEKIT_PARAMS = frozenset(
+    {name for spec in METHODS.values() for name in (*spec.global_params, *spec.model_params)}
+    | set(OTHER_MERGEKIT_PARAMS))
+"""Every parameter name mergekit defines: each method's (the registry holds mergekit's
+names) and :data:`OTHER_MERGEKIT_PARAMS`. One a recipe gives to a method that does not
+use it (``weight`` on model_stock, ``normalize`` on sce) is ignored, as by mergekit, with
+a warning; any other unknown name is an error (see :func:`drop_ignored`)."""
+
+
+def drop_ignored(recipe: Recipe, spec: MethodSpec, module_loc: str) -> Recipe:
+    """``recipe`` without the parameters mergekit defines but ``spec`` does not take,
+    each noted in :attr:`Recipe.warnings` ("parameters.normalize (line 4): ignored: not a
+    parameter of sce"), in every block: top level, module (at ``module_loc``), models,
+    slices and their sources."""
+    used = {*spec.global_params, *spec.model_params}
+    found: list[str] = []
+
+    def kept(block: Mapping[str, ParamValue], loc: str) -> Mapping[str, ParamValue]:
+        dropped = [n for n in block if n in MERGEKIT_PARAMS and n not in used]
+        found.extend(f"{recipe.where(f'{loc}.{n}')}: ignored: not a parameter of {spec.name}"
+                     for n in dropped)
+        if not dropped:
+            return block
+        return MappingProxyType({k: v for k, v in block.items() if k not in dropped})
+
+    def model(m: InputModel) -> InputModel:
+        return dataclasses.replace(m, parameters=kept(m.parameters, f"{m.loc}.parameters"))
+
+    parameters = kept(recipe.parameters, "parameters")
+    module_parameters = kept(recipe.module_parameters, module_loc)
+    models = tuple(model(m) for m in recipe.models)
+    slices = None if recipe.slices is None else tuple(
+        dataclasses.replace(
+            s, parameters=kept(s.parameters, f"{s.loc}.parameters"),
+            sources=tuple(dataclasses.replace(src, model=model(src.model)) for src in s.sources))
+        for s in recipe.slices)
+    if not found:
+        return recipe
+    return dataclasses.replace(recipe, parameters=parameters, module_parameters=module_parameters,
+                               models=models, slices=slices,
+                               warnings=(*recipe.warnings, *found))
 
 
 def _check_type(value: ParamValue, default: object, loc: str) -> None:

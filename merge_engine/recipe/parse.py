@@ -13,7 +13,12 @@ from types import MappingProxyType
 from merge_engine import methods
 from merge_engine.errors import RecipeError
 from merge_engine.methods.registry import MethodSpec
-from merge_engine.recipe.checks import check_tokenizer_settings, validate_params, validate_slices
+from merge_engine.recipe.checks import (
+    check_tokenizer_settings,
+    drop_ignored,
+    validate_params,
+    validate_slices,
+)
 from merge_engine.recipe.inputs import (
     EMPTY,
     check_duplicates,
@@ -143,6 +148,7 @@ def _assemble(doc: dict, text: str, lines: Mapping[str, int], spec: MethodSpec, 
     )
     if recipe.tokenizer is not None and recipe.tokenizer_source is not None:
         raise RecipeError("tokenizer", "give either tokenizer_source or tokenizer, not both")
+    recipe = drop_ignored(recipe, spec, f"{where}parameters")
     if recipe.slices is not None:
         validate_slices(recipe, spec)
     else:
@@ -168,8 +174,10 @@ def _multi_part(doc: dict, text: str, lines: Mapping[str, int], spec: MethodSpec
     for part in parts:
         for m in part.inputs():
             seen.setdefault(ref_key(m.ref), m)
+    warnings = tuple(dict.fromkeys(w for part in parts for w in part.warnings))
     recipe = replace(parts[0], models=tuple(seen.values()), slices=None, part=None,
-                     module_parameters=EMPTY, parts=tuple(parts), models_loc="modules")
+                     module_parameters=EMPTY, parts=tuple(parts), models_loc="modules",
+                     warnings=warnings)
     check_tokenizer_settings(recipe)
     return recipe
 

@@ -22,6 +22,8 @@ from merge_engine.recipe.params import unknown_key
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _HUB_PART = re.compile(r"[A-Za-z0-9_.-]+")
 _MAX_NAME = 96
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]|\\")
+"""``D:\\models\\x``, ``C:/x``, ``\\\\server\\share``: a drive letter or a backslash."""
 
 
 def _looks_local(path: str) -> bool:
@@ -65,6 +67,9 @@ class ModelRef:
 
 
 def _neither(text: str, loc: str) -> RecipeError:
+    if _WINDOWS_PATH.search(text):
+        return RecipeError(loc, f"{text!r} is a Windows path, a directory on another machine; "
+                                "use the model's Hub repo id (org/name) instead")
     return RecipeError(loc, f"{text!r} is neither a local directory nor a Hub repo id (org/name)")
 
 

@@ -104,6 +104,9 @@ class Recipe:
     models_loc: str = "models"
     """Where the models (or slices) are in the YAML: ``models``/``slices``, under
     ``modules.<name>.``, or ``modules`` for a multi-part recipe."""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """What was accepted but is worth saying: parameters mergekit defines that the method
+    does not use, ignored (see :func:`merge_engine.recipe.checks.drop_ignored`)."""
 
     @property
     def spec(self) -> MethodSpec:

@@ -87,6 +87,20 @@ def test_recipe_errors_are_422_with_path_and_line(client, old, new, loc, msg, li
     assert error["loc"] == loc and msg in error["msg"] and error["line"] == line
 
 
+def test_ignored_parameters_are_warnings_and_windows_paths_are_explained(client):
+    answer = check(client, recipe_yaml() + "parameters:\n  t: 0.5\n")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["warnings"] == [
+        "parameters.t (line 11): ignored: not a parameter of task_arithmetic"]
+    answer = check(client, recipe_yaml(base="D:\\models\\base"))
+    assert answer.status_code == 422
+    assert answer.json()["errors"] == [{
+        "loc": "base_model",
+        "msg": "'D:\\\\models\\\\base' is a Windows path, a directory on another machine; use "
+               "the model's Hub repo id (org/name) instead",
+        "line": 2}]
+
+
 def test_bad_requests_are_clear_4xx(make_client):
     client = make_client(max_recipe_bytes=400, max_models=2)
     assert "missing" in check(client, recipe_yaml(), headers={}).json()["error"]

@@ -75,6 +75,15 @@ def test_local_preflight_summarizes_a_plan(family: list[Path]) -> None:
     assert "other parameters" not in shown  # empty columns are left out
 
 
+def test_the_check_shows_ignored_parameters(family: list[Path]) -> None:
+    answer = preflight.check(local_recipe(family) + "parameters:\n  embed_slerp: true\n",
+                             endpoint=None, token=None)
+    assert answer["ok"] is True, answer
+    ignored = "parameters.embed_slerp (line 11): ignored: not a parameter of task_arithmetic"
+    assert answer["warnings"] == [ignored]
+    assert f"- ⚠ {ignored}" in render.summary_md(answer, "https://hub.example")
+
+
 def test_a_multi_part_check_shows_each_module(tmp_path: Path) -> None:
     """Each module's models with their own weights, and its own parameters."""
     from ..test_card_modules import weighted
