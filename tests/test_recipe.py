@@ -7,10 +7,10 @@ from types import MappingProxyType
 
 import pytest
 
+from merge_engine import methods
 from merge_engine.errors import RecipeError
 from merge_engine.methods.registry import REQUIRED, MethodSpec
 from merge_engine.recipe import InputModel, Recipe, load_recipe, parse_recipe
-from merge_engine.recipe import parse as recipe_parse
 from merge_engine.recipe.params import FilterList, FilterRule, Gradient
 from merge_engine.recipe.refs import ModelRef
 
@@ -877,9 +877,8 @@ def test_string_and_required_global_parameters(monkeypatch):
         model_params={"weight": REQUIRED},
         merge=lambda *a: None,
     )
-    monkeypatch.setattr(recipe_parse, "get_method",
-                        lambda name: spec if name == "fake" else {}[name])
-    monkeypatch.setattr(recipe_parse, "method_names", lambda: ["fake"])
+    monkeypatch.setattr(methods, "get_method", lambda name: spec if name == "fake" else {}[name])
+    monkeypatch.setattr(methods, "method_names", lambda: ["fake"])
     base = "merge_method: fake\nmodels:\n  - model: org/a\n    parameters: {weight: 1}\n"
     recipe = parse(base + "parameters:\n  mode: slow\n  t: [{filter: mlp, value: 0.5}]\n")
     assert recipe.global_param("mode", Q, 0.0) == "slow"
