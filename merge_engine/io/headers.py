@@ -29,6 +29,14 @@ from merge_engine.io.checkpoint import DTYPES, MAX_HEADER_BYTES, TensorMeta, hea
 _BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f\\%?#:]")
 
 
+def shown(name: object) -> str:
+    """A name from a file, fit for a one-line message: as is when short and printable,
+    else its (cut) repr."""
+    if isinstance(name, str) and name.isprintable() and 0 < len(name) <= 200:
+        return name
+    return repr(name)[:200]
+
+
 def _is_count(value: object) -> bool:
     return type(value) is int and value >= 0
 
@@ -40,7 +48,7 @@ def _unique_object(where: str):
         out: dict = {}
         for key, value in pairs:
             if key in out:
-                raise SourceError(f"{where} names tensor {key} twice in its header")
+                raise SourceError(f"{where} names tensor {shown(key)} twice in its header")
             out[key] = value
         return out
 
@@ -53,19 +61,19 @@ def check_tensor(where: str, name: str, dtype: object, shape: object, begin: obj
     non-negative ints, ``0 <= begin <= end <= limit`` and ``end - begin`` equal to the
     tensor's byte size; else a :class:`SourceError` naming ``where`` and ``name``."""
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise SourceError(f"tensor {name} in {where} has unsupported dtype {dtype!r:.40}")
+        raise SourceError(f"tensor {shown(name)} in {where} has unsupported dtype {dtype!r:.40}")
     if not isinstance(shape, list | tuple) or not all(_is_count(d) for d in shape):
-        raise SourceError(f"tensor {name} in {where} has a shape that is not a list of "
+        raise SourceError(f"tensor {shown(name)} in {where} has a shape that is not a list of "
                           f"non-negative integers: {shape!r:.80}")
     if not (_is_count(begin) and _is_count(end) and begin <= end):
-        raise SourceError(f"tensor {name} in {where} has bad data offsets "
+        raise SourceError(f"tensor {shown(name)} in {where} has bad data offsets "
                           f"[{begin!r:.30}, {end!r:.30}]")
     nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != nbytes:
-        raise SourceError(f"tensor {name} in {where} has {end - begin} bytes of data but "
+        raise SourceError(f"tensor {shown(name)} in {where} has {end - begin} bytes of data but "
                           f"{dtype} x {list(shape)} needs {nbytes}")
     if limit is not None and end > limit:
-        raise SourceError(f"tensor {name} in {where} ends at byte {end}, past the end of "
+        raise SourceError(f"tensor {shown(name)} in {where} ends at byte {end}, past the end of "
                           f"its data ({limit} bytes)")
 
 
@@ -91,7 +99,7 @@ def parse_header(raw: bytes, file: str, where: str,
             continue
         if not isinstance(info, dict) or not isinstance(info.get("data_offsets"), list) or (
                 len(info["data_offsets"]) != 2):
-            raise SourceError(f"tensor {name} in {where} needs dtype, shape and "
+            raise SourceError(f"tensor {shown(name)} in {where} needs dtype, shape and "
                               "data_offsets [begin, end]")
         begin, end = info["data_offsets"]
         dtype, shape = info.get("dtype"), info.get("shape")
@@ -106,11 +114,12 @@ def _check_tiling(tensors: dict[str, TensorMeta], where: str, data_len: int | No
     and the last ends at the end of the data section."""
     at, previous = 0, None
     for name, meta in sorted(tensors.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+        what = f"tensor {shown(name)} in {where}"
         if meta.begin < at:
-            raise SourceError(f"tensor {name} in {where} overlaps tensor {previous}")
+            raise SourceError(f"{what} overlaps tensor {shown(previous)}")
         if meta.begin > at:
-            raise SourceError(f"tensor {name} in {where} starts at byte {meta.begin}, leaving "
-                              f"a gap after byte {at}")
+            raise SourceError(f"{what} starts at byte {meta.begin}, leaving a gap after "
+                              f"byte {at}")
         at, previous = meta.end, name
     if data_len is not None and at != data_len:
         raise SourceError(f"{where} has {data_len - at} bytes of data after its last tensor")
@@ -135,7 +144,7 @@ def join_shards(parts: Iterable[tuple[str, dict[str, TensorMeta]]],
     for file, part in parts:
         for name, meta in part.items():
             if name in tensors:
-                raise SourceError(f"{where} has tensor {name} in both "
+                raise SourceError(f"{where} has tensor {shown(name)} in both "
                                   f"{tensors[name].file} and {file}")
             tensors[name] = meta
     return tensors

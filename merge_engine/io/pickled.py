@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from merge_engine.errors import SourceError
 from merge_engine.io.checkpoint import DTYPE_CODES, DTYPES, MAX_HEADER_BYTES, TensorMeta
-from merge_engine.io.headers import check_tensor
+from merge_engine.io.headers import check_tensor, shown
 from merge_engine.io.zipdir import ReadAt, ZipDirectory, data_offset, read_directory
 
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -127,8 +127,9 @@ class StateDictUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> object:
         found = ALLOWED_GLOBALS.get((module, name))
         if found is None:
-            raise SourceError(f"{self.where} names the global {module}.{name:.100}, which a "
-                              "state dict never needs; refusing to load it")
+            what = shown(f"{module}.{name}")
+            raise SourceError(f"{self.where} names the global {what}, which a state dict "
+                              "never needs; refusing to load it")
         return found
 
     def persistent_load(self, pid: object) -> _Storage:
@@ -239,22 +240,22 @@ def bin_tensors(read_at: ReadAt, size: int, file: str, where: str) -> dict[str, 
         dtype = t.dtype or "?"
         entry = directory.entries.get(f"{archive}/data/{t.storage.key}")
         if entry is None:
-            raise SourceError(f"tensor {name} in {where} has no storage entry "
-                              f"data/{t.storage.key:.100}")
+            raise SourceError(f"tensor {shown(name)} in {where} has no storage entry "
+                              f"data/{shown(t.storage.key)}")
         if t.storage.key not in starts:
             starts[t.storage.key] = data_offset(read_at, entry, directory, where)
         itemsize = DTYPES[dtype].itemsize if dtype in DTYPES else 1
         stored = t.storage.numel * (1 if t.storage.dtype is None else itemsize)
         if stored != entry.size:
-            raise SourceError(f"tensor {name} in {where}: its storage entry has "
+            raise SourceError(f"tensor {shown(name)} in {where}: its storage entry has "
                               f"{entry.size} bytes where the checkpoint says {stored}")
         if type(t.offset) is not int or t.offset < 0:
-            raise SourceError(f"tensor {name} in {where} has a bad storage offset")
+            raise SourceError(f"tensor {shown(name)} in {where} has a bad storage offset")
         if not all(type(d) is int and d >= 0 for d in t.shape):
-            raise SourceError(f"tensor {name} in {where} has a shape that is not a list of "
+            raise SourceError(f"tensor {shown(name)} in {where} has a shape that is not a list of "
                               f"non-negative integers: {t.shape!r:.80}")
         if not _contiguous(t.shape, t.stride):
-            raise SourceError(f"tensor {name} in {where} is not contiguous (stride "
+            raise SourceError(f"tensor {shown(name)} in {where} is not contiguous (stride "
                               f"{t.stride!r:.80}); re-save it from a contiguous copy")
         begin = starts[t.storage.key] + t.offset * itemsize
         end = begin + math.prod(t.shape) * itemsize

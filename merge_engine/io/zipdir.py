@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from merge_engine.errors import SourceError
+from merge_engine.io.headers import shown
 
 ReadAt = Callable[[int, int], bytes]
 """``read_at(offset, length)``: exactly ``length`` bytes of the file from ``offset``."""
@@ -64,7 +65,7 @@ def _find_eocd(read_at: ReadAt, size: int, where: str) -> tuple[int, tuple]:
         return size - EOCD.size, fields
     span = min(size, EOCD.size + MAX_COMMENT)
     tail = read_at(size - span, span)
-    at = tail.rfind(b"PK\x05\x06")
+    at = tail.rfind(b"PK\x05\x06", 0, span - EOCD.size + 4)
     while at >= 0:
         fields = EOCD.unpack_from(tail, at)
         if at + EOCD.size + fields[7] == span:
@@ -135,9 +136,9 @@ def read_directory(read_at: ReadAt, size: int, where: str) -> ZipDirectory:
                                     for v in (usize, csize, offset))
         name = name_raw.decode("utf-8", errors="replace")
         if name in entries:
-            raise SourceError(f"{where} has the zip entry {name[:200]} twice")
+            raise SourceError(f"{where} has the zip entry {shown(name)} twice")
         if offset + csize > data_end:
-            raise SourceError(f"{where}: zip entry {name[:200]} lies outside the file")
+            raise SourceError(f"{where}: zip entry {shown(name)} lies outside the file")
         entries[name] = ZipEntry(name, offset, csize, method)
         at += CENTRAL.size + nlen + elen + clen
     return ZipDirectory(entries, data_end)
@@ -148,17 +149,17 @@ def data_offset(read_at: ReadAt, entry: ZipEntry, directory: ZipDirectory, where
     entry, or a local header that disagrees with the directory, is refused."""
     name = entry.name.encode()
     if entry.method != STORED:
-        raise SourceError(f"{where}: zip entry {entry.name} is compressed (method "
+        raise SourceError(f"{where}: zip entry {shown(entry.name)} is compressed (method "
                           f"{entry.method}); torch checkpoints store tensors uncompressed")
     if entry.header_offset + LOCAL.size + len(name) > directory.data_end:
-        raise SourceError(f"{where}: zip entry {entry.name} lies outside the file")
+        raise SourceError(f"{where}: zip entry {shown(entry.name)} lies outside the file")
     raw = read_at(entry.header_offset, LOCAL.size + len(name))
     sig, _, _, method, _, _, _, _, _, nlen, elen = LOCAL.unpack_from(raw)
     if sig != b"PK\x03\x04" or method != STORED or raw[LOCAL.size:] != name or (
             nlen != len(name)):
-        raise SourceError(f"{where}: the local header of zip entry {entry.name} disagrees "
+        raise SourceError(f"{where}: the local header of zip entry {shown(entry.name)} disagrees "
                           "with the central directory")
     start = entry.header_offset + LOCAL.size + nlen + elen
     if start + entry.size > directory.data_end:
-        raise SourceError(f"{where}: zip entry {entry.name} lies outside the file")
+        raise SourceError(f"{where}: zip entry {shown(entry.name)} lies outside the file")
     return start
