@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from merge_engine import SourceError
 from merge_engine.cli import main
-from merge_engine.io.headers import read_header
+from merge_engine.io.headers import read_header, shown
 from merge_engine.io.weights import local_tensors
 from merge_engine.synth import write_model
 
@@ -33,7 +33,7 @@ def entry(dtype="F32", shape=(2,), offsets=(0, 8)) -> dict:
     (b"{not json", b"", "bad header"),
     (b'{"w": ' + json.dumps(entry()).encode() + b', "w": ' + json.dumps(entry()).encode()
      + b"}", bytes(8), "names tensor w twice"),
-    ({"w": entry(dtype="F4")}, bytes(8), "tensor w in .* unsupported dtype 'F4'"),
+    ({"w": entry(dtype="F4")}, bytes(8), "tensor w in .* unsupported dtype F4"),
     ({"w": entry(shape=(-2,))}, bytes(8), "tensor w in .* shape that is not a list of non-neg"),
     ({"w": entry(shape=(True, 2))}, bytes(8), "tensor w in .* shape"),
     ({"w": {"dtype": "F32", "shape": [2], "data_offsets": "0-8"}}, bytes(8),
@@ -105,3 +105,14 @@ def test_a_tensor_in_two_shards_is_refused(tmp_path):
     with pytest.raises(SourceError, match="has tensor w in both model-1.safetensors and "
                                           "model-2.safetensors"):
         local_tensors(tmp_path, sorted(p.name for p in tmp_path.iterdir()))
+
+
+def test_names_from_files_are_shown_on_one_line_whatever_they_are():
+    assert shown("model.layers.0.weight") == "model.layers.0.weight"
+    assert shown("a\nb") == "'a\\nb'"
+    assert shown(10**5000) == "<int too large to show>"
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert shown(deep) == "<list too large to show>"
+    assert len(shown("x" * 10_000)) == 200

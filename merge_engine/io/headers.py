@@ -29,12 +29,16 @@ from merge_engine.io.checkpoint import DTYPES, MAX_HEADER_BYTES, TensorMeta, hea
 _BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f\\%?#:]")
 
 
-def shown(name: object) -> str:
-    """A name from a file, fit for a one-line message: as is when short and printable,
-    else its (cut) repr."""
-    if isinstance(name, str) and name.isprintable() and 0 < len(name) <= 200:
-        return name
-    return repr(name)[:200]
+def shown(value: object) -> str:
+    """A value from a file, fit for a one-line message: a short printable string as is,
+    anything else as its repr, cut to 200 characters (never failing: an int too long to
+    print, or a structure too deep, is named by its type)."""
+    if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 200:
+        return value
+    try:
+        return repr(value)[:200]
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__} too large to show>"
 
 
 def _is_count(value: object) -> bool:
@@ -55,25 +59,26 @@ def _unique_object(where: str):
     return build
 
 
-def check_tensor(where: str, name: str, dtype: object, shape: object, begin: object,
-                 end: object, limit: int | None) -> None:
+def check_tensor(what: str, dtype: object, shape: object, begin: object, end: object,
+                 limit: int | None) -> None:
     """The checks one tensor entry needs, whatever the format: a known dtype, a shape of
     non-negative ints, ``0 <= begin <= end <= limit`` and ``end - begin`` equal to the
-    tensor's byte size; else a :class:`SourceError` naming ``where`` and ``name``."""
+    tensor's byte size; else a :class:`SourceError` starting with ``what`` ("tensor x in
+    file")."""
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise SourceError(f"tensor {shown(name)} in {where} has unsupported dtype {dtype!r:.40}")
+        raise SourceError(f"{what} has unsupported dtype {shown(dtype)}")
     if not isinstance(shape, list | tuple) or not all(_is_count(d) for d in shape):
-        raise SourceError(f"tensor {shown(name)} in {where} has a shape that is not a list of "
-                          f"non-negative integers: {shape!r:.80}")
+        raise SourceError(f"{what} has a shape that is not a list of "
+                          f"non-negative integers: {shown(shape)}")
     if not (_is_count(begin) and _is_count(end) and begin <= end):
-        raise SourceError(f"tensor {shown(name)} in {where} has bad data offsets "
-                          f"[{begin!r:.30}, {end!r:.30}]")
+        raise SourceError(f"{what} has bad data offsets "
+                          f"[{shown(begin)}, {shown(end)}]")
     nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != nbytes:
-        raise SourceError(f"tensor {shown(name)} in {where} has {end - begin} bytes of data but "
+        raise SourceError(f"{what} has {end - begin} bytes of data but "
                           f"{dtype} x {list(shape)} needs {nbytes}")
     if limit is not None and end > limit:
-        raise SourceError(f"tensor {shown(name)} in {where} ends at byte {end}, past the end of "
+        raise SourceError(f"{what} ends at byte {end}, past the end of "
                           f"its data ({limit} bytes)")
 
 
@@ -103,7 +108,7 @@ def parse_header(raw: bytes, file: str, where: str,
                               "data_offsets [begin, end]")
         begin, end = info["data_offsets"]
         dtype, shape = info.get("dtype"), info.get("shape")
-        check_tensor(where, name, dtype, shape, begin, end, data_len)
+        check_tensor(f"tensor {shown(name)} in {where}", dtype, shape, begin, end, data_len)
         tensors[name] = TensorMeta(file, dtype, tuple(shape), begin, end)
     _check_tiling(tensors, where, data_len)
     return tensors
@@ -155,7 +160,7 @@ def check_file_name(name: object, where: str, index_name: str, suffix: str) -> s
     if (not isinstance(name, str) or not name or len(name) > 1000 or name.startswith("/")
             or _BAD_NAME_CHARS.search(name) or not name.endswith(suffix)
             or any(part in ("", ".", "..") for part in name.split("/"))):
-        raise SourceError(f"{where}: {index_name} names weight file {name!r:.200}, which is "
+        raise SourceError(f"{where}: {index_name} names weight file {shown(name)}, which is "
                           f"not a plain {suffix} file name inside the model")
     return name
 

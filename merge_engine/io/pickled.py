@@ -137,14 +137,14 @@ class StateDictUnpickler(pickle._Unpickler):
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
                 and type(pid[4]) is int and pid[4] >= 0):
             raise SourceError(f"{self.where} has a persistent id that is not a torch "
-                              f"storage: {pid!r:.100}")
+                              f"storage: {shown(pid)}")
         return _Storage(pid[2], pid[1].dtype, pid[4])
 
     def _put(self, target: object, key: object, value: object) -> None:
         if not isinstance(target, dict):
             raise TypeError("items set on a non-dict")
         if key in target:
-            raise SourceError(f"{self.where} names {key!r:.200} twice")
+            raise SourceError(f"{self.where} names {shown(key)} twice")
         target[key] = value
 
     def _load_dict(self) -> None:
@@ -178,12 +178,12 @@ def load_state_dict(data: bytes, where: str) -> dict[str, _Tensor]:
         raise
     except Exception as e:  # noqa: BLE001 - any failure on untrusted bytes is bad input
         raise SourceError(f"{where} has a data.pkl that is not a readable state dict "
-                          f"({type(e).__name__}: {str(e)[:80]})") from None
+                          f"({type(e).__name__}: {shown(str(e))})") from None
     if not isinstance(state, dict):
         raise SourceError(f"{where} does not hold a state dict (a dict of tensors)")
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, _Tensor):
-            raise SourceError(f"{where} holds {name!r:.100}, which is not a named tensor")
+            raise SourceError(f"{where} holds {shown(name)}, which is not a named tensor")
     return state
 
 
@@ -211,7 +211,7 @@ def _entry_bytes(read_at: ReadAt, directory: ZipDirectory, name: str, where: str
                  limit: int) -> bytes:
     entry = directory.entries[name]
     if entry.size > limit:
-        raise SourceError(f"{where}: zip entry {name} has {entry.size} bytes, over the "
+        raise SourceError(f"{where}: zip entry {shown(name)} has {entry.size} bytes, over the "
                           f"limit of {limit}")
     return read_at(data_offset(read_at, entry, directory, where), entry.size)
 
@@ -237,30 +237,34 @@ def bin_tensors(read_at: ReadAt, size: int, file: str, where: str) -> dict[str, 
     starts: dict[str, int] = {}
     tensors = {}
     for name, t in state.items():
-        dtype = t.dtype or "?"
         entry = directory.entries.get(f"{archive}/data/{t.storage.key}")
         if entry is None:
             raise SourceError(f"tensor {shown(name)} in {where} has no storage entry "
                               f"data/{shown(t.storage.key)}")
         if t.storage.key not in starts:
             starts[t.storage.key] = data_offset(read_at, entry, directory, where)
-        itemsize = DTYPES[dtype].itemsize if dtype in DTYPES else 1
-        stored = t.storage.numel * (1 if t.storage.dtype is None else itemsize)
-        if stored != entry.size:
-            raise SourceError(f"tensor {shown(name)} in {where}: its storage entry has "
-                              f"{entry.size} bytes where the checkpoint says {stored}")
-        if type(t.offset) is not int or t.offset < 0:
-            raise SourceError(f"tensor {shown(name)} in {where} has a bad storage offset")
-        if not all(type(d) is int and d >= 0 for d in t.shape):
-            raise SourceError(f"tensor {shown(name)} in {where} has a shape that is not a list of "
-                              f"non-negative integers: {t.shape!r:.80}")
-        if not _contiguous(t.shape, t.stride):
-            raise SourceError(f"tensor {shown(name)} in {where} is not contiguous (stride "
-                              f"{t.stride!r:.80}); re-save it from a contiguous copy")
-        begin = starts[t.storage.key] + t.offset * itemsize
-        end = begin + math.prod(t.shape) * itemsize
-        check_tensor(where, name, t.dtype, t.shape, begin, end,
-                     starts[t.storage.key] + entry.size)
-        tensors[name] = TensorMeta(file, dtype, tuple(t.shape), begin, end)
+        tensors[name] = _meta(t, starts[t.storage.key], entry.size, file,
+                              f"tensor {shown(name)} in {where}")
     return tensors
 
+
+def _meta(t: _Tensor, start: int, stored: int, file: str, what: str) -> TensorMeta:
+    """Where tensor ``t`` lies in the file, its storage's ``stored`` bytes starting at
+    ``start``; checked against the storage and by :func:`check_tensor`."""
+    itemsize = DTYPES[t.dtype].itemsize if t.dtype in DTYPES else 1
+    expected = t.storage.numel * (1 if t.storage.dtype is None else itemsize)
+    if expected != stored:
+        raise SourceError(f"{what}: its storage entry has {stored} bytes where the "
+                          f"checkpoint says {expected}")
+    if type(t.offset) is not int or t.offset < 0:
+        raise SourceError(f"{what} has a bad storage offset")
+    if not all(type(d) is int and d >= 0 for d in t.shape):
+        raise SourceError(f"{what} has a shape that is not a list of non-negative integers: "
+                          f"{shown(t.shape)}")
+    if not _contiguous(t.shape, t.stride):
+        raise SourceError(f"{what} is not contiguous (stride {shown(t.stride)}); re-save it "
+                          "from a contiguous copy")
+    begin = start + t.offset * itemsize
+    end = begin + math.prod(t.shape) * itemsize
+    check_tensor(what, t.dtype, t.shape, begin, end, start + stored)
+    return TensorMeta(file, t.dtype, tuple(t.shape), begin, end)
