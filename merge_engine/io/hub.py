@@ -71,7 +71,7 @@ def remote_tensors(repo_id: str, revision: str, weights: list[str],
 
     def fetch(url: str, first: int, last: int | None) -> tuple[bytes, int]:
         data, total = retry(lambda: _read_range(url, first, last, headers))
-        if len(data) != (last - first + 1 if last is not None else -first):
+        if len(data) != (last - first + 1 if last is not None else min(-first, total)):
             raise SourceError(f"{url} is shorter than its headers say")
         return data, total
 
@@ -79,7 +79,7 @@ def remote_tensors(repo_id: str, revision: str, weights: list[str],
         url = hf_hub_url(repo_id, filename, revision=revision, endpoint=access.endpoint)
         name = f"{filename} in {where}"
         if filename.endswith(".bin"):
-            tail, total = fetch(url, -min(22, MAX_HEADER_BYTES), None)
+            tail, total = fetch(url, -22, None)  # the end of central directory record
 
             def read_at(offset: int, length: int) -> bytes:
                 if offset == total - len(tail) and length == len(tail):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from merge_engine.errors import SourceError
@@ -219,7 +220,8 @@ def _entry_bytes(read_at: ReadAt, directory: ZipDirectory, name: str, where: str
 def bin_tensors(read_at: ReadAt, size: int, file: str, where: str) -> dict[str, TensorMeta]:
     """Validated tensor metadata of torch checkpoint ``file`` of ``size`` bytes, read through
     ``read_at``: the zip directory, ``data.pkl`` and the local header of each storage entry
-    (never a tensor's bytes). ``where`` names the file in messages."""
+    (never a tensor's bytes; the local headers are read in parallel, since on the Hub each
+    is a request). ``where`` names the file in messages."""
     try:
         directory = read_directory(read_at, size, where)
     except SourceError:
@@ -234,18 +236,18 @@ def bin_tensors(read_at: ReadAt, size: int, file: str, where: str) -> dict[str, 
         raise SourceError(f"{where} is a big-endian torch checkpoint, which is not supported")
     state = load_state_dict(_entry_bytes(read_at, directory, f"{archive}/data.pkl", where,
                                          MAX_HEADER_BYTES), where)
-    starts: dict[str, int] = {}
-    tensors = {}
+    entries = {}
     for name, t in state.items():
-        entry = directory.entries.get(f"{archive}/data/{t.storage.key}")
-        if entry is None:
+        entries[t.storage.key] = directory.entries.get(f"{archive}/data/{t.storage.key}")
+        if entries[t.storage.key] is None:
             raise SourceError(f"tensor {shown(name)} in {where} has no storage entry "
                               f"data/{shown(t.storage.key)}")
-        if t.storage.key not in starts:
-            starts[t.storage.key] = data_offset(read_at, entry, directory, where)
-        tensors[name] = _meta(t, starts[t.storage.key], entry.size, file,
-                              f"tensor {shown(name)} in {where}")
-    return tensors
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one small read each, in parallel
+        starts = dict(zip(entries, pool.map(
+            lambda entry: data_offset(read_at, entry, directory, where), entries.values()),
+            strict=True))
+    return {name: _meta(t, starts[t.storage.key], entries[t.storage.key].size, file,
+                        f"tensor {shown(name)} in {where}") for name, t in state.items()}
 
 
 def _meta(t: _Tensor, start: int, stored: int, file: str, what: str) -> TensorMeta:
