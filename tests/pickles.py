@@ -9,6 +9,7 @@ import pickle
 import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -60,3 +61,29 @@ def malicious(marker: Path) -> bytes:
     pkl = next(n for n in good if n.endswith("/data.pkl"))
     good[pkl] = pickle.dumps({"w": Payload(marker)}, protocol=2)
     return rezip(good)
+
+
+def zip64(files: dict[str, bytes]) -> bytes:
+    """A stored zip of these entries written the way archives over 4 GB are: every size
+    and offset in zip64 extra fields (0xFFFFFFFF in the 32-bit ones), a zip64 end record
+    and locator, and a saturated end of central directory record."""
+    out, central = bytearray(), bytearray()
+    full = 0xFFFFFFFF
+    for name, body in files.items():
+        crc, raw = zlib.crc32(body), name.encode()
+        offset = len(out)
+        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45, 0, 0, 0, 0, crc, full, full,
+                           len(raw), 20) + raw
+        out += struct.pack("<HHQQ", 1, 16, len(body), len(body)) + body
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, 0, 0, 0, 0, crc,
+                               full, full, len(raw), 28, 0, 0, 0, 0, full) + raw
+        central += struct.pack("<HHQQQ", 1, 24, len(body), len(body), offset)
+    cd_offset = len(out)
+    out += central
+    record = len(out)
+    out += struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, len(files),
+                       len(files), len(central), cd_offset)
+    out += struct.pack("<4sIQI", b"PK\x06\x07", 0, record, 1)
+    out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, full,
+                       full, 0)
+    return bytes(out)

@@ -17,7 +17,7 @@ from merge_engine.io.checkpoint import DTYPES
 from merge_engine.io.headers import parse_header
 from merge_engine.io.pickled import bin_tensors
 
-from .pickles import entries, rezip, saved
+from .pickles import entries, rezip, saved, zip64
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)
@@ -89,6 +89,7 @@ STATE = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.on
 ORIGINAL = saved(STATE)
 FILES = entries(ORIGINAL)
 PKL = next(n for n in FILES if n.endswith("/data.pkl"))
+ZIP64 = zip64(FILES)
 
 
 def one_line_or_inside(data: bytes) -> None:
@@ -119,9 +120,9 @@ FLIPS = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size
 
 
 @FUZZ
-@given(FLIPS)
-def test_torch_zips_with_flipped_bytes(flips):
-    one_line_or_inside(flipped(ORIGINAL, flips))
+@given(st.sampled_from([ORIGINAL, ZIP64]), FLIPS)
+def test_torch_zips_with_flipped_bytes(original, flips):
+    one_line_or_inside(flipped(original, flips))
 
 
 @FUZZ
@@ -138,6 +139,6 @@ def test_data_pkl_of_random_bytes(pkl):
 
 
 @FUZZ
-@given(st.integers(0, len(ORIGINAL)))
-def test_truncated_torch_zips(size):
-    one_line_or_inside(ORIGINAL[:size])
+@given(st.sampled_from([ORIGINAL, ZIP64]), st.integers(0, len(ORIGINAL)))
+def test_truncated_torch_zips(original, size):
+    one_line_or_inside(original[:size])

@@ -16,7 +16,7 @@ from merge_engine.io.weights import read_bin
 from merge_engine.synth import save_as_bin, write_family
 
 from .conftest import TINY, load_model, recipe_text
-from .pickles import entries, malicious, patch_directory_offset, rezip, saved
+from .pickles import entries, malicious, patch_directory_offset, rezip, saved, zip64
 
 
 def bin_file(tmp_path, data: bytes, name="pytorch_model.bin"):
@@ -77,6 +77,16 @@ def test_every_dtype_views_and_parameters_read_like_torch_load(tmp_path):
         assert meta.shape == tuple(value.shape) and meta.torch_dtype == value.dtype
         expected = value.detach().contiguous().reshape(-1).view(torch.uint8)
         assert raw[meta.begin:meta.end] == expected.numpy().tobytes(), name
+
+
+def test_zip64_archives_as_torch_writes_them_over_4_gb(tmp_path):
+    state = {"w": torch.randn(3, 4), "h": torch.randn(5).half()}
+    data = zip64(entries(saved(state)))
+    with zipfile.ZipFile(bin_file(tmp_path, data)) as z:  # a valid zip, by Python's reader
+        assert z.testzip() is None
+    metas = read_bin(tmp_path / "pytorch_model.bin")
+    for name, value in state.items():
+        assert data[metas[name].begin:metas[name].end] == value.numpy().tobytes()
 
 
 def test_a_pickle_naming_os_system_is_refused_and_nothing_runs(tmp_path, capsys):
