@@ -3,6 +3,7 @@ and every malformed or hostile file a one-line exit 2."""
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
@@ -150,8 +151,6 @@ def test_malformed_bins_are_one_line_source_errors(tmp_path, build, message):
 
 
 def _legacy() -> bytes:
-    import io
-
     out = io.BytesIO()
     torch.save({"w": torch.ones(2)}, out, _use_new_zipfile_serialization=False)
     return out.getvalue()
