@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from merge_engine.io.checkpoint import OutTensor, ShardedWriter
+from merge_engine.io.checkpoint import BIN_INDEX_NAME, BIN_SINGLE_NAME, OutTensor, ShardedWriter
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,29 @@ def write_family(root: Path, shape: LlamaShape, donors: int = 2, **options) -> l
     paths += [write_model(root / f"donor-{i}", shape, donor=i, **options)
               for i in range(1, donors + 1)]
     return paths
+
+
+def save_as_bin(src: Path, dst: Path) -> Path:
+    """Copy the model in ``src`` to ``dst`` as torch pickle checkpoints, laid out as
+    transformers writes them: ``pytorch_model.bin``, or ``pytorch_model-0000i-of-0000N.bin``
+    shards (one per safetensors shard, same tensors) and ``pytorch_model.bin.index.json``.
+    Side files are copied. One shard is held in memory at a time."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shards = sorted(src.glob("*.safetensors"))
+    names = ([BIN_SINGLE_NAME] if len(shards) == 1 else
+             [f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin"
+              for i in range(1, len(shards) + 1)])
+    weight_map = {}
+    for shard, name in zip(shards, names, strict=True):
+        tensors = load_file(shard)
+        torch.save(tensors, dst / name)
+        weight_map.update(dict.fromkeys(tensors, name))
+        del tensors
+    if len(shards) > 1:
+        total = sum((dst / n).stat().st_size for n in names)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (dst / BIN_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    for side in src.iterdir():
+        if side.is_file() and not side.name.startswith(("model", "pytorch_model")):
+            shutil.copy(side, dst / side.name)
+    return dst

@@ -14,10 +14,10 @@ from merge_engine.io.checkpoint import (
     FileReader,
     OutTensor,
     ShardedWriter,
-    read_header,
-    require_safetensors,
     shard_layout,
 )
+from merge_engine.io.headers import read_header
+from merge_engine.io.weights import weight_layout
 
 
 def test_read_header_matches_safetensors(tmp_path):
@@ -85,9 +85,8 @@ def test_oversized_tensor_gets_its_own_shard():
     assert [[t.name for t in s] for s in shard_layout(specs, 100)] == [["a"], ["b"], ["c"]]
 
 
-def test_pickle_only_model_is_refused_with_the_fix():
-    with pytest.raises(SourceError, match="pickle checkpoints .*convert it to safetensors"):
-        require_safetensors(["config.json", "pytorch_model.bin"], "org/model")
-    with pytest.raises(SourceError, match="no safetensors weights"):
-        require_safetensors(["config.json"], "org/model")
-    require_safetensors(["model.safetensors", "pytorch_model.bin"], "org/model")
+def test_safetensors_wins_over_pickle_and_other_pickles_are_refused():
+    assert weight_layout(["model.safetensors", "pytorch_model.bin"], "m").suffix == ".safetensors"
+    assert weight_layout(["config.json", "pytorch_model.bin"], "m").files == ["pytorch_model.bin"]
+    with pytest.raises(SourceError, match="model.ckpt is not one of"):
+        weight_layout(["config.json", "model.ckpt"], "org/model")

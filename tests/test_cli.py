@@ -110,15 +110,16 @@ def test_bad_recipes_fail_in_one_line(family, tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
-def test_pickle_only_model_exit_2(family, tmp_path):
+def test_an_unreadable_pickle_is_exit_2_in_one_line(family, tmp_path):
     base, _, _ = family
     pickled = tmp_path / "pickled"
     pickled.mkdir()
-    (pickled / "pytorch_model.bin").write_bytes(b"not opened")
+    (pickled / "pytorch_model.bin").write_bytes(b"not a torch checkpoint")
     recipe = tmp_path / "r.yml"
     recipe.write_text(recipe_text("task_arithmetic", base, [(pickled, {"weight": 1.0})]))
     code, _, err = run_cli("run", recipe, tmp_path / "out")
-    assert code == 2 and "convert it to safetensors" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "pytorch_model.bin is not a zip archive" in err
     assert not (tmp_path / "out").exists()
 
 

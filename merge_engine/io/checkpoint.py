@@ -1,7 +1,10 @@
-"""safetensors on disk: headers, ranged reads into caller buffers, and a streaming writer.
+"""Checkpoints on disk: tensor metadata, ranged reads into caller buffers (safetensors and
+torch zip files alike), and a streaming safetensors writer.
 
 Nothing here unpickles anything, and nothing maps a whole file: reads go through
 ``os.preadv`` into buffers the caller owns, so memory stays bounded by the buffers.
+Headers are validated by :mod:`merge_engine.io.headers`; pickle checkpoints are read by
+:mod:`merge_engine.io.pickled`.
 
 Format (https://huggingface.co/docs/safetensors): 8-byte little-endian header length N,
 N bytes of JSON ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}``,
@@ -41,12 +44,15 @@ DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
+BIN_SINGLE_NAME = "pytorch_model.bin"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclass(frozen=True)
 class TensorMeta:
-    """Where one tensor lives: its file and its byte range relative to the data section."""
+    """Where one tensor lives: its file and its byte range, relative to the data section of
+    a safetensors file and to the start of a torch zip (``.bin``) file."""
 
     file: str
     dtype: str
@@ -69,23 +75,6 @@ class TensorMeta:
         return (self.end - self.begin) // max(rows, 1)
 
 
-def parse_header(raw: bytes, file: str) -> dict[str, TensorMeta]:
-    """Tensor metadata from the JSON header of ``file``."""
-    try:
-        header = json.loads(raw)
-    except ValueError as e:
-        raise SourceError(f"{file} is not a valid safetensors file (bad header: {e})") from e
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in DTYPES:
-            raise SourceError(f"tensor {name} in {file} has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        tensors[name] = TensorMeta(file, info["dtype"], tuple(info["shape"]), begin, end)
-    return tensors
-
-
 def header_size(path: Path) -> int:
     """Length N of the JSON header of a local safetensors file (data starts at 8 + N)."""
     with open(path, "rb") as f:
@@ -96,38 +85,6 @@ def header_size(path: Path) -> int:
     if n > MAX_HEADER_BYTES:
         raise SourceError(f"{path} is not a safetensors file (header of {n} bytes)")
     return n
-
-
-def read_header(path: Path) -> dict[str, TensorMeta]:
-    """Tensor metadata of a local safetensors file, reading only its header."""
-    n = header_size(path)
-    with open(path, "rb") as f:
-        f.seek(8)
-        return parse_header(f.read(n), path.name)
-
-
-def require_safetensors(files: Sequence[str], where: str) -> None:
-    """Refuse a model without safetensors weights; pickle checkpoints are never opened."""
-    if any(f.endswith(".safetensors") for f in files):
-        return
-    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
-    if pickles:
-        raise SourceError(
-            f"{where} has only pickle checkpoints ({pickles[0]}), which are never loaded "
-            "because unpickling can run code; convert it to safetensors first, e.g. "
-            "AutoModelForCausalLM.from_pretrained(path).save_pretrained(out) with transformers, "
-            "or the Hub's 'safetensors/convert' Space"
-        )
-    raise SourceError(f"{where} has no safetensors weights (model.safetensors or an index)")
-
-
-def weight_files(directory: Path, files: Sequence[str]) -> list[str]:
-    """The safetensors files that hold a local model's weights, per its index if it has one."""
-    require_safetensors(files, str(directory))
-    if INDEX_NAME in files:
-        index = json.loads((directory / INDEX_NAME).read_text())
-        return sorted(set(index["weight_map"].values()))
-    return sorted(f for f in files if f.endswith(".safetensors") and "/" not in f)
 
 
 def buffer_view(buf: torch.Tensor) -> memoryview:
@@ -142,19 +99,19 @@ def pread_into(fd: int, view: memoryview, offset: int, what: str) -> None:
     while done < len(view):
         n = os.preadv(fd, [view[done:]], offset + done)
         if n == 0:
-            raise SourceError(f"{what} ends early: the safetensors file is truncated")
+            raise SourceError(f"{what} ends early: the file is truncated")
         done += n
 
 
 class FileReader:
-    """Ranged reads of tensors from local safetensors files, keeping their descriptors open."""
+    """Ranged reads of tensors from local weight files, keeping their descriptors open."""
 
     def __init__(self) -> None:
         self._open: dict[Path, tuple[int, int]] = {}
 
     def _fd(self, path: Path) -> tuple[int, int]:
         if path not in self._open:
-            data_start = 8 + header_size(path)
+            data_start = 8 + header_size(path) if path.name.endswith(".safetensors") else 0
             self._open[path] = (os.open(path, os.O_RDONLY), data_start)
         return self._open[path]
 

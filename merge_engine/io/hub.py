@@ -1,11 +1,10 @@
 """Reaching the Hub: access settings (endpoint, token, cache or stream directory), files
-of a repo pinned to a commit SHA, and tensor metadata from ranged reads of
-safetensors headers.
+of a repo pinned to a commit SHA, and tensor metadata from ranged reads of checkpoint
+headers (safetensors headers; a torch zip's directory and ``data.pkl``).
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,8 +16,11 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from merge_engine.errors import MergeEngineError, SourceError
-from merge_engine.io.checkpoint import INDEX_NAME, MAX_HEADER_BYTES, TensorMeta, parse_header
+from merge_engine.io.checkpoint import MAX_HEADER_BYTES, TensorMeta
+from merge_engine.io.headers import join_shards, parse_header
+from merge_engine.io.pickled import bin_tensors
 from merge_engine.io.retry import retry
+from merge_engine.io.weights import weight_layout
 
 
 @dataclass(frozen=True)
@@ -43,35 +45,69 @@ def download(repo_id: str, filename: str, revision: str, access: HubAccess) -> s
                                          cache_dir=access.cache_dir))
 
 
-def remote_tensors(repo_id: str, revision: str, files: list[str],
+def _read_range(url: str, first: int, last: int | None, headers: dict) -> tuple[bytes, int]:
+    """Bytes ``first..last`` of a file (``last`` None: the last ``-first`` bytes) and the
+    file's size, from one range request; a server that ignores the range is an error
+    (the whole file would come back)."""
+    span = f"bytes={first}-{last}" if last is not None else f"bytes={first}"
+    response = get_session().get(url, headers={**headers, "range": span})
+    hf_raise_for_status(response)
+    total = response.headers.get("content-range", "").rpartition("/")[2]
+    if response.status_code != 206 or not total.isdigit():
+        raise MergeEngineError(f"{url} did not answer a range request with a byte range")
+    return response.content, int(total)
+
+
+def remote_tensors(repo_id: str, revision: str, weights: list[str],
                    access: HubAccess) -> dict[str, TensorMeta]:
-    """Tensor metadata of a Hub model from exact ranged reads of its safetensors headers.
+    """Validated tensor metadata of weight files of a Hub repo, from exact range requests.
 
-    Two small range requests per weight file (the 8-byte length, then the header), run in
-    parallel: no byte of weight data is downloaded.
+    safetensors: the 8-byte length, then the header. torch zip (``.bin``): the end of
+    central directory record (and zip64 records), the central directory, ``data.pkl`` and
+    each storage's local header. Files go in parallel; no byte of weight data is read.
     """
-    if INDEX_NAME in files:
-        index = json.loads(Path(download(repo_id, INDEX_NAME, revision, access)).read_text())
-        weights = sorted(set(index["weight_map"].values()))
-    else:
-        weights = [f for f in files if f.endswith(".safetensors") and "/" not in f]
     headers = build_hf_headers(token=access.token)
+    where = f"{repo_id}@{revision}"
 
-    def read_range(url: str, first: int, last: int) -> bytes:
-        response = get_session().get(url, headers={**headers, "range": f"bytes={first}-{last}"})
-        hf_raise_for_status(response)
-        return response.content
+    def fetch(url: str, first: int, last: int | None) -> tuple[bytes, int]:
+        data, total = retry(lambda: _read_range(url, first, last, headers))
+        if len(data) != (last - first + 1 if last is not None else min(-first, total)):
+            raise SourceError(f"{url} is shorter than its headers say")
+        return data, total
 
-    def header_of(filename: str) -> dict[str, TensorMeta]:
+    def tensors_of(filename: str) -> tuple[str, dict[str, TensorMeta]]:
         url = hf_hub_url(repo_id, filename, revision=revision, endpoint=access.endpoint)
-        (size,) = struct.unpack("<Q", retry(lambda: read_range(url, 0, 7)))
-        if size > MAX_HEADER_BYTES:
-            raise SourceError(f"{filename} in {repo_id} is not a safetensors file")
-        return parse_header(retry(lambda: read_range(url, 8, 7 + size)), filename)
+        name = f"{filename} in {where}"
+        if filename.endswith(".bin"):
+            tail, total = fetch(url, -22, None)  # the end of central directory record
+
+            def read_at(offset: int, length: int) -> bytes:
+                if offset == total - len(tail) and length == len(tail):
+                    return tail
+                if offset < 0 or length <= 0 or offset + length > total:
+                    raise SourceError(f"{name} is shorter than its zip directory says")
+                return fetch(url, offset, offset + length - 1)[0]
+
+            return filename, bin_tensors(read_at, total, filename, name)
+        head, total = fetch(url, 0, 7)
+        (size,) = struct.unpack("<Q", head)
+        if size > MAX_HEADER_BYTES or 8 + size > total:
+            raise SourceError(f"{name} is not a safetensors file (header of {size} bytes)")
+        return filename, parse_header(fetch(url, 8, 7 + size)[0], filename, name,
+                                      total - 8 - size)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return {name: meta for part in pool.map(header_of, weights)
-                for name, meta in part.items()}
+        return join_shards(pool.map(tensors_of, weights), where)
+
+
+def hub_weight_files(repo_id: str, revision: str, files: list[str],
+                     access: HubAccess) -> list[str]:
+    """The weight files of a Hub model (downloading its index, when it has one)."""
+    layout = weight_layout(files, repo_id)
+    index = None
+    if layout.index is not None:
+        index = Path(download(repo_id, layout.index, revision, access)).read_bytes()
+    return layout.weight_files(index, repo_id)
 
 
 class PinnedFiles:

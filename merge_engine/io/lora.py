@@ -40,7 +40,8 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub import hf_hub_download, metadata_load
 
 from merge_engine.errors import MergeEngineError, SourceError
-from merge_engine.io.checkpoint import PICKLE_SUFFIXES, TensorMeta, read_header
+from merge_engine.io.checkpoint import PICKLE_SUFFIXES, TensorMeta
+from merge_engine.io.headers import read_header
 from merge_engine.io.hub import HubAccess, PinnedFiles, remote_tensors
 from merge_engine.io.retry import retry
 from merge_engine.recipe.refs import ModelRef

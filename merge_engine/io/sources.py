@@ -1,8 +1,8 @@
 """Model sources: a local directory, or a Hub repo pinned to a commit SHA.
 
-Opening a source reads only metadata: the file list, ``config.json`` and the safetensors
-headers (over HTTP range requests for Hub repos). Weight files are fetched one at a time,
-when the executor first needs them, with :meth:`Source.fetch`.
+Opening a source reads only metadata: the file list, ``config.json`` and the checkpoint
+headers, safetensors or torch zip (over HTTP range requests for Hub repos). Weight files
+are fetched one at a time, when the executor first needs them, with :meth:`Source.fetch`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ import httpx2
 from huggingface_hub import errors as hub_errors
 
 from merge_engine.errors import MergeEngineError, SourceError
-from merge_engine.io.checkpoint import (
-    TensorMeta,
-    read_header,
-    require_safetensors,
-    weight_files,
+from merge_engine.io.checkpoint import TensorMeta
+from merge_engine.io.hub import (
+    HubAccess,
+    PinnedFiles,
+    download,
+    hub_weight_files,
+    remote_tensors,
 )
-from merge_engine.io.hub import HubAccess, PinnedFiles, download, remote_tensors
 from merge_engine.io.lora import Adapter, attach, open_adapter
 from merge_engine.io.retry import retry
+from merge_engine.io.weights import local_tensors
 from merge_engine.recipe.refs import ModelRef
 
 SIDE_FILES = (
@@ -117,11 +119,7 @@ def _open_local(ref: ModelRef) -> Source:
     if not directory.is_dir():
         raise SourceError(f"model directory {ref.path} does not exist")
     files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
-    tensors: dict[str, TensorMeta] = {}
-    for f in weight_files(directory, files):
-        if not (directory / f).is_file():
-            raise SourceError(f"{directory} lists {f} in its index but the file is missing")
-        tensors.update(read_header(directory / f))
+    tensors = local_tensors(directory, files)
     return Source(ref, None, tensors, _read_config(directory / "config.json"), files,
                   local_dir=directory)
 
@@ -142,11 +140,11 @@ def _open_hub(ref: ModelRef, access: HubAccess) -> Source:
         info = retry(lambda: api.model_info(ref.path, revision=ref.revision))
         sha = info.sha
         files = sorted(s.rfilename for s in info.siblings or [])
-        require_safetensors(files, ref.path)
+        weights = hub_weight_files(ref.path, sha, files, access)
         config = {}
         if "config.json" in files:
             config = _read_config(Path(download(ref.path, "config.json", sha, access)))
-        tensors = remote_tensors(ref.path, sha, files, access)
+        tensors = remote_tensors(ref.path, sha, weights, access)
     except hub_errors.RevisionNotFoundError as e:
         raise SourceError(f"revision '{ref.revision}' does not exist in {ref.path}") from e
     except (hub_errors.RepositoryNotFoundError, hub_errors.GatedRepoError) as e:
