@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from . import api, queue
+from .database import open_store
 from .settings import Settings
 from .store import Store
 from .webhooks import hub_webhook
@@ -59,7 +60,7 @@ def create_app(
 ) -> Starlette:
     """The app; see the module docstring."""
     settings = settings or Settings.from_env()
-    store = Store(settings.db_path)
+    store = open_store(settings)
     sync = WebhookSync(settings, store)
     services = api.Services(settings, store, api.HubGate(settings), after_submit=sync.run)
 
@@ -115,7 +116,7 @@ def serve(
 
 def run_worker_process(settings: Settings, count: int = 1) -> None:
     """``mergebot worker``: ``count`` workers against the shared state until SIGINT/SIGTERM."""
-    store = Store(settings.db_path)
+    store = open_store(settings)
     store.migrate()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
