@@ -90,6 +90,10 @@ def run(n: int, server: PgServer, hub: str, root: Path, hold: float) -> dict:
         with store.write() as db:
             jobs = [queue.enqueue(db, r, "alice", "bench", force=True)[0] for r in recipes]
         seconds = wait_done(store, jobs) - start
+        with store.read() as db:
+            timed = {f"job-{r['id']}": r for r in db.execute(
+                "SELECT id, lease_owner, started_at, finished_at FROM jobs WHERE id = ANY(?)",
+                (jobs,)).fetchall()}
         # One recipe submitted 8N times while the fleet is idle.
         repo = f"{BOT}/n{n}-same"
         with store.write() as db:
@@ -106,9 +110,20 @@ def run(n: int, server: PgServer, hub: str, root: Path, hold: float) -> dict:
         for p in procs:
             p.wait(timeout=60)
         store.close()
-    holds = sorted((h["start"], h["end"]) for i in range(n)
-                   for line in (root / f"n{n}" / f"w{i}" / "holds.jsonl").read_text().splitlines()
-                   if (h := json.loads(line))["repo"] == repo)
+    all_holds = [json.loads(line) for i in range(n)
+                 for line in (root / f"n{n}" / f"w{i}" / "holds.jsonl").read_text().splitlines()]
+    holds = sorted((h["start"], h["end"]) for h in all_holds if h["repo"] == repo)
+    # Where a job's time goes besides the hold: claim -> hold start (the job-marker lookup),
+    # hold end -> finish recorded (create the repo, commit, finish), and the worker's gap
+    # between finishing one job and claiming the next.
+    mine = [(timed[h["job"]], h) for h in all_holds if h["job"] in timed]
+    before = sum(h["start"] - j["started_at"] for j, h in mine) / len(mine)
+    after = sum(j["finished_at"] - h["end"] for j, h in mine) / len(mine)
+    by_worker: dict = {}
+    for job, h in mine:
+        by_worker.setdefault(h["pid"], []).append((job["started_at"], job["finished_at"]))
+    idle = [b[0] - a[1] for runs in by_worker.values()
+            for a, b in zip(sorted(runs), sorted(runs)[1:], strict=False)]
     overlaps = sum(b[0] < a[1] for a, b in zip(holds, holds[1:], strict=False))
     messages = [f"{c.title}\n{c.message}" for c in HfApi(endpoint=hub, token=TOKEN)
                 .list_repo_commits(repo)]
@@ -117,7 +132,9 @@ def run(n: int, server: PgServer, hub: str, root: Path, hold: float) -> dict:
     return {"workers": n, "jobs": 8 * n, "seconds": round(seconds, 2),
             "jobs_per_s": round(8 * n / seconds, 3), "same_recipe_submissions": 8 * n,
             "same_recipe_jobs": len(same_jobs), "same_recipe_overlaps": overlaps,
-            "one_commit_per_job": once}
+            "one_commit_per_job": once, "claim_to_hold_s": round(before, 3),
+            "hold_to_finish_s": round(after, 3),
+            "finish_to_next_claim_s": round(sum(idle) / max(len(idle), 1), 3)}
 
 
 def main() -> None:

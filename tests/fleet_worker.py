@@ -7,7 +7,7 @@ runs the real :class:`bot.worker.Worker` (claims, leases, heartbeats, retries, f
 only ``publish`` is replaced: it reports progress for HOLD seconds, then publishes one
 small commit the way ``merge_and_publish`` does (recording the repo before creating it,
 the job key in the commit message, an existing commit for the key reused). Each hold is
-appended to ``$MERGEBOT_HOME/holds.jsonl`` ({job, repo, start, end}) so a test can check
+appended to ``$MERGEBOT_HOME/holds.jsonl`` ({job, repo, pid, start, end}) so a test can check
 that holds of one recipe never overlap. ``$MERGEBOT_HOME/ready`` appears once the worker
 polls; SIGTERM stops it after the running job.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import sys
 import threading
@@ -45,7 +46,7 @@ def stand_in(settings: Settings, hold: float):
             time.sleep(hold / steps)
         end = time.time()
         with holds.open("a") as f:
-            f.write(json.dumps({"job": req.job_key, "repo": req.repo_id,
+            f.write(json.dumps({"job": req.job_key, "repo": req.repo_id, "pid": os.getpid(),
                                 "start": start, "end": end}) + "\n")
         created = not api.repo_exists(req.repo_id)
         if created:

@@ -11,6 +11,7 @@ import pytest
 
 from bot import queue, store_pg
 from bot import store as store_module
+from bot.database import open_store
 from bot.settings import Settings, SettingsError
 from bot.store import MIGRATIONS, Store
 from bot.store_pg import PostgresStore
@@ -362,3 +363,15 @@ def test_a_failed_cleanup_try_is_due_again_after_its_delay(db: Store):
     time.sleep(0.06)
     assert queue.claim_cleanup(db, hold=30).tries == 2
     assert db.log_tail(failed)[-1] == "could not delete bot/m: HTTP 500"
+
+
+def test_database_url_picks_postgres_and_stays_out_of_repr(tmp_path: Path):
+    url = "postgresql://bot:pa55word@db.example/mergebot"
+    s = Settings.from_env({"MERGEBOT_HOME": str(tmp_path), "MERGEBOT_DATABASE_URL": url})
+    assert s.database_url == url and "pa55word" not in repr(s)
+    store = open_store(s)
+    assert isinstance(store, PostgresStore) and "pa55word" not in repr(store)
+    sqlite = open_store(Settings(home=tmp_path))
+    assert type(sqlite) is Store and sqlite.path == tmp_path / "bot.sqlite3"
+    with pytest.raises(SettingsError, match="MERGEBOT_DATABASE_URL must be a postgresql://"):
+        Settings.from_env({"MERGEBOT_DATABASE_URL": "mysql://db/x"})
