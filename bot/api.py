@@ -358,6 +358,8 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     preflight(recipe, settings, token)
     check_bot_can_read(sources, settings)
     with store.write() as db:
+        db.lock(f"owner:{user}")  # quota and repo checks hold until commit (Postgres)
+        db.lock(f"repo:{repo_id}")
         if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
             raise ApiError(
                 429,
@@ -493,6 +495,7 @@ async def remerge(request: Request) -> JSONResponse:
         user = services.hub.user(_bearer(request))
         store, settings = services.store, services.settings
         with store.write() as db:
+            db.lock(f"owner:{user}")  # the quota check holds until commit (Postgres)
             recipe = _owned_recipe(store, db, recipe_id, user, "ask for a remerge")
             if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
                 raise ApiError(

@@ -48,26 +48,35 @@ class Cleanup:
 def enqueue(
     db: sqlite3.Connection, recipe_id: int, owner: str, trigger: str, *, force: bool = False
 ) -> tuple[int, bool]:
-    """Queue a job for the recipe inside the caller's transaction: (job id, absorbed)."""
+    """Queue a job for the recipe inside the caller's transaction: (job id, absorbed).
+    Holds the recipe's lock (:func:`recipe_lock`) until the transaction ends, so that
+    concurrent enqueues and claims of one recipe take turns."""
+    db.lock(recipe_lock(recipe_id))
     row = db.execute(
         "SELECT id FROM jobs WHERE recipe_id = ? AND status = ? ORDER BY id DESC LIMIT 1",
         (recipe_id, QUEUED),
     ).fetchone()
     if row is not None:
         db.execute(
-            "UPDATE jobs SET triggers = triggers + 1, force = MAX(force, ?) WHERE id = ?",
+            "UPDATE jobs SET triggers = triggers + 1,"
+            " force = CASE WHEN ? = 1 THEN 1 ELSE force END WHERE id = ?",
             (int(force), row["id"]),
         )
         _log(db, row["id"], f"absorbed trigger: {trigger}")
         return int(row["id"]), True
-    cur = db.execute(
+    row = db.execute(
         "INSERT INTO jobs (recipe_id, owner, trigger, force, status, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         (recipe_id, owner, trigger, int(force), QUEUED, time.time()),
-    )
-    job_id = int(cur.lastrowid)
+    ).fetchone()
+    job_id = int(row["id"])
     _log(db, job_id, f"queued: {trigger}")
     return job_id, False
+
+
+def recipe_lock(recipe_id: int) -> str:
+    """The key enqueues and claims of one recipe lock (:meth:`bot.store.Connection.lock`)."""
+    return f"recipe:{recipe_id}"
 
 
 def active_jobs(db: sqlite3.Connection, owner: str) -> int:
@@ -93,43 +102,66 @@ def give_up(store: Store, *, max_attempts: int) -> list[int]:
     return [row["id"] for row in lost]
 
 
+_RUNNABLE = """
+    ((j.status = :queued AND j.not_before <= :now)
+     OR (j.status = :running AND j.lease_expires < :now AND j.attempts < :max_attempts))
+    AND NOT EXISTS (
+        SELECT 1 FROM jobs r WHERE r.recipe_id = j.recipe_id AND r.id != j.id
+        AND r.status = :running AND r.lease_expires >= :now)
+    AND NOT EXISTS (
+        SELECT 1 FROM repo_cleanups c JOIN jobs d ON d.id = c.job_id
+        WHERE d.recipe_id = j.recipe_id AND c.outcome IS NULL)
+"""
+"""A job ``j`` that may be claimed now (``:now``, ``:max_attempts``)."""
+
+CLAIM_CANDIDATES = 8
+"""Runnable jobs one claim tries (others' claims may hold some of their recipes)."""
+
+
 def claim(store: Store, worker: str, *, lease: float, max_attempts: int) -> Job | None:
-    """The next runnable job, now leased to ``worker``; None when there is none."""
+    """The next runnable job, now leased to ``worker``; None when there is none.
+
+    One candidate at a time, in id order, is locked, skipping rows other claims hold
+    (Postgres); if its recipe's lock is free, the ``UPDATE`` checks again that it is
+    runnable, in a statement that sees every claim committed before the lock was taken,
+    so two workers never run jobs of one recipe at once."""
     now = time.time()
+    params = {
+        "running": RUNNING,
+        "queued": QUEUED,
+        "worker": worker,
+        "now": now,
+        "lease": lease,
+        "max_attempts": max_attempts,
+        "after": 0,
+    }
     with store.write() as db:
-        row = db.execute(
-            """
-            UPDATE jobs SET status = :running, lease_owner = :worker,
-                lease_expires = :now + :lease, attempts = attempts + 1, started_at = :now,
-                stage = 'claimed', progress = 0
-            WHERE id = (
-                SELECT j.id FROM jobs j
-                WHERE ((j.status = :queued AND j.not_before <= :now)
-                       OR (j.status = :running AND j.lease_expires < :now
-                           AND j.attempts < :max_attempts))
-                  AND NOT EXISTS (
-                      SELECT 1 FROM jobs r WHERE r.recipe_id = j.recipe_id AND r.id != j.id
-                      AND r.status = :running AND r.lease_expires >= :now)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM repo_cleanups c JOIN jobs d ON d.id = c.job_id
-                      WHERE d.recipe_id = j.recipe_id AND c.outcome IS NULL)
-                ORDER BY j.id LIMIT 1)
-            RETURNING *
-            """,
-            {
-                "running": RUNNING,
-                "queued": QUEUED,
-                "worker": worker,
-                "now": now,
-                "lease": lease,
-                "max_attempts": max_attempts,
-            },
-        ).fetchone()
-        if row is None:
-            return None
-        job = job_from_row(row)
-        _log(db, job.id, f"attempt {job.attempts} claimed by {worker}")
-        return job
+        for _ in range(CLAIM_CANDIDATES):
+            candidate = db.execute(
+                f"SELECT j.id, j.recipe_id FROM jobs j WHERE j.id > :after AND {_RUNNABLE}"
+                f" ORDER BY j.id LIMIT 1{db.skip_locked('j')}",
+                params,
+            ).fetchone()
+            if candidate is None:
+                return None
+            params["after"] = candidate["id"]
+            if not db.try_lock(recipe_lock(candidate["recipe_id"])):
+                continue
+            row = db.execute(
+                f"""
+                UPDATE jobs SET status = :running, lease_owner = :worker,
+                    lease_expires = :now + :lease, attempts = attempts + 1,
+                    started_at = :now, stage = 'claimed', progress = 0
+                WHERE id = (SELECT j.id FROM jobs j WHERE j.id = :after AND {_RUNNABLE})
+                RETURNING *
+                """,
+                params,
+            ).fetchone()
+            if row is not None:
+                job = job_from_row(row)
+                _log(db, job.id, f"attempt {job.attempts} claimed by {worker}")
+                return job
+        return None
 
 
 def heartbeat(
@@ -240,15 +272,15 @@ def claim_cleanup(store: Store, *, hold: float) -> Cleanup | None:
     now = time.time()
     with store.write() as db:
         row = db.execute(
-            """
+            f"""
             UPDATE repo_cleanups SET tries = tries + 1, not_before = :now + :hold
-            WHERE job_id = (
+            WHERE outcome IS NULL AND not_before <= :now AND job_id = (
                 SELECT c.job_id FROM repo_cleanups c JOIN jobs j ON j.id = c.job_id
                 WHERE c.outcome IS NULL AND c.not_before <= :now
                   AND NOT EXISTS (
                       SELECT 1 FROM jobs r WHERE r.recipe_id = j.recipe_id
                       AND r.status = :running AND r.lease_expires >= :now)
-                ORDER BY c.job_id LIMIT 1)
+                ORDER BY c.job_id LIMIT 1{db.skip_locked('c')})
             RETURNING job_id, repo_id, tries
             """,
             {"now": now, "hold": hold, "running": RUNNING},
@@ -277,8 +309,9 @@ def log(store: Store, job_id: int, line: str) -> None:
 def _schedule_cleanup(db: sqlite3.Connection, job_id: int) -> None:
     """Queue the cleanup of the repo the job recorded creating, if any."""
     db.execute(
-        "INSERT OR IGNORE INTO repo_cleanups (job_id, repo_id)"
-        " SELECT id, created_repo FROM jobs WHERE id = ? AND created_repo IS NOT NULL",
+        "INSERT INTO repo_cleanups (job_id, repo_id)"
+        " SELECT id, created_repo FROM jobs WHERE id = ? AND created_repo IS NOT NULL"
+        " ON CONFLICT DO NOTHING",
         (job_id,),
     )
 

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from . import api, queue
+from .database import open_store
 from .settings import Settings
 from .status import status_page
 from .store import Store
@@ -66,7 +67,7 @@ def create_app(
     """The app; see the module docstring. ``notices``: sentences about what will not work
     (e.g. from :func:`bot.space.space_environment`), logged at start and shown on /status."""
     settings = settings or Settings.from_env()
-    store = Store(settings.db_path)
+    store = open_store(settings)
     sync = WebhookSync(settings, store)
     services = api.Services(settings, store, api.HubGate(settings), after_submit=sync.run)
 
@@ -127,7 +128,7 @@ def serve(
 
 def run_worker_process(settings: Settings, count: int = 1) -> None:
     """``mergebot worker``: ``count`` workers against the shared state until SIGINT/SIGTERM."""
-    store = Store(settings.db_path)
+    store = open_store(settings)
     store.migrate()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -7,6 +7,8 @@ Variables (all optional; limits have defaults):
     HF_TOKEN                 the bot's token: writes merged repos, reads sources, webhooks
     WEBHOOK_SECRET           the secret the Hub sends as X-Webhook-Secret
     MERGEBOT_HOME            state (bot.sqlite3) and work dirs (default ./mergebot-home)
+    MERGEBOT_DATABASE_URL    postgresql://... : a Postgres database shared by workers on
+                             several machines (the fleet) instead of the SQLite file
     MERGEBOT_PUBLIC_URL      the URL the Hub calls back (webhooks are registered only if set)
     MERGEBOT_NAMESPACE       where merged repos go by default (default: the bot's user name)
     MERGEBOT_URL             where `mergebot submit`/`status` find a running server
@@ -17,9 +19,10 @@ Variables (all optional; limits have defaults):
     MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
     MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
 
-Tokens and the secret never appear in ``repr``. Nothing else in the bot reads env vars;
-on a Hugging Face Space, :mod:`bot.space` first renames the Space's variables into these
-(``/data`` -> MERGEBOT_HOME, SPACE_HOST -> MERGEBOT_PUBLIC_URL), then this object reads them.
+Tokens, the secret and the database URL (it may hold a password) never appear in
+``repr``. Nothing else in the bot reads env vars; on a Hugging Face Space, :mod:`bot.space`
+first renames the Space's variables into these (``/data`` -> MERGEBOT_HOME, SPACE_HOST ->
+MERGEBOT_PUBLIC_URL), then this object reads them.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class Settings:
     endpoint: str = DEFAULT_ENDPOINT
     token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    """``postgresql://...``: the shared Postgres database; None for SQLite under home."""
     public_url: str | None = None
     namespace: str | None = None
     server_url: str = "http://127.0.0.1:7860"
@@ -98,6 +103,7 @@ class Settings:
             "endpoint": (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
             "token": env.get("HF_TOKEN") or None,
             "webhook_secret": env.get("WEBHOOK_SECRET") or None,
+            "database_url": _database_url(env.get("MERGEBOT_DATABASE_URL") or None),
             "public_url": (env.get("MERGEBOT_PUBLIC_URL") or "").rstrip("/") or None,
             "namespace": env.get("MERGEBOT_NAMESPACE") or None,
             "server_url": (env.get("MERGEBOT_URL") or "http://127.0.0.1:7860").rstrip("/"),
@@ -112,6 +118,12 @@ class Settings:
                 )
         values.update(overrides)
         return cls(**values)
+
+
+def _database_url(url: str | None) -> str | None:
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("MERGEBOT_DATABASE_URL must be a postgresql:// URL")
+    return url
 
 
 def _number(name: str, raw: str, kind: type) -> int | float:

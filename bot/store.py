@@ -1,6 +1,12 @@
-"""The bot's durable state: one SQLite database (WAL) under MERGEBOT_HOME.
+"""The bot's durable state: one SQLite database (WAL) under MERGEBOT_HOME, or a shared
+Postgres database (:mod:`bot.store_pg`) when ``MERGEBOT_DATABASE_URL`` is set.
 
 Contracts:
+- :func:`bot.database.open_store` picks the database from the settings. Both speak the
+  same SQL (``?`` and ``:name`` parameters, ``RETURNING``, ``ON CONFLICT``); the few
+  places where concurrent writers need more than SQLite's one-writer lock go through the
+  connection's :meth:`Connection.lock`, :meth:`Connection.try_lock` and
+  :meth:`Connection.skip_locked`, which are no-ops here.
 - ``Store(path).migrate()`` applies the numbered migrations not yet in
   ``schema_migrations``, each in its own transaction; it is safe to run from several
   processes at once and on every start.
@@ -251,6 +257,23 @@ def _enable_wal(db: sqlite3.Connection, path: Path) -> None:
         time.sleep(0.01)
 
 
+class Connection(sqlite3.Connection):
+    """A SQLite connection with the concurrency hooks Postgres needs; here they do nothing,
+    because ``BEGIN IMMEDIATE`` already makes writers take turns."""
+
+    def lock(self, key: str) -> None:
+        """Hold ``key`` until the transaction ends, waiting while another holds it."""
+
+    def try_lock(self, key: str) -> bool:
+        """Hold ``key`` until the transaction ends if no one else does; did we get it?"""
+        return True
+
+    def skip_locked(self, alias: str) -> str:
+        """The clause that makes a SELECT lock the rows of ``alias`` it returns, skipping
+        rows other transactions hold (empty here)."""
+        return ""
+
+
 class Store:
     """The database at ``path``; see the module docstring."""
 
@@ -259,7 +282,9 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, factory=Connection
+        )
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA foreign_keys = ON")
@@ -337,12 +362,12 @@ class Store:
         sources: list[str],
     ) -> int:
         now = time.time()
-        cur = db.execute(
+        row = db.execute(
             "INSERT INTO recipes (owner, yaml, repo_id, private, watch, sources, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (owner, yaml, repo_id, int(private), int(watch), json.dumps(sources), now, now),
-        )
-        recipe_id = int(cur.lastrowid)
+        ).fetchone()
+        recipe_id = int(row["id"])
         self._set_sources(db, recipe_id, sources)
         return recipe_id
 
@@ -367,7 +392,8 @@ class Store:
     def _set_sources(self, db: sqlite3.Connection, recipe_id: int, sources: list[str]) -> None:
         db.execute("DELETE FROM recipe_sources WHERE recipe_id = ?", (recipe_id,))
         db.executemany(
-            "INSERT OR IGNORE INTO recipe_sources (recipe_id, repo_id) VALUES (?, ?)",
+            "INSERT INTO recipe_sources (recipe_id, repo_id) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
             [(recipe_id, s) for s in sources],
         )
 
@@ -503,21 +529,16 @@ class Store:
         repo: str | None,
         outcome: str,
     ) -> bool:
-        """Record one webhook delivery; False when ``identity`` was seen before."""
+        """Record one webhook delivery; False when ``identity`` was seen before. One
+        upsert, so concurrent deliveries of the same identity count once each."""
         now = time.time()
-        if identity is not None:
-            cur = db.execute(
-                "UPDATE deliveries SET count = count + 1, last_at = ? WHERE identity = ?",
-                (now, identity),
-            )
-            if cur.rowcount:
-                return False
-        db.execute(
+        row = db.execute(
             "INSERT INTO deliveries (identity, event, repo, outcome, received_at, last_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (identity) DO UPDATE"
+            " SET count = deliveries.count + 1, last_at = excluded.last_at RETURNING count",
             (identity, event, repo, outcome, now, now),
-        )
-        return True
+        ).fetchone()
+        return row["count"] == 1
 
     def delivery_stats(self) -> dict:
         """Deliveries recorded, total received (duplicates included), and by outcome."""

@@ -44,6 +44,7 @@ from huggingface_hub import HfApi
 from merge_engine import InputError, SourceError
 
 from . import cleanup, queue, workdirs
+from .database import open_store
 from .errors import BotError, is_transient
 from .publish import PublishRequest, PublishResult, merge_and_publish, resolve_revisions
 from .settings import Settings
@@ -340,7 +341,7 @@ def run_workers(
 ) -> list[threading.Thread]:
     """Start ``count`` worker threads (the first also keeps the Hub webhooks in sync);
     they end when ``stop`` is set."""
-    store = store or Store(settings.db_path)
+    store = store or open_store(settings)
     sync = sync or WebhookSync(settings, store)
     threads = []
     for i in range(count):

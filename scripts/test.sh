@@ -12,6 +12,13 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v google-chrome >/dev/nul
   { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver; } \
     >/dev/null 2>&1 || echo "could not install chromium: the browser test will skip" >&2
 fi
+# The Postgres tests run a throwaway server from Debian's postgresql; without it they skip.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1 \
+   && command -v apt-get >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  { $SUDO apt-get update -q && $SUDO apt-get install -y -q postgresql; } \
+    >/dev/null 2>&1 || echo "could not install postgresql: the Postgres tests will skip" >&2
+fi
 set +e
 python -m pytest -q "$@"
 code=$?

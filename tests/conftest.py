@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from merge_engine.synth import LlamaShape, write_family
+from tests import pgserver
 
 TINY = LlamaShape(hidden=32, intermediate=64, layers=3, vocab=96, heads=4, kv_heads=2)
 LLAMA_LAYER_SUFFIXES = [
@@ -17,6 +18,23 @@ LLAMA_LAYER_SUFFIXES = [
     if name.startswith("model.layers.0.")
 ]
 """The tensors of one llama decoder layer, in transformers' order (input_layernorm...)."""
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway Postgres server for the session; skips where none can be had."""
+    reason = pgserver.unavailable()
+    if reason is not None:
+        pytest.skip(f"no Postgres server: {reason}")
+    server = pgserver.PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of an empty Postgres database (a fresh schema) on the session's server."""
+    return pg_server.database_url()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 
 from bot.settings import Settings
 from bot.store import Store
+from bot.store_pg import PostgresStore
 from merge_engine.synth import write_model
 from tests.bot.botutil import BOT, BOT_TOKEN, SECRET, SHAPE, SOURCES
 from tests.hubtools import USERS, Hub, hf_endpoint, hf_env, hub, receiver  # noqa: F401
@@ -68,8 +69,14 @@ def settings(make_settings) -> Settings:
     return make_settings()
 
 
-@pytest.fixture
-def store(settings: Settings) -> Store:
-    db = Store(settings.db_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, settings: Settings) -> Store:
+    """The bot's store, migrated: the SQLite file under home, or a Postgres database."""
+    if request.param == "postgres":
+        db: Store = PostgresStore(request.getfixturevalue("pg_url"))
+    else:
+        db = Store(settings.db_path)
     db.migrate()
-    return db
+    yield db
+    if isinstance(db, PostgresStore):
+        db.close()

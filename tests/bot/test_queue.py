@@ -9,17 +9,31 @@ from pathlib import Path
 
 import pytest
 
-from bot import queue
+from bot import queue, store_pg
 from bot import store as store_module
+from bot.database import open_store
 from bot.settings import Settings, SettingsError
 from bot.store import MIGRATIONS, Store
+from bot.store_pg import PostgresStore
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Store:
+def sqlite_db(tmp_path: Path) -> Store:
     store = Store(tmp_path / "state" / "bot.sqlite3")
     store.migrate()
     return store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path: Path) -> Store:
+    """The store on SQLite and on Postgres: every queue rule holds on both."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_db")
+        return
+    store = PostgresStore(request.getfixturevalue("pg_url"))
+    store.migrate()
+    yield store
+    store.close()
 
 
 def new_recipe(store: Store, owner: str = "alice", repo: str = "bot/m") -> int:
@@ -35,21 +49,42 @@ def enqueue(store: Store, recipe_id: int, owner: str = "alice", trigger: str = "
 
 
 def test_migrations_are_versioned_and_idempotent(db: Store):
+    assert [v for v, _ in store_pg.MIGRATIONS] == [v for v, _ in MIGRATIONS]  # same versions
     assert db.version() == MIGRATIONS[-1][0]
     assert db.migrate() == MIGRATIONS[-1][0]  # second run applies nothing
     with db.read() as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        rows = conn.execute("SELECT version FROM schema_migrations").fetchall()
+        if not isinstance(db, PostgresStore):
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
     assert [r[0] for r in rows] == [v for v, _ in MIGRATIONS]
 
 
-def test_migrate_from_two_processes_at_once(tmp_path: Path):
-    path = tmp_path / "bot.sqlite3"
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh(request, tmp_path: Path):
+    """(make a Store on one new, unmigrated database, its migrations module)."""
+    if request.param == "sqlite":
+        path = tmp_path / "bot.sqlite3"
+        yield (lambda: Store(path)), store_module
+        return
+    url = request.getfixturevalue("pg_url")
+    made: list[PostgresStore] = []
+
+    def make() -> PostgresStore:
+        made.append(PostgresStore(url))
+        return made[-1]
+
+    yield make, store_pg
+    for store in made:
+        store.close()
+
+
+def test_migrate_from_two_processes_at_once(fresh):
+    make, _ = fresh
     errors = []
 
     def run():
         try:
-            Store(path).migrate()
+            make().migrate()
         except Exception as exc:  # pragma: no cover - the assertion shows it
             errors.append(exc)
 
@@ -58,7 +93,7 @@ def test_migrate_from_two_processes_at_once(tmp_path: Path):
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and Store(path).version() == MIGRATIONS[-1][0]
+    assert errors == [] and make().version() == MIGRATIONS[-1][0]
 
 
 def test_write_rolls_back_on_error(db: Store):
@@ -111,6 +146,47 @@ def test_one_running_job_per_recipe(db: Store):
     assert queue.claim(db, "w2", lease=30, max_attempts=3) is None  # waits for the first
     assert queue.finish(db, first, "w1", queue.SUCCEEDED, commit="c")
     assert queue.claim(db, "w2", lease=30, max_attempts=3).id == second
+
+
+def together(count: int, work) -> list:
+    """Run ``work(i)`` in ``count`` threads released at once; their results."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = work(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_triggers_coalesce_into_one_queued_job(db: Store):
+    recipe = new_recipe(db)
+    for _ in range(5):
+        results = together(8, lambda i: enqueue(db, recipe, trigger=f"t{i}"))
+        assert len({job for job, _ in results}) == 1 and sum(not a for _, a in results) <= 1
+    queued = [j for j in db.recipe_jobs(recipe) if j.status == queue.QUEUED]
+    assert len(queued) == 1 and queued[0].triggers == 40
+
+
+def test_concurrent_claims_never_run_one_recipe_twice(db: Store):
+    for round_ in range(6):
+        recipe = new_recipe(db, repo=f"bot/r{round_}")
+        expiring, _ = enqueue(db, recipe)
+        assert queue.claim(db, "dead", lease=0.01, max_attempts=9).id == expiring
+        assert not enqueue(db, recipe)[1]  # a second runnable job of the recipe
+        time.sleep(0.02)
+        others = [enqueue(db, new_recipe(db, repo=f"bot/o{round_}-{i}"))[0] for i in range(2)]
+        claimed = together(6, lambda i: queue.claim(db, f"w{i}", lease=30, max_attempts=9))
+        ids = [job.id for job in claimed if job is not None]
+        assert len(ids) == len(set(ids))  # no job twice
+        assert len([job for job in claimed if job and job.recipe_id == recipe]) == 1
+        assert set(others) <= set(ids)
 
 
 def test_expired_lease_is_reclaimed_and_fenced(db: Store):
@@ -179,8 +255,9 @@ def test_deliveries_dedupe(db: Store):
     assert stats == {"recorded": 3, "received": 4, "by_outcome": {"x": 1, "ignored": 2}}
 
 
-def test_writers_wait_for_the_lock_instead_of_failing(db: Store):
+def test_writers_wait_for_the_lock_instead_of_failing(sqlite_db: Store):
     # A second connection holding the write lock makes writers wait, not fail.
+    db = sqlite_db
     blocker = sqlite3.connect(db.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     done = threading.Event()
@@ -223,10 +300,11 @@ def test_settings_from_env_and_repr_hides_secrets(tmp_path: Path):
         Settings.from_env({"MERGEBOT_MAX_ATTEMPTS": "0"})
 
 
-def test_migrating_a_version_1_database_keeps_its_jobs(tmp_path: Path, monkeypatch):
-    old = Store(tmp_path / "old.sqlite3")
+def test_migrating_a_version_1_database_keeps_its_jobs(fresh, monkeypatch):
+    make, module = fresh
+    old = make()
     with monkeypatch.context() as m:
-        m.setattr(store_module, "MIGRATIONS", MIGRATIONS[:1])
+        m.setattr(module, "MIGRATIONS", module.MIGRATIONS[:1])
         assert old.migrate() == 1
         with old.write() as conn:  # a job of version 1, without the later columns
             recipe = old.add_recipe(conn, owner="alice", yaml="x", repo_id="bot/m",
@@ -285,3 +363,15 @@ def test_a_failed_cleanup_try_is_due_again_after_its_delay(db: Store):
     time.sleep(0.06)
     assert queue.claim_cleanup(db, hold=30).tries == 2
     assert db.log_tail(failed)[-1] == "could not delete bot/m: HTTP 500"
+
+
+def test_database_url_picks_postgres_and_stays_out_of_repr(tmp_path: Path):
+    url = "postgresql://bot:pa55word@db.example/mergebot"
+    s = Settings.from_env({"MERGEBOT_HOME": str(tmp_path), "MERGEBOT_DATABASE_URL": url})
+    assert s.database_url == url and "pa55word" not in repr(s)
+    store = open_store(s)
+    assert isinstance(store, PostgresStore) and "pa55word" not in repr(store)
+    sqlite = open_store(Settings(home=tmp_path))
+    assert type(sqlite) is Store and sqlite.path == tmp_path / "bot.sqlite3"
+    with pytest.raises(SettingsError, match="MERGEBOT_DATABASE_URL must be a postgresql://"):
+        Settings.from_env({"MERGEBOT_DATABASE_URL": "mysql://db/x"})
