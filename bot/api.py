@@ -212,7 +212,7 @@ async def _json(request: Request, limit: int, too_large: str | None = None) -> d
         return {}
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested past the stack
         raise ApiError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")

@@ -103,3 +103,9 @@ def test_job_errors_and_api_errors_show_no_server_paths():
                                       "No space left on device")
     kept = "could not reach http://127.0.0.1:8765/alice/base (alice/base@main)"
     assert without_paths(kept) == kept
+
+
+def test_deeply_nested_json_bodies_are_400(client: TestClient):
+    for route in ("/api/validate", "/api/recipes", "/api/recipes/1/remerge"):
+        answer = client.post(route, content=b"[" * 3000, headers=ALICE)
+        assert answer.status_code == 400 and answer.json()["error"].endswith("not valid JSON")
