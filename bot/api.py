@@ -63,7 +63,7 @@ from merge_engine import (
 )
 
 from . import queue
-from .errors import without_paths
+from .errors import public_message
 from .settings import Settings
 from .store import Store
 from .validation import error_item, line_of, summary
@@ -328,12 +328,12 @@ def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
                 plan = validate(recipe, access=access)
     except RecipeError as exc:
         line = getattr(exc, "line", None) or line_of(recipe, exc.loc)
-        raise recipe_errors((exc.loc, without_paths(exc.msg), line)) from None
+        raise recipe_errors((exc.loc, public_message(exc.msg), line)) from None
     except InputError as exc:
-        raise recipe_errors(("", without_paths(str(exc)))) from None
+        raise recipe_errors(("", public_message(str(exc)))) from None
     except MergeEngineError as exc:
         raise ApiError(502, "could not check the recipe against the Hub: "
-                       + without_paths(str(exc))) from None
+                       + public_message(str(exc))) from None
     total = plan.parameter_count * max(len(plan.sources), 1)
     if total > settings.max_parameters:
         raise recipe_errors(

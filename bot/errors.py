@@ -25,9 +25,10 @@ def is_transient(exc: BaseException) -> bool:
 _SERVER_PATH = re.compile(r"(?<![\w.:/~-])(?:~|/)[^\s'\"`,;()\[\]{}<>]*")
 
 
-def without_paths(message: str) -> str:
-    """``message`` with every absolute file path of this machine cut to its last part
-    (``/srv/home/work/job-3/out/model.safetensors`` -> ``model.safetensors``): what users
-    see never shows the server's layout. URLs and repo ids (``org/name``) are kept."""
+def public_message(message: str) -> str:
+    """``message`` on one line, with every absolute file path of this machine cut to its
+    last part (``/srv/home/work/job-3/out/model.safetensors`` -> ``model.safetensors``):
+    what users see never shows the server's layout. URLs and repo ids are kept."""
+    one_line = " ".join(message.split())
     return _SERVER_PATH.sub(lambda m: m.group().rstrip("/").rsplit("/", 1)[-1] or "/",
-                            message)
+                            one_line)

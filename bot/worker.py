@@ -44,7 +44,7 @@ from huggingface_hub import HfApi
 from merge_engine import InputError, SourceError, hub_refs_only
 
 from . import cleanup, queue, workdirs
-from .errors import BotError, is_transient, without_paths
+from .errors import BotError, is_transient, public_message
 from .publish import PublishRequest, PublishResult, merge_and_publish, resolve_revisions
 from .settings import Settings
 from .store import Job, Recipe, Store
@@ -176,11 +176,11 @@ class Worker:
             with hub_refs_only():
                 result = self._merge(job, recipe, work_dir, lease)
         except InputError as exc:
-            message = without_paths(str(exc))
+            message = public_message(str(exc))
             self._finish(job, queue.FAILED, error=message,
                          broken=message if isinstance(exc, SourceError) else None)
         except Exception as exc:
-            message = without_paths(str(exc) or type(exc).__name__)
+            message = public_message(str(exc) or type(exc).__name__)
             if is_transient(exc) and job.attempts < settings.max_attempts:
                 delay = settings.backoff(job.attempts)
                 if not queue.retry_later(self.store, job.id, self.name, error=message, delay=delay):

@@ -28,7 +28,7 @@ def billion_laughs() -> str:
 
 
 HOSTILE = {
-    "aliases": (billion_laughs(), "more than 10,000 YAML nodes", 5),
+    "aliases": (billion_laughs(), "more than 5,000 YAML nodes", 4),
     "flow depth": ("[" * 20_000 + "]" * 20_000, "nests deeper than 32 levels", 1),
     "block depth": ("".join(f"{' ' * i}k{i}:\n" for i in range(40)) + " " * 40 + "x",
                     "nests deeper than 32 levels", 32),

@@ -170,6 +170,11 @@ async def delete_branch(call: Call) -> Response:
     return JSONResponse({})
 
 
+async def legacy_repo(call: Call) -> Response:
+    """A repo id without a namespace (``gpt2``): localhub has none of those."""
+    raise errors.repo_not_found(anonymous=call.user is None)
+
+
 ROUTES = (
     ("GET", r"/api/whoami-v2", whoami),
     ("POST", r"/api/repos/create", create_repo),
@@ -184,4 +189,5 @@ ROUTES = (
     ("GET", r"/api/models/{repo}/refs", refs),
     ("POST", r"/api/models/{repo}/branch/{rev}", create_branch),
     ("DELETE", r"/api/models/{repo}/branch/{rev}", delete_branch),
+    ("GET", r"/api/models/[^/]+(?:/revision/[^/]+)?", legacy_repo),
 )

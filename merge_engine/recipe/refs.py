@@ -57,7 +57,7 @@ def is_hub_id(text: str) -> bool:
     for part in parts:
         if not _HUB_PART.fullmatch(part) or part[0] in "-." or part[-1] in "-.":
             return False
-    return len(parts[-1]) <= _MAX_NAME
+    return all(len(part) <= _MAX_NAME for part in parts) and not text.endswith(".git")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import os
 import pytest
 from starlette.testclient import TestClient
 
-from bot.errors import without_paths
+from bot.errors import public_message
 from bot.server import create_app
 from tests.bot.botutil import BOT, recipe_yaml
 from tests.hubtools import USERS
@@ -99,10 +99,10 @@ def test_jobs_of_someone_elses_private_recipe_are_not_found(client: TestClient):
 def test_job_errors_and_api_errors_show_no_server_paths():
     home = os.path.join("/srv", "mergebot-home", "work", "job-3", "out")
     message = f"cannot write {home}/model-00001.safetensors: No space left on device"
-    assert without_paths(message) == ("cannot write model-00001.safetensors: "
+    assert public_message(message) == ("cannot write model-00001.safetensors: "
                                       "No space left on device")
     kept = "could not reach http://127.0.0.1:8765/alice/base (alice/base@main)"
-    assert without_paths(kept) == kept
+    assert public_message(kept) == kept
 
 
 def test_deeply_nested_json_bodies_are_400(client: TestClient):
