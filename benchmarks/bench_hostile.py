@@ -8,9 +8,10 @@ class: recipes (alias bombs, deep nesting, control characters, huge numbers, bad
 recursive aliases, oversized, node-heavy, local paths, random hypothesis texts) to
 /api/validate and /api/recipes, request bodies (not JSON, deeply nested JSON, oversized),
 and webhook bodies to /webhooks/hub. For each: the answer's status (a crash is a 5xx, a
-dropped connection or the server exiting), the wall time, and the server's peak RSS during
-the request above its RSS before it (Linux: the peak is reset through
-/proc/PID/clear_refs before each request and read from VmHWM after).
+dropped connection or the server exiting), the wall time, the server's CPU time (user +
+system, which a busy machine does not inflate), and its peak RSS during the request above
+its RSS before it (Linux: the peak is reset through /proc/PID/clear_refs before each
+request and read from VmHWM after).
 """
 
 from __future__ import annotations
@@ -141,10 +142,16 @@ class Server:
     def rss(self) -> int:
         return self._status("VmRSS:")
 
-    def send(self, path: str, body: bytes, headers: dict) -> tuple[int, float, int]:
-        """(status or 0 for a dropped connection, seconds, peak RSS above the RSS before)."""
+    def cpu(self) -> float:
+        """User + system seconds the server has used."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def send(self, path: str, body: bytes, headers: dict) -> tuple[int, float, float, int]:
+        """(status or 0 for a dropped connection, wall seconds, CPU seconds, peak RSS above
+        the RSS before)."""
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
-        before = self.rss()
+        before, cpu = self.rss(), self.cpu()
         started = time.perf_counter()
         try:
             status = self.client.post(f"{self.url}{path}", content=body, headers=headers
@@ -152,8 +159,9 @@ class Server:
         except httpx2.TransportError:
             status = 0
         seconds = time.perf_counter() - started
-        peak = self._status("VmHWM:") if self.proc.poll() is None else 0
-        return status, seconds, max(peak - before, 0)
+        if self.proc.poll() is not None:
+            return status, seconds, 0.0, 0
+        return status, seconds, self.cpu() - cpu, max(self._status("VmHWM:") - before, 0)
 
 
 def main() -> None:
@@ -186,7 +194,7 @@ def main() -> None:
         wait_http(f"{server.url}/healthz", proc)
         auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
         for _ in range(5):  # warm up: imports, thread pool, caches
-            status, _, _ = server.send("/api/validate", json.dumps({"recipe": GOOD}).encode(),
+            status, *_ = server.send("/api/validate", json.dumps({"recipe": GOOD}).encode(),
                                        auth)
             assert status == 200, status
         idle = server.rss()
@@ -207,30 +215,38 @@ def main() -> None:
             cases.append(("webhook body", "/webhooks/hub", body, webhook))
 
         rows: dict[str, dict] = defaultdict(lambda: {"n": 0, "crashes": 0, "max_s": 0.0,
-                                                     "max_mb": 0.0, "statuses": set()})
-        worst = {"s": (0.0, ""), "mb": (0.0, "")}
+                                                     "max_cpu": 0.0, "max_mb": 0.0,
+                                                     "statuses": set()})
+        worst = {"s": (0.0, ""), "cpu": (0.0, ""), "mb": (0.0, "")}
         for kind, route, body, headers in cases:
-            status, seconds, grew = server.send(route, body, headers)
+            status, seconds, cpu, grew = server.send(route, body, headers)
             row = rows[kind]
             row["n"] += 1
             row["statuses"].add(status)
             row["crashes"] += status == 0 or status >= 500 or proc.poll() is not None
             row["max_s"] = max(row["max_s"], seconds)
+            row["max_cpu"] = max(row["max_cpu"], cpu)
             row["max_mb"] = max(row["max_mb"], grew / 2**20)
             label = f"{kind} {route} {body[:60]!r}"
             worst["s"] = max(worst["s"], (seconds, label))
+            worst["cpu"] = max(worst["cpu"], (cpu, label))
             worst["mb"] = max(worst["mb"], (grew / 2**20, label))
             if proc.poll() is not None:
                 raise SystemExit(f"the server exited ({proc.returncode}) on {label}")
 
         print(f"server idle RSS after warm-up: {idle / 2**20:.0f} MB; "
               f"requests: {sum(r['n'] for r in rows.values())}")
-        print(f"| {'class':<30} | tried | crashes | statuses | longest | most memory |")
+        print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} cores")
+        print(f"| {'class':<30} | tried | crashes | statuses | longest | most CPU | "
+              "most memory |")
         for kind, row in rows.items():
             statuses = ",".join(str(s) for s in sorted(row["statuses"]))
             print(f"| {kind:<30} | {row['n']:5} | {row['crashes']:7} | {statuses} | "
-                  f"{row['max_s'] * 1000:.0f} ms | {row['max_mb']:.1f} MB |")
+                  f"{row['max_s'] * 1000:.0f} ms | {row['max_cpu'] * 1000:.0f} ms | "
+                  f"{row['max_mb']:.1f} MB |")
         print(f"longest: {worst['s'][0] * 1000:.0f} ms ({worst['s'][1]})")
+        print(f"most CPU: {worst['cpu'][0] * 1000:.0f} ms ({worst['cpu'][1]})")
         print(f"most memory: {worst['mb'][0]:.1f} MB above the RSS before ({worst['mb'][1]})")
     finally:
         for proc in reversed(procs):

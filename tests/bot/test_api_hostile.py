@@ -109,3 +109,10 @@ def test_deeply_nested_json_bodies_are_400(client: TestClient):
     for route in ("/api/validate", "/api/recipes", "/api/recipes/1/remerge"):
         answer = client.post(route, content=b"[" * 3000, headers=ALICE)
         assert answer.status_code == 400 and answer.json()["error"].endswith("not valid JSON")
+
+
+@pytest.mark.parametrize("ref", ["a" * 97 + "/b", "org/model.git", "base"])
+def test_refs_the_hub_client_refuses_are_422_on_one_line(client: TestClient, ref):
+    answer = client.post("/api/validate", json={"recipe": recipe_yaml(base=ref)}, headers=ALICE)
+    assert answer.status_code == 422, answer.text
+    assert "\n" not in answer.json()["errors"][0]["msg"]
