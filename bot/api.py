@@ -56,11 +56,14 @@ from merge_engine import (
     Plan,
     Recipe,
     RecipeError,
+    RecipeLimits,
+    hub_refs_only,
     parse_recipe,
     validate,
 )
 
 from . import queue
+from .errors import public_message
 from .settings import Settings
 from .store import Store
 from .validation import error_item, line_of, summary
@@ -190,15 +193,26 @@ def _bearer(request: Request) -> str | None:
     return token.strip() or None
 
 
-async def _json(request: Request, limit: int) -> dict:
+def recipe_limits(settings: Settings) -> RecipeLimits:
+    """The engine's recipe budgets, with the bot's size limit."""
+    return RecipeLimits(max_bytes=settings.max_recipe_bytes)
+
+
+def recipe_body_limit(settings: Settings) -> int:
+    """The largest body a recipe within the limit can need: JSON writes a byte in at most
+    six characters (``\\u0000``), plus room for the other fields."""
+    return 6 * settings.max_recipe_bytes + 4096
+
+
+async def _json(request: Request, limit: int, too_large: str | None = None) -> dict:
     raw = await read_body(request, limit)
     if raw is None:
-        raise ApiError(413, f"the request body is larger than {limit} bytes")
+        raise ApiError(413, too_large or f"the request body is larger than {limit:,} bytes")
     if not raw:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested past the stack
         raise ApiError(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -233,9 +247,10 @@ def parse_submission(body: dict, settings: Settings) -> Submission:
     text = body.get("recipe")
     if not isinstance(text, str) or not text.strip():
         raise recipe_errors(("recipe", "'recipe' must be the recipe's YAML text"))
-    size = len(text.encode())
-    if size > settings.max_recipe_bytes:
-        raise ApiError(413, f"the recipe is {size} bytes; the limit is {settings.max_recipe_bytes}")
+    try:
+        recipe_limits(settings).check_size(text)
+    except RecipeError as exc:
+        raise ApiError(413, exc.msg) from None
     repo_id = body.get("repo_id")
     if repo_id is not None and not isinstance(repo_id, str):
         raise recipe_errors(("repo_id", "'repo_id' must be a string like 'owner/name'"))
@@ -284,10 +299,12 @@ def target_repo(sub: Submission, recipe: Recipe, hub: HubGate) -> str:
     return name
 
 
-def parse(recipe_text: str) -> Recipe:
-    """The parsed recipe; 422 at the YAML path (and line) of its first mistake."""
+def parse(recipe_text: str, settings: Settings) -> Recipe:
+    """The parsed recipe, within the budgets and never looking at the server's folders;
+    422 at the YAML path (and line) of its first mistake."""
     try:
-        return parse_recipe(recipe_text)
+        with hub_refs_only():
+            return parse_recipe(recipe_text, recipe_limits(settings))
     except RecipeError as exc:
         raise recipe_errors((exc.loc, exc.msg, getattr(exc, "line", None))) from None
 
@@ -302,18 +319,21 @@ def check_model_count(recipe: Recipe, settings: Settings) -> None:
 
 def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
     """Headers-only validation with the caller's token (never the bot's), plus the
-    parameter limit; configs go to a temporary cache, removed on return."""
+    parameter limit; configs go to a temporary cache, removed on return. Its errors show
+    no server paths (of that cache, say)."""
     try:
         with tempfile.TemporaryDirectory(prefix="mergebot-check-") as cache:
             access = HubAccess(endpoint=settings.endpoint, token=token, cache_dir=Path(cache))
-            plan = validate(recipe, access=access)
+            with hub_refs_only():
+                plan = validate(recipe, access=access)
     except RecipeError as exc:
         line = getattr(exc, "line", None) or line_of(recipe, exc.loc)
-        raise recipe_errors((exc.loc, exc.msg, line)) from None
+        raise recipe_errors((exc.loc, public_message(exc.msg), line)) from None
     except InputError as exc:
-        raise recipe_errors(("", str(exc))) from None
+        raise recipe_errors(("", public_message(str(exc)))) from None
     except MergeEngineError as exc:
-        raise ApiError(502, f"could not check the recipe against the Hub: {exc}") from None
+        raise ApiError(502, "could not check the recipe against the Hub: "
+                       + public_message(str(exc))) from None
     total = plan.parameter_count * max(len(plan.sources), 1)
     if total > settings.max_parameters:
         raise recipe_errors(
@@ -346,7 +366,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     settings, store, hub = services.settings, services.store, services.hub
     user = hub.user(token)
     sub = parse_submission(body, settings)
-    recipe = parse(sub.recipe_text)
+    recipe = parse(sub.recipe_text, settings)
     sources = hub_sources(recipe)
     check_model_count(recipe, settings)
     repo_id = target_repo(sub, recipe, hub)
@@ -394,7 +414,7 @@ def check_recipe(services: Services, token: str | None, body: dict) -> dict:
     settings = services.settings
     user = services.hub.user(token)
     recipe_text = parse_submission(body, settings).recipe_text
-    recipe = parse(recipe_text)
+    recipe = parse(recipe_text, settings)
     hub_sources(recipe)
     check_model_count(recipe, settings)
     with services.checks.hold(user, settings):
@@ -404,10 +424,18 @@ def check_recipe(services: Services, token: str | None, body: dict) -> dict:
 # endpoints --------------------------------------------------------------------------
 
 
+async def _recipe_body(request: Request, settings: Settings) -> dict:
+    """The JSON body of a submission or check; a body too large for any recipe within the
+    limit gets the recipe limit's message."""
+    limit = recipe_body_limit(settings)
+    return await _json(request, limit, f"the request is over {limit:,} bytes, more than a "
+                       f"recipe needs; the limit is {settings.max_recipe_bytes:,} bytes")
+
+
 @_endpoint
 async def post_recipe(request: Request) -> JSONResponse:
     services = _services(request)
-    body = await _json(request, services.settings.max_recipe_bytes * 2 + 4096)
+    body = await _recipe_body(request, services.settings)
     result = await run_in_threadpool(submit_recipe, services, _bearer(request), body)
     return JSONResponse(result, status_code=201, background=BackgroundTask(services.after_submit))
 
@@ -415,7 +443,7 @@ async def post_recipe(request: Request) -> JSONResponse:
 @_endpoint
 async def post_validate(request: Request) -> JSONResponse:
     services = _services(request)
-    body = await _json(request, services.settings.max_recipe_bytes * 2 + 4096)
+    body = await _recipe_body(request, services.settings)
     try:
         result = await run_in_threadpool(check_recipe, services, _bearer(request), body)
     except ApiError as exc:
@@ -535,9 +563,12 @@ async def get_job(request: Request) -> JSONResponse:
 
     def load() -> dict:
         job = services.store.get_job(job_id)
-        if job is None:
+        try:
+            recipe = _visible_recipe(services, request, job.recipe_id) if job else None
+        except ApiError:
+            recipe = None  # someone else's private recipe: its jobs do not exist for them
+        if recipe is None:
             raise ApiError(404, f"job {job_id} not found")
-        recipe = _visible_recipe(services, request, job.recipe_id)
         return {**job.to_api(), "repo_id": recipe.repo_id, "log": services.store.log_tail(job.id)}
 
     return JSONResponse(await run_in_threadpool(load))

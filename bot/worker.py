@@ -41,11 +41,11 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from merge_engine import InputError, SourceError
+from merge_engine import InputError, SourceError, hub_refs_only
 
 from . import cleanup, queue, workdirs
 from .database import open_store
-from .errors import BotError, is_transient
+from .errors import BotError, is_transient, public_message
 from .publish import PublishRequest, PublishResult, merge_and_publish, resolve_revisions
 from .settings import Settings
 from .store import Job, Recipe, Store
@@ -170,42 +170,18 @@ class Worker:
             shutil.rmtree(work_dir, ignore_errors=True)
 
     def _run_job(self, job: Job, recipe: Recipe, work_dir: Path, lease: LeaseKeeper) -> None:
+        """Merge and publish under ``hub_refs_only`` (a bot recipe names Hub repos only, never
+        this machine's folders); errors are recorded without server paths."""
         settings = self.settings
         try:
-            if not job.force and recipe.last_shas is not None:
-                current = self.resolve(
-                    recipe.yaml, endpoint=settings.endpoint, token=settings.token
-                )
-                if current == recipe.last_shas:
-                    self.store.append_log(job.id, "the sources are unchanged since the last merge")
-                    self._finish(job, queue.SKIPPED, source_shas=current)
-                    return
-            result = self.publish(
-                PublishRequest(
-                    recipe_text=recipe.yaml,
-                    repo_id=recipe.repo_id,
-                    token=settings.token or "",
-                    work_dir=work_dir,
-                    endpoint=settings.endpoint,
-                    private=recipe.private,
-                    trigger=_commit_title(job),
-                    provenance=_provenance(job, recipe),
-                    job_key=f"job-{job.id}",
-                    repo_created_earlier=job.created_repo == recipe.repo_id,
-                    before_create=lambda: self._record_created_repo(job, recipe.repo_id),
-                    device=settings.device,
-                ),
-                lease.report,
-            )
+            with hub_refs_only():
+                result = self._merge(job, recipe, work_dir, lease)
         except InputError as exc:
-            self._finish(
-                job,
-                queue.FAILED,
-                error=str(exc),
-                broken=str(exc) if isinstance(exc, SourceError) else None,
-            )
+            message = public_message(str(exc))
+            self._finish(job, queue.FAILED, error=message,
+                         broken=message if isinstance(exc, SourceError) else None)
         except Exception as exc:
-            message = str(exc) or type(exc).__name__
+            message = public_message(str(exc) or type(exc).__name__)
             if is_transient(exc) and job.attempts < settings.max_attempts:
                 delay = settings.backoff(job.attempts)
                 if not queue.retry_later(self.store, job.id, self.name, error=message, delay=delay):
@@ -215,6 +191,8 @@ class Worker:
                 log.exception("job %s failed", job.id)
             self._finish(job, queue.FAILED, error=message)
         else:
+            if result is None:
+                return
             if lease.lost.is_set():
                 self.store.append_log(job.id, f"{self.name}: lease was lost during the merge")
             verb = "reused existing commit" if result.reused_commit else "committed"
@@ -226,6 +204,34 @@ class Worker:
                 commit=result.commit_sha,
                 success=True,
             )
+
+    def _merge(self, job: Job, recipe: Recipe, work_dir: Path,
+               lease: LeaseKeeper) -> PublishResult | None:
+        """The published result, or None when the job was skipped (sources unchanged)."""
+        settings = self.settings
+        if not job.force and recipe.last_shas is not None:
+            current = self.resolve(recipe.yaml, endpoint=settings.endpoint, token=settings.token)
+            if current == recipe.last_shas:
+                self.store.append_log(job.id, "the sources are unchanged since the last merge")
+                self._finish(job, queue.SKIPPED, source_shas=current)
+                return None
+        return self.publish(
+            PublishRequest(
+                recipe_text=recipe.yaml,
+                repo_id=recipe.repo_id,
+                token=settings.token or "",
+                work_dir=work_dir,
+                endpoint=settings.endpoint,
+                private=recipe.private,
+                trigger=_commit_title(job),
+                provenance=_provenance(job, recipe),
+                job_key=f"job-{job.id}",
+                repo_created_earlier=job.created_repo == recipe.repo_id,
+                before_create=lambda: self._record_created_repo(job, recipe.repo_id),
+                device=settings.device,
+            ),
+            lease.report,
+        )
 
     def _record_created_repo(self, job: Job, repo_id: str) -> None:
         if not queue.record_created_repo(self.store, job.id, self.name, repo_id):

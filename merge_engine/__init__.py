@@ -23,7 +23,7 @@ from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
 from merge_engine.plan import Plan
 from merge_engine.plan.summary import formula, plan_json
-from merge_engine.recipe import Recipe, load_recipe, parse_recipe
+from merge_engine.recipe import Recipe, RecipeLimits, hub_refs_only, load_recipe, parse_recipe
 from merge_engine.version import __version__
 
 __all__ = [
@@ -37,11 +37,13 @@ __all__ = [
     "Plan",
     "Recipe",
     "RecipeError",
+    "RecipeLimits",
     "Source",
     "SourceError",
     "__version__",
     "error_causes",
     "formula",
+    "hub_refs_only",
     "is_transient",
     "load_recipe",
     "open_source",

@@ -25,6 +25,10 @@ Hub endpoints (same paths, JSON shapes, status codes and X-Error-Code headers as
     POST   /api/settings/webhooks/{id}/enable|disable
 Webhook deliveries: v3 `repo.content` payloads after each commit, `repo` create/delete.
 
+Hostile callers: an LFS object belongs to the repos it was uploaded to (a commit, batch or
+verify in another repo cannot use it by naming its sha256); JSON bodies are limited to
+2 MiB and commit bodies to 64 MiB (413); file paths follow the Hub's rules (`paths.py`).
+
 Test extras (no auth with `--test-hooks`, else any valid token; see `testhooks.py`):
     GET  /_localhub/stats          counters: bytes served per file, safetensors header vs
                                    data bytes, uploads, commits, webhook deliveries

@@ -23,23 +23,16 @@ from starlette.responses import JSONResponse, Response
 from . import errors, lfs
 from .api_repos import json_body
 from .context import Call
-from .storage import AddFile, DeletePath, FileEntry
+from .paths import check_path
+from .storage import AddFile, DeletePath, FileEntry, RepoMeta
 from .throttle import throttle
 from .webhooks import content_event
 
 _OID_RE = re.compile(r"^[0-9a-f]{64}$")
+COMMIT_BODY_LIMIT = 64 * 1024 * 1024
+"""Bytes of one ndjson commit body (regular files under 10 MB travel in it, base64)."""
 UPLOAD_URL_TTL = 3600
 LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
-
-
-def _check_path(path: object) -> str:
-    """A repo-relative file path; 400 for empty, absolute, `..` or `.git/` paths."""
-    if not isinstance(path, str) or not path or path.startswith("/"):
-        raise errors.bad_request(f"Invalid path in repo: {path!r}")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts) or parts[0] == ".git":
-        raise errors.bad_request(f"Invalid path in repo: {path!r}")
-    return path
 
 
 def _no_pr(call: Call) -> None:
@@ -56,19 +49,30 @@ async def preupload(call: Call) -> Response:
     text = call.ctx.storage.blob_path(attributes.sha256).read_text() if attributes else ""
     patterns = lfs.lfs_patterns(text)
     files = []
-    for item in body.get("files", []):
-        path = _check_path(item.get("path"))
+    for item in _list(body, "files"):
+        path = check_path(item.get("path"))
         try:
             sample = base64.b64decode(item.get("sample", ""))
         except (binascii.Error, TypeError) as exc:
             raise errors.bad_request(f"Invalid base64 sample for {path}") from exc
-        mode = lfs.upload_mode(path, int(item.get("size", 0)), sample, patterns)
+        size = item.get("size", 0)
+        if not isinstance(size, int) or size < 0:
+            raise errors.bad_request(f"Invalid size for {path}: {size!r}")
+        mode = lfs.upload_mode(path, size, sample, patterns)
         answer = {"path": path, "uploadMode": mode, "shouldIgnore": False}
         existing = head.tree.get(path)
         if existing is not None:
             answer["oid"] = existing.sha256 if existing.lfs else existing.oid
         files.append(answer)
     return JSONResponse({"files": files, "commitOid": head.id})
+
+
+def _list(body: dict, key: str) -> list[dict]:
+    """``body[key]``: a list of objects; 400 otherwise."""
+    items = body.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise errors.bad_request(f"'{key}' must be a list of objects.")
+    return items
 
 
 def _file_content(value: dict) -> bytes:
@@ -81,8 +85,10 @@ def _file_content(value: dict) -> bytes:
         raise errors.bad_request(f"Invalid base64 content for {value.get('path')}") from exc
 
 
-def _parse_commit(call: Call, raw: bytes) -> tuple[dict, list[AddFile | DeletePath]]:
-    """Header and operations of an ndjson commit body (regular files are stored here)."""
+def _parse_commit(call: Call, meta: RepoMeta,
+                  raw: bytes) -> tuple[dict, list[AddFile | DeletePath]]:
+    """Header and operations of an ndjson commit body (regular files are stored here);
+    LFS files must be objects uploaded to this repo."""
     header: dict = {}
     operations: list[AddFile | DeletePath] = []
     storage = call.ctx.storage
@@ -92,40 +98,49 @@ def _parse_commit(call: Call, raw: bytes) -> tuple[dict, list[AddFile | DeletePa
         try:
             item = json.loads(line)
             key, value = item["key"], item["value"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise errors.bad_request(f"Malformed commit line: {exc}") from exc
+        if not isinstance(value, dict):
+            raise errors.bad_request(f"Malformed commit line: the value of '{key}' must be "
+                                     "an object")
         if key == "header":
             header = value
         elif key == "file":
             data = _file_content(value)
-            operations.append(AddFile(_check_path(value.get("path")), storage.put_blob(data)))
+            operations.append(AddFile(check_path(value.get("path")), storage.put_blob(data)))
         elif key == "lfsFile":
             oid = str(value.get("oid", ""))
-            if not storage.has_blob(oid):
+            if not storage.repo_has_lfs(meta, oid):
                 raise errors.bad_request(
-                    f"LFS object {oid} for {value.get('path')} was never uploaded: "
-                    "upload it through the LFS batch API before committing."
+                    f"LFS object {oid} for {value.get('path')} was never uploaded to "
+                    f"{meta.repo_id}: upload it through the LFS batch API before committing."
                 )
             size = storage.blob_path(oid).stat().st_size
             if value.get("size") not in (None, size):
                 raise errors.bad_request(f"LFS object {oid} has size {size}, not {value['size']}")
-            operations.append(AddFile(_check_path(value.get("path")), FileEntry.large(oid, size)))
+            operations.append(AddFile(check_path(value.get("path")), FileEntry.large(oid, size)))
         elif key in ("deletedFile", "deletedFolder"):
-            operations.append(DeletePath(str(value.get("path", "")), key == "deletedFolder"))
+            path = value.get("path")
+            folder = key == "deletedFolder"
+            if folder and isinstance(path, str) and path.endswith("/"):
+                path = path[:-1]
+            operations.append(DeletePath(check_path(path), folder))
         else:
             raise errors.bad_request(f"Unknown commit operation '{key}'")
-    if not header.get("summary"):
+    if not isinstance(header.get("summary"), str) or not header["summary"]:
         raise errors.bad_request("The commit header needs a summary (the commit message).")
+    if not isinstance(header.get("parentCommit"), str | None):
+        raise errors.bad_request("The commit header's parentCommit must be a commit id.")
     return header, operations
 
 
 async def commit(call: Call) -> Response:
     meta = call.write_repo()
     _no_pr(call)
-    raw = await call.request.body()
+    raw = await call.body(COMMIT_BODY_LIMIT)
     call.ctx.stats.incr("upload", "commit_bytes", by=len(raw))
     await throttle(call.ctx.uploads, len(raw))
-    header, operations = await run_in_threadpool(_parse_commit, call, raw)
+    header, operations = await run_in_threadpool(_parse_commit, call, meta, raw)
     result = await run_in_threadpool(
         lambda: call.ctx.storage.commit(
             meta.repo_id,
@@ -164,16 +179,16 @@ async def lfs_batch(call: Call) -> Response:
     if body.get("operation") != "upload":
         call.read_repo()
         raise errors.bad_request("localhub's LFS batch API supports uploads only.")
-    call.write_repo()
+    meta = call.write_repo()
     objects = []
-    for obj in body.get("objects", []):
+    for obj in _list(body, "objects"):
         oid, size = str(obj.get("oid", "")), obj.get("size")
         if not _OID_RE.match(oid) or not isinstance(size, int) or size < 0:
             error = {"code": 422, "message": "Invalid oid or size"}
             objects.append({"oid": oid, "size": size, "error": error})
             continue
         answer: dict = {"oid": oid, "size": size, "authenticated": True}
-        if not call.ctx.storage.has_blob(oid):
+        if not call.ctx.storage.repo_has_lfs(meta, oid):
             answer["actions"] = {
                 "upload": {"href": _upload_url(call, oid, size), "expires_in": UPLOAD_URL_TTL},
                 "verify": {"href": f"{call.base_url}/{call.repo_id}.git/info/lfs/objects/verify"},
@@ -206,14 +221,15 @@ async def lfs_upload(call: Call) -> Response:
     except BaseException:
         writer.abort()
         raise
+    await run_in_threadpool(call.ctx.storage.add_lfs_object, call.repo_id, oid)
     return Response(status_code=200)
 
 
 async def lfs_verify(call: Call) -> Response:
-    call.write_repo()
+    meta = call.write_repo()
     body = await json_body(call)
     oid = str(body.get("oid", ""))
-    if not call.ctx.storage.has_blob(oid):
+    if not call.ctx.storage.repo_has_lfs(meta, oid):
         raise errors.HubError(404, f"LFS object {oid} not found")
     if call.ctx.storage.blob_path(oid).stat().st_size != body.get("size"):
         raise errors.HubError(422, f"LFS object {oid} has another size")

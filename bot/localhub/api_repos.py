@@ -15,12 +15,15 @@ from .context import Call
 from .storage import DEFAULT_BRANCH, Commit, ref_name
 from .webhooks import repo_event
 
+JSON_BODY_LIMIT = 2 * 1024 * 1024
+"""Bytes of a JSON request body (a preupload or LFS batch of 256 files needs ~200 KB)."""
+
 
 async def json_body(call: Call) -> dict:
-    """The request's JSON object body; 400 when it is not one."""
+    """The request's JSON object body; 400 when it is not one, 413 when over the limit."""
     try:
-        body = json.loads(await call.request.body() or b"{}")
-    except ValueError as exc:
+        body = json.loads(await call.body(JSON_BODY_LIMIT) or b"{}")
+    except (ValueError, RecursionError) as exc:
         raise errors.bad_request(f"Invalid JSON body: {exc}") from exc
     if not isinstance(body, dict):
         raise errors.bad_request("Expected a JSON object body.")
@@ -123,11 +126,13 @@ async def tree(call: Call) -> Response:
 async def paths_info(call: Call) -> Response:
     meta = call.read_repo()
     commit = call.ctx.storage.resolve(meta, call.params["rev"])
-    raw = await call.request.body()
     if call.request.headers.get("content-type", "").startswith("application/json"):
-        paths = json.loads(raw or b"{}").get("paths", [])
+        paths = (await json_body(call)).get("paths", [])
     else:
-        paths = parse_qs(raw.decode()).get("paths", [])
+        raw = await call.body(JSON_BODY_LIMIT)
+        paths = parse_qs(raw.decode("utf-8", "replace")).get("paths", [])
+    if not isinstance(paths, list):
+        raise errors.bad_request("'paths' must be a list of paths.")
     return JSONResponse(views.paths_info(commit.tree, [str(p) for p in paths]))
 
 
@@ -165,6 +170,11 @@ async def delete_branch(call: Call) -> Response:
     return JSONResponse({})
 
 
+async def legacy_repo(call: Call) -> Response:
+    """A repo id without a namespace (``gpt2``): localhub has none of those."""
+    raise errors.repo_not_found(anonymous=call.user is None)
+
+
 ROUTES = (
     ("GET", r"/api/whoami-v2", whoami),
     ("POST", r"/api/repos/create", create_repo),
@@ -179,4 +189,5 @@ ROUTES = (
     ("GET", r"/api/models/{repo}/refs", refs),
     ("POST", r"/api/models/{repo}/branch/{rev}", create_branch),
     ("DELETE", r"/api/models/{repo}/branch/{rev}", delete_branch),
+    ("GET", r"/api/models/[^/]+(?:/revision/[^/]+)?", legacy_repo),
 )

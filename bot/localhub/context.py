@@ -9,6 +9,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
+from . import errors
 from .auth import User, Users, check_read, check_write
 from .storage import RepoMeta, Storage
 from .testhooks import Faults, Stats
@@ -91,6 +92,19 @@ class Call:
     def write_repo(self) -> RepoMeta:
         """The addressed repo if the caller owns it; RepoNotFound/401/403 otherwise."""
         return check_write(self.user, self.ctx.storage.get_repo(self.repo_id))
+
+    async def body(self, limit: int) -> bytes:
+        """The request body; 413 as soon as it is known to be over ``limit`` bytes."""
+        declared = self.request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise errors.too_large(limit)
+        chunks, size = [], 0
+        async for chunk in self.request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise errors.too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def flag(self, name: str) -> bool:
         """A boolean query parameter ("1", "true", "yes")."""

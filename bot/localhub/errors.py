@@ -58,6 +58,10 @@ def bad_request(message: str) -> HubError:
     return HubError(400, message)
 
 
+def too_large(limit: int) -> HubError:
+    return HubError(413, f"Payload Too Large: the request body is over {limit:,} bytes.")
+
+
 def unauthorized(message: str = "Invalid username or password.") -> HubError:
     return HubError(401, message)
 

@@ -5,6 +5,7 @@ Layout under the data directory (everything survives a restart):
     blobs/<sha256[:2]>/<sha256>            file contents, regular and LFS alike
     repos/<namespace>/<name>/repo.json     metadata + refs ({"refs/heads/main": sha, ...})
     repos/<namespace>/<name>/commits/<sha>.json
+    repos/<namespace>/<name>/lfs/<sha256>  empty: this LFS object was uploaded to this repo
     tmp/                                   partial uploads and atomic-write staging
 
 Contracts:
@@ -12,6 +13,8 @@ Contracts:
   the old or the new version, never a torn one. A commit object is written before the ref
   that points at it moves.
 - Commits to one repo are serialised by a per-repo lock; different repos commit in parallel.
+- Blobs are shared, but an LFS object belongs to the repos it was uploaded to (or committed
+  in): a commit or LFS batch in another repo cannot use it by naming its sha256.
 - A commit id is the sha1 of (parents, tree, message, author, time): a 40-hex string, new for
   every commit (not git-compatible).
 """
@@ -232,6 +235,28 @@ class Storage:
 
     def blob_writer(self) -> BlobWriter:
         return BlobWriter(self)
+
+    def _lfs_marker(self, repo_id: str, sha256: str) -> Path:
+        return self._repo_dir(repo_id) / "lfs" / sha256
+
+    def add_lfs_object(self, repo_id: str, sha256: str) -> None:
+        """Record that LFS object ``sha256`` was uploaded to ``repo_id`` (if it still exists)."""
+        with self.lock(repo_id):
+            if self.get_repo(repo_id) is not None and self.has_blob(sha256):
+                write_atomic(self._lfs_marker(repo_id, sha256), b"", self.tmp_dir)
+
+    def repo_has_lfs(self, meta: RepoMeta, sha256: str) -> bool:
+        """Whether ``meta``'s repo may use LFS object ``sha256``: uploaded to it, or in one of
+        its branches (e.g. a copy of one of its own files)."""
+        if not self.has_blob(sha256):
+            return False
+        if self._lfs_marker(meta.repo_id, sha256).is_file():
+            return True
+        for sha in meta.refs.values():
+            commit = self.read_commit(meta.repo_id, sha)
+            if commit and any(e.lfs and e.sha256 == sha256 for e in commit.tree.values()):
+                return True
+        return False
 
     # -- repos ---------------------------------------------------------------------------
     def _repo_dir(self, repo_id: str) -> Path:

@@ -104,7 +104,7 @@ def open_source(ref: ModelRef, access: HubAccess | None = None) -> Source:
     A ``model+adapter`` reference opens the base model and the LoRA adapter (see
     :mod:`merge_engine.io.lora`) and checks that every adapter tensor fits the base."""
     if ref.lora is not None:
-        source = open_source(ModelRef(ref.path, ref.revision), access)
+        source = open_source(ModelRef(ref.path, ref.revision, local=ref.local), access)
         adapter = open_adapter(ref.lora, access)
         attach(adapter, source.tensors, source.name)
         source.ref, source.adapter = ref, adapter

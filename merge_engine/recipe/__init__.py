@@ -1,13 +1,15 @@
 """Stage 1, the recipe: mergekit's YAML parsed and validated, every error at its YAML path.
 
 ``parse_recipe``/``load_recipe`` give a :class:`Recipe` (``schema``); the pieces: YAML line
-bookkeeping (``locations``), model references (``refs``), parameter values (``params``),
+bookkeeping and budgets (``locations``), model references (``refs``), parameter values (``params``),
 the models and slices (``inputs``), method checks (``checks``), the ``tokenizer:`` block
 (``tokenizer_block``) and chat-template names (``chat_templates``).
 """
 
+from merge_engine.recipe.locations import RecipeLimits
 from merge_engine.recipe.parse import load_recipe, parse_recipe
+from merge_engine.recipe.refs import hub_refs_only
 from merge_engine.recipe.schema import InputModel, OutputSlice, Recipe, SliceSource, ref_key
 
-__all__ = ["InputModel", "OutputSlice", "Recipe", "SliceSource", "load_recipe", "parse_recipe",
-           "ref_key"]
+__all__ = ["InputModel", "OutputSlice", "Recipe", "RecipeLimits", "SliceSource", "load_recipe",
+           "hub_refs_only", "parse_recipe", "ref_key"]

@@ -27,7 +27,12 @@ from merge_engine.recipe.inputs import (
     params_block,
     parse_slices,
 )
-from merge_engine.recipe.locations import load_yaml, with_line
+from merge_engine.recipe.locations import (
+    RecipeLimits,
+    load_yaml,
+    size_message,
+    with_line,
+)
 from merge_engine.recipe.params import (
     ParamValue,
     unknown_key,
@@ -66,21 +71,26 @@ _DTYPES = {
 }
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
+def load_recipe(path: str | os.PathLike, limits: RecipeLimits | None = None) -> Recipe:
     """Read and parse a recipe file; RecipeError("", ...) when it cannot be read."""
+    limits = limits or RecipeLimits()
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limits.max_bytes:
+                raise RecipeError("", size_message(size, limits.max_bytes))
+            text = f.read(limits.max_bytes + 1).decode("utf-8")
     except FileNotFoundError:
         raise RecipeError("", f"recipe file {os.fspath(path)!r} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name, not UTF-8
         raise RecipeError("", f"cannot read recipe file {os.fspath(path)!r}: {e}") from None
-    return parse_recipe(text)
+    return parse_recipe(text, limits)
 
 
-def parse_recipe(text: str) -> Recipe:
-    """Parse and validate recipe YAML; RecipeError at the YAML path of the first mistake."""
-    doc, lines = load_yaml(text)
+def parse_recipe(text: str, limits: RecipeLimits | None = None) -> Recipe:
+    """Parse and validate recipe YAML within ``limits`` (default :class:`RecipeLimits`);
+    RecipeError at the YAML path of the first mistake."""
+    doc, lines = load_yaml(text, limits)
     try:
         return _build(doc, text, lines)
     except RecipeError as e:

@@ -7,14 +7,20 @@ mergekit's mapping form (``{model: ..., lora: ...}``, each part a string or
 
 A part is local when it starts with ``/``, ``./``, ``../`` or ``~`` (expanded), or names
 an existing directory; then ``@`` is part of the path and there is no revision.
-Otherwise it must be a Hub repo id, optionally followed by ``@revision``.
+Otherwise it must be a Hub repo id, optionally followed by ``@revision``. Within
+``hub_refs_only()`` (a service parsing other people's recipes) no directory is looked up:
+a reference means the same whatever folders the machine has. Whether a ref is local is
+decided once, when it is made.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from merge_engine.errors import RecipeError
 from merge_engine.recipe.params import unknown_key
@@ -24,10 +30,25 @@ _HUB_PART = re.compile(r"[A-Za-z0-9_.-]+")
 _MAX_NAME = 96
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]|\\")
 """``D:\\models\\x``, ``C:/x``, ``\\\\server\\share``: a drive letter or a backslash."""
+_LOCAL_DIRS: ContextVar[bool] = ContextVar("local_dirs", default=True)
+
+
+@contextmanager
+def hub_refs_only() -> Iterator[None]:
+    """Within: references are never resolved against the local file system."""
+    token = _LOCAL_DIRS.set(False)
+    try:
+        yield
+    finally:
+        _LOCAL_DIRS.reset(token)
+
+
+def _is_dir(path: str) -> bool:
+    return _LOCAL_DIRS.get() and os.path.isdir(path)
 
 
 def _looks_local(path: str) -> bool:
-    return path.startswith(_LOCAL_PREFIXES) or path in (".", "..") or os.path.isdir(path)
+    return path.startswith(_LOCAL_PREFIXES) or path in (".", "..") or _is_dir(path)
 
 
 def is_hub_id(text: str) -> bool:
@@ -38,7 +59,7 @@ def is_hub_id(text: str) -> bool:
     for part in parts:
         if not _HUB_PART.fullmatch(part) or part[0] in "-." or part[-1] in "-.":
             return False
-    return len(parts[-1]) <= _MAX_NAME
+    return all(len(part) <= _MAX_NAME for part in parts) and not text.endswith(".git")
 
 
 @dataclass(frozen=True)
@@ -49,8 +70,13 @@ class ModelRef:
     path: str
     revision: str | None = None
     lora: ModelRef | None = None
+    local: bool | None = field(default=None, repr=False)
+    """A local directory rather than a Hub repo; None: decided from ``path`` when made."""
 
     def __post_init__(self) -> None:
+        if self.local is None:
+            object.__setattr__(self, "local", _looks_local(self.path)
+                               or not is_hub_id(self.path))
         if self.revision is not None and self.is_local:
             raise ValueError(f"local directory {self.path!r} cannot have a revision")
         if self.lora is not None and self.lora.lora is not None:
@@ -59,7 +85,7 @@ class ModelRef:
     @property
     def is_local(self) -> bool:
         """True for a local directory reference (not a Hub repo)."""
-        return _looks_local(self.path) or not is_hub_id(self.path)
+        return bool(self.local)
 
     def __str__(self) -> str:
         text = self.path if self.revision is None else f"{self.path}@{self.revision}"
@@ -101,7 +127,7 @@ def parse_ref(text: str, loc: str = "") -> ModelRef:
     """Parse ``org/name[@rev][+lora[@rev]]`` or a local directory; RecipeError at ``loc``."""
     if not isinstance(text, str):
         raise RecipeError(loc, f"expected a model reference string, got {text!r}")
-    if os.path.isdir(text):
+    if _is_dir(text):
         return ModelRef(text)
     parts = text.split("+")
     if len(parts) > 2:
