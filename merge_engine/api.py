@@ -20,7 +20,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from merge_engine.card import render_card
-from merge_engine.check import CheckOptions, CheckReport, behaviour_planned, run_checks
+from merge_engine.check import (
+    CheckOptions,
+    CheckReport,
+    behaviour_planned,
+    run_checks,
+    warm_up,
+)
 from merge_engine.errors import MergeEngineError
 from merge_engine.execute.executor import Executor, Progress, Timings, resolve_device
 from merge_engine.io.checkpoint import TensorMeta, read_header
@@ -108,6 +114,9 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     report = None
+    if checks is not None and checks.behaviour and copy_tokenizer and any(
+            "tokenizer.json" in s.files for s in plan.sources):
+        warm_up()  # the behaviour checks will likely run: import transformers meanwhile
     try:
         shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer)
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,6 +44,13 @@ def transformers_module():
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers
+
+
+def warm_up() -> None:
+    """Import transformers in a background thread, so that its seconds of import overlap
+    the merge (the checks' own import then finds it loaded, or waits for it)."""
+    threading.Thread(target=transformers_module, name="import-transformers",
+                     daemon=True).start()
 
 
 def unsupported(config: dict) -> str | None:
