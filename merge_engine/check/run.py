@@ -19,7 +19,7 @@ def behaviour_planned(config: dict, parameters: int, has_tokenizer: bool,
                       options: CheckOptions) -> str | None:
     """Why the behaviour checks will not run on such a model (None: they will)."""
     if not options.behaviour:
-        return "behaviour checks turned off"
+        return "turned off"
     if not has_tokenizer:
         return "the model has no tokenizer.json"
     return behaviour.unsupported(config) or behaviour.too_large(parameters, options.device)
