@@ -196,6 +196,7 @@ class Worker:
                     checks=CheckOptions(
                         perplexity_factor=settings.perplexity_factor,
                         allow_high_perplexity=recipe.allow_high_perplexity,
+                        cache_dir=settings.home / "perplexities",
                     ),
                 ),
                 lease.report,

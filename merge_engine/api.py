@@ -165,7 +165,8 @@ class _ShardKeeper:
                 "tokenizer.json" in s.files for s in plan.sources)
             config = plan.out_config if plan.out_config is not None else plan.sources[0].config
             self.keep = behaviour_planned(config, plan.parameter_count, has_tokenizer,
-                                          replace(checks, device=str(device))) is None
+                                          replace(checks, device=str(device)),
+                                          architecture=False) is None
             self.metas = None if self.keep else {}
         self.hook = self._hook if on_shard_done is not None else None
 

@@ -36,13 +36,19 @@ MAX_TOKENS = 128
 BYTES_PER_PARAMETER = 4
 """float32 weights while checking."""
 HEADROOM = 1.5
+IMPORT_LOCK = threading.Lock()
+"""transformers' lazy modules are not safe to import from two threads at once
+(:func:`warm_up` imports it in the background): every use goes through
+:func:`transformers_module`, which imports under this lock."""
 
 
 def transformers_module():
-    import transformers
+    with IMPORT_LOCK:
+        import transformers
+        from transformers.models.auto import modeling_auto  # noqa: F401 - loaded here
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     return transformers
 
 
@@ -60,9 +66,8 @@ def unsupported(config: dict) -> str | None:
     model_type = config.get("model_type")
     if not model_type:
         return "config.json has no model_type"
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    names = transformers_module().models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if model_type not in names:
         return f"transformers has no causal LM for model_type {model_type!r}"
     return None
 

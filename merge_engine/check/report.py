@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,8 @@ class CheckOptions:
     source's fails, unless ``allow_high_perplexity``. ``behaviour``: run the behaviour
     checks when possible (False: structural checks only). ``side_files``: the output was
     written with its tokenizer and generation files (``--no-copy-tokenizer`` clears it).
+    ``cache_dir``: where the perplexities of Hub sources are kept, by repo and commit SHA,
+    so a remerge measures only the sources that changed (None: no cache).
     """
 
     perplexity_factor: float = 3.0
@@ -20,6 +23,7 @@ class CheckOptions:
     behaviour: bool = True
     side_files: bool = True
     device: str = "cpu"
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)

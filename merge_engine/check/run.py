@@ -4,7 +4,10 @@ generation config and the reference perplexities."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,13 +19,17 @@ from merge_engine.io.sources import Source
 
 
 def behaviour_planned(config: dict, parameters: int, has_tokenizer: bool,
-                      options: CheckOptions) -> str | None:
-    """Why the behaviour checks will not run on such a model (None: they will)."""
+                      options: CheckOptions, *, architecture: bool = True) -> str | None:
+    """Why the behaviour checks will not run on such a model (None: they will);
+    ``architecture=False`` leaves out whether transformers knows it (no import)."""
     if not options.behaviour:
         return "turned off"
     if not has_tokenizer:
         return "the model has no tokenizer.json"
-    return behaviour.unsupported(config) or behaviour.too_large(parameters, options.device)
+    if config.get("auto_map"):
+        return "the architecture needs remote code, which is never run"
+    return ((behaviour.unsupported(config) if architecture else None)
+            or behaviour.too_large(parameters, options.device))
 
 
 def run_checks(directory: str | Path, sources: Sequence[Source] = (), *,
@@ -111,7 +118,31 @@ def _behaviour(directory: Path, sources: Sequence[Source], options: CheckOptions
 
 
 def _source_figure(source: Source, options: CheckOptions) -> SourceFigure:
-    """A source's perplexity, measured from its own files and tokenizer."""
+    """A source's perplexity, from the cache (a Hub source pinned to a commit SHA) or
+    measured from its own files and tokenizer."""
+    cached = _cache_path(source, options)
+    if cached is not None and cached.is_file():
+        return SourceFigure(source.name, json.loads(cached.read_text())["perplexity"])
+    figure = _measure_source(source, options)
+    if cached is not None and figure.perplexity is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{uuid.uuid4().hex}.partial")
+        partial.write_text(json.dumps({"source": source.pinned,
+                                       "perplexity": figure.perplexity}))
+        partial.replace(cached)  # atomic: concurrent workers write the same value
+    return figure
+
+
+def _cache_path(source: Source, options: CheckOptions) -> Path | None:
+    """Where a Hub source's perplexity is cached: one file per (repo@SHA, text, token
+    limit); None for local sources (their files may change in place)."""
+    if options.cache_dir is None or source.revision is None or source.adapter is not None:
+        return None
+    key = f"{source.pinned}\n{behaviour.TEXT}\n{behaviour.MAX_TOKENS}"
+    return options.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def _measure_source(source: Source, options: CheckOptions) -> SourceFigure:
     if source.adapter is not None:
         return SourceFigure(source.name, None, "not measured (LoRA source)")
     if "tokenizer.json" not in source.files:

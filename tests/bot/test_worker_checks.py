@@ -4,6 +4,7 @@ good one is published with the figures in its card and log."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,18 @@ def test_a_submission_may_allow_a_high_perplexity(tokenized_sources, settings, s
     job_id = run_job(store, settings, (1.0, 40), allow=True)
     assert store.get_job(job_id).status == "succeeded", store.log_tail(job_id)
     assert "(exceeded; the submission allowed it)" in readme(tokenized_sources)
+
+
+def test_hub_sources_perplexities_are_cached_by_commit(tokenized_sources, settings, store):
+    first = run_job(store, settings, (1.0, 0.3))
+    assert store.get_job(first).status == "succeeded", store.log_tail(first)
+    cache = sorted((settings.home / "perplexities").glob("*.json"))
+    assert len(cache) == 3
+    entries = {json.loads(p.read_text())["source"].split("@")[0]: p for p in cache}
+    assert set(entries) == set(SOURCES)
+    entries["alice/base"].write_text(json.dumps({"source": "x", "perplexity": 42.0}))
+    with store.write() as db:
+        again, _ = queue.enqueue(db, 1, "alice", "remerge", force=True)
+    Worker(settings, store).run_once()
+    assert store.get_job(again).status == "succeeded", store.log_tail(again)
+    assert "perplexity of alice/base: 42.00" in store.log_tail(again)
