@@ -205,8 +205,9 @@ class Handlers:
             timer = gr.Timer(self.config.poll_seconds, active=True)
         else:  # a watched recipe may get a remerge: look again, less often
             timer = gr.Timer(WATCH_POLL_SECONDS, active=watching)
-        status = render.job_md(job, self.config.hub_url) + render.checks_md(log)
-        return status, log_text, card, job["id"], timer
+        if not card:  # a published job's card has its own Checks section
+            card = render.checks_md(log).lstrip()
+        return render.job_md(job, self.config.hub_url), log_text, card, job["id"], timer
 
     # history ----------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ def check_config_weights(config: dict, metas: dict[str, TensorMeta]) -> str:
     if head is not None and metas[head].shape != (rows, cols):
         raise CheckError(f"{head} has shape {list(metas[head].shape)} but {embed} has "
                          f"{[rows, cols]}")
-    key = next((k for k in LAYER_COUNT_KEYS if k in text), None)
+    key = next((k for k in LAYER_COUNT_KEYS if isinstance(text.get(k), int)), None)
     prefix = embed.rsplit(".", 2)[0] + "." if embed.count(".") >= 2 else ""
     pattern = re.compile(re.escape(prefix) + r"(?:layers|h|blocks|layer)\.(\d+)\.")
     found = {int(m.group(1)) for n in metas if (m := pattern.match(n))}
@@ -153,7 +153,7 @@ def check_tokenizer(directory: Path, config: dict, rows: int) -> str | None:
                              "tokenizer.json's vocabulary")
     for key, entry in (tok_config.get("added_tokens_decoder") or {}).items():
         content = entry.get("content") if isinstance(entry, dict) else None
-        if content is not None and vocab.get(content) != int(key):
+        if content is not None and str(key).isdigit() and vocab.get(content) != int(key):
             raise CheckError(f"tokenizer_config.json lists added token {content!r} at id "
                              f"{key} but tokenizer.json has it at {vocab.get(content)}")
     return (f"tokenizer.json fits the embeddings ({size} ids in {rows} rows, "
