@@ -10,6 +10,7 @@ check first needs it (it takes seconds).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -55,8 +56,12 @@ def transformers_module():
 def warm_up() -> None:
     """Import transformers in a background thread, so that its seconds of import overlap
     the merge (the checks' own import then finds it loaded, or waits for it)."""
-    threading.Thread(target=transformers_module, name="import-transformers",
-                     daemon=True).start()
+    threading.Thread(target=_import_quietly, name="import-transformers", daemon=True).start()
+
+
+def _import_quietly() -> None:
+    with contextlib.suppress(ImportError):  # the checks say so themselves
+        transformers_module()
 
 
 def unsupported(config: dict) -> str | None:
@@ -66,7 +71,11 @@ def unsupported(config: dict) -> str | None:
     model_type = config.get("model_type")
     if not model_type:
         return "config.json has no model_type"
-    names = transformers_module().models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    try:
+        transformers = transformers_module()
+    except ImportError:
+        return "transformers is not installed (pip install transformers)"
+    names = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if model_type not in names:
         return f"transformers has no causal LM for model_type {model_type!r}"
     return None
