@@ -1,6 +1,7 @@
 """The REST API under ``/api`` (used by the UI and ``mergebot submit``/``status``).
 
-    POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?} → 201
+    POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?,
+                                     "allow_high_perplexity"?} → 201
                                     {"recipe_id", "job_id", "repo_id"}
     GET  /api/recipes?owner=NAME    recipes, newest first
     GET  /api/recipes/{id}          a recipe with its latest jobs
@@ -240,6 +241,8 @@ class Submission:
     repo_id: str | None
     private: bool
     watch: bool
+    allow_high_perplexity: bool = False
+    """Publish even when the checks find the merge's perplexity far above its sources'."""
 
 
 def parse_submission(body: dict, settings: Settings) -> Submission:
@@ -254,10 +257,11 @@ def parse_submission(body: dict, settings: Settings) -> Submission:
     repo_id = body.get("repo_id")
     if repo_id is not None and not isinstance(repo_id, str):
         raise recipe_errors(("repo_id", "'repo_id' must be a string like 'owner/name'"))
-    for flag in ("private", "watch"):
+    for flag in ("private", "watch", "allow_high_perplexity"):
         if not isinstance(body.get(flag, False), bool):
             raise recipe_errors((flag, f"'{flag}' must be true or false"))
-    return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False))
+    return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False),
+                      body.get("allow_high_perplexity", False))
 
 
 def hub_sources(recipe: Recipe) -> list[str]:
@@ -394,6 +398,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
             "private": sub.private,
             "watch": sub.watch,
             "sources": sources,
+            "allow_high_perplexity": sub.allow_high_perplexity,
         }
         if existing is None:
             recipe_id = store.add_recipe(db, owner=user, repo_id=repo_id, **fields)

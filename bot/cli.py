@@ -251,7 +251,8 @@ def _run_submit(args: argparse.Namespace) -> int:
         print(f"mergebot submit: cannot read {args.recipe}: {exc}", file=sys.stderr)
         return 2
     url = (args.url or settings.server_url).rstrip("/")
-    body = {"recipe": text, "repo_id": args.repo, "private": args.private, "watch": args.watch}
+    body = {"recipe": text, "repo_id": args.repo, "private": args.private, "watch": args.watch,
+            "allow_high_perplexity": args.allow_high_perplexity}
     try:
         status, answer = _call_api("POST", f"{url}/api/recipes", settings.token, body)
         if status != 201:
@@ -289,6 +290,9 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--watch", action="store_true", help="remerge when a source changes")
     parser.add_argument("--private", action="store_true", help="make the merged repo private")
+    parser.add_argument("--allow-high-perplexity", action="store_true",
+                        help="publish even when the checks find the merge's perplexity far "
+                             "above its sources'")
     parser.add_argument("--wait", action="store_true", help="wait until the job ends")
     parser.add_argument("--url", help="the server (default MERGEBOT_URL or :7860)")
     parser.set_defaults(run=_run_submit)

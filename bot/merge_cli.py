@@ -1,4 +1,4 @@
-"""``mergebot merge RECIPE --repo OWNER/NAME [--private]``: merge and publish, once.
+"""``mergebot merge RECIPE --repo OWNER/NAME [--private]``: merge, check and publish, once.
 
 Reads ``HF_TOKEN`` (writes the target repo and reads the sources) and ``HF_ENDPOINT``
 (default: the Hugging Face Hub). Prints the repo URL and the commit SHA. Exit codes:
@@ -15,7 +15,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from merge_engine import InputError, MergeEngineError
+from merge_engine import CheckOptions, InputError, MergeEngineError
 
 from .errors import BotError
 from .publish import PublishRequest, merge_and_publish
@@ -30,6 +30,11 @@ def add_merge_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--random-seed", type=int, default=None)
+    parser.add_argument("--perplexity-factor", type=float, default=3.0,
+                        help="refuse a merge whose perplexity exceeds this many times the "
+                             "worst source's (default 3)")
+    parser.add_argument("--allow-high-perplexity", action="store_true",
+                        help="publish even above that limit")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="scratch space for shards in flight (default: a temp dir)")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
@@ -52,7 +57,9 @@ def run_merge_command(args: argparse.Namespace) -> int:
         endpoint=os.environ.get("HF_ENDPOINT") or None, private=args.private,
         trigger=f"Merge {args.recipe.name} with mergebot",
         provenance="Merged and published with `mergebot merge`.",
-        device=args.device, random_seed=args.random_seed)
+        device=args.device, random_seed=args.random_seed,
+        checks=CheckOptions(perplexity_factor=args.perplexity_factor,
+                            allow_high_perplexity=args.allow_high_perplexity))
     try:
         result = merge_and_publish(request, _progress if sys.stderr.isatty() else None)
     except (MergeEngineError, BotError) as e:
@@ -62,6 +69,8 @@ def run_merge_command(args: argparse.Namespace) -> int:
         return 2 if isinstance(e, InputError) else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for line in result.checks.lines() if result.checks else ():
+        print(line, file=sys.stderr)
     print(result.url)
     print(result.commit_sha)
     return 0

@@ -10,7 +10,9 @@ Order of work, so that nothing is half-published:
 3. merge, uploading each output shard (LFS pre-upload) as soon as it is written and then
    deleting it locally, so downloads, math and uploads overlap and disk stays bounded
    (source shards are deleted once read, too);
-4. one ``create_commit`` with the shards, index, config, tokenizer, recipe and README.md,
+4. the check stage (merge_engine's ``run_checks``, inside ``run_merge``) before anything
+   is committed: a fault raises ``CheckError`` and the repo is left as it was;
+5. one ``create_commit`` with the shards, index, config, tokenizer, recipe and README.md,
    with ``parent_commit`` set: a concurrent change of the repo fails the commit.
 On any failure no commit is made, and a repo this job created (this call, or an earlier
 attempt per ``repo_created_earlier``) is deleted again if it holds nothing beyond its
@@ -23,7 +25,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
@@ -32,6 +34,8 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from merge_engine import (
     DEFAULT_SHARD_BYTES,
+    CheckOptions,
+    CheckReport,
     HubAccess,
     Plan,
     Source,
@@ -81,6 +85,8 @@ class PublishRequest:
     device: str = "auto"
     random_seed: int | None = None
     out_shard_size: int = DEFAULT_SHARD_BYTES
+    checks: CheckOptions = field(default_factory=CheckOptions)
+    """How the merged model is checked before the commit (the device is the merge's)."""
 
     def __repr__(self) -> str:  # never show tokens
         return f"PublishRequest(repo_id={self.repo_id!r}, job_key={self.job_key!r})"
@@ -95,6 +101,7 @@ class PublishResult:
     """Repo id (or local path) of every model and adapter -> the commit SHA merged."""
     created_repo: bool
     reused_commit: bool
+    checks: CheckReport | None = None
 
 
 def source_revisions(sources: Iterable[Source]) -> dict[str, str | None]:
@@ -150,13 +157,14 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         parent = _call(lambda: api.model_info(req.repo_id).sha, f"read {req.repo_id}")
         report("resolving", 1.0)
         out = req.work_dir / "out"
-        run_merge(
+        merged = run_merge(
             plan.recipe, out, device=req.device, random_seed=req.random_seed, access=access,
             out_shard_size=req.out_shard_size,
             plan=plan, on_shard_done=uploader.submit,
             card_options={"hub_url": hub_url, "provenance": req.provenance,
                           "repo_id": req.repo_id},
             progress=lambda done, total: report("merging", done / total),
+            checks=req.checks,
         )
         report("uploading", 0.0)
         operations = uploader.finish()
@@ -177,7 +185,7 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
                 delete_if_unused(api, req.repo_id)
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
-                         created_repo=created, reused_commit=False)
+                         created_repo=created, reused_commit=False, checks=merged.checks)
 
 
 def _commit_body(plan: Plan, req: PublishRequest) -> str:

@@ -17,6 +17,7 @@ Variables (all optional; limits have defaults):
     MERGEBOT_MAX_QUEUED_PER_OWNER, MERGEBOT_MAX_CHECKS_PER_OWNER, MERGEBOT_MAX_CHECKS,
     MERGEBOT_LEASE_SECONDS, MERGEBOT_MAX_ATTEMPTS,
     MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
+    MERGEBOT_PERPLEXITY_FACTOR,
     MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
 
 Tokens, the secret and the database URL (it may hold a password) never appear in
@@ -70,6 +71,9 @@ class Settings:
     """How often an idle worker looks for work."""
     webhook_sync_seconds: float = 60.0
     """How often workers reconcile the Hub webhooks with the watched recipes."""
+    perplexity_factor: float = 3.0
+    """A merge whose perplexity exceeds this many times its worst source's is not
+    published (unless its submission allows it); see merge_engine's check stage."""
     device: str = "auto"
 
     @property

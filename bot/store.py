@@ -116,6 +116,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX repo_cleanups_pending ON repo_cleanups(outcome, not_before);
         """,
     ),
+    (
+        3,
+        """
+        -- publish even when the merge's perplexity is above the checks' limit
+        ALTER TABLE recipes ADD COLUMN allow_high_perplexity INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 
@@ -134,6 +141,7 @@ class Recipe:
     deleted: bool
     created_at: float
     updated_at: float
+    allow_high_perplexity: bool = False
 
     def to_api(self) -> dict:
         return {
@@ -143,6 +151,7 @@ class Recipe:
             "repo_id": self.repo_id,
             "private": self.private,
             "watch": self.watch,
+            "allow_high_perplexity": self.allow_high_perplexity,
             "sources": list(self.sources),
             "broken": self.broken,
             "last_shas": self.last_shas,
@@ -211,6 +220,7 @@ def _recipe(row: sqlite3.Row) -> Recipe:
         deleted=bool(row["deleted"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        allow_high_perplexity=bool(row["allow_high_perplexity"]),
     )
 
 
@@ -360,12 +370,14 @@ class Store:
         private: bool,
         watch: bool,
         sources: list[str],
+        allow_high_perplexity: bool = False,
     ) -> int:
         now = time.time()
         row = db.execute(
             "INSERT INTO recipes (owner, yaml, repo_id, private, watch, sources, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (owner, yaml, repo_id, int(private), int(watch), json.dumps(sources), now, now),
+            " updated_at, allow_high_perplexity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (owner, yaml, repo_id, int(private), int(watch), json.dumps(sources), now, now,
+             int(allow_high_perplexity)),
         ).fetchone()
         recipe_id = int(row["id"])
         self._set_sources(db, recipe_id, sources)
@@ -380,12 +392,15 @@ class Store:
         private: bool,
         watch: bool,
         sources: list[str],
+        allow_high_perplexity: bool = False,
     ) -> None:
         """New YAML for an existing recipe: forgets the last good SHAs and any breakage."""
         db.execute(
             "UPDATE recipes SET yaml = ?, private = ?, watch = ?, sources = ?, broken = NULL,"
-            " last_shas = NULL, deleted = 0, updated_at = ? WHERE id = ?",
-            (yaml, int(private), int(watch), json.dumps(sources), time.time(), recipe_id),
+            " last_shas = NULL, deleted = 0, updated_at = ?, allow_high_perplexity = ?"
+            " WHERE id = ?",
+            (yaml, int(private), int(watch), json.dumps(sources), time.time(),
+             int(allow_high_perplexity), recipe_id),
         )
         self._set_sources(db, recipe_id, sources)
 

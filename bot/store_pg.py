@@ -118,6 +118,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX repo_cleanups_pending ON repo_cleanups(outcome, not_before);
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE recipes ADD COLUMN allow_high_perplexity INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 """The same versions as :data:`bot.store.MIGRATIONS`, in Postgres types."""
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from merge_engine import InputError, SourceError, hub_refs_only
+from merge_engine import CheckError, CheckOptions, InputError, SourceError, hub_refs_only
 
 from . import cleanup, queue, workdirs
 from .database import open_store
@@ -177,6 +177,8 @@ class Worker:
             with hub_refs_only():
                 result = self._merge(job, recipe, work_dir, lease)
         except InputError as exc:
+            if isinstance(exc, CheckError) and exc.report is not None:
+                self._log_checks(job, exc.report)
             message = public_message(str(exc))
             self._finish(job, queue.FAILED, error=message,
                          broken=message if isinstance(exc, SourceError) else None)
@@ -195,6 +197,8 @@ class Worker:
                 return
             if lease.lost.is_set():
                 self.store.append_log(job.id, f"{self.name}: lease was lost during the merge")
+            if result.checks is not None:
+                self._log_checks(job, result.checks)
             verb = "reused existing commit" if result.reused_commit else "committed"
             self.store.append_log(job.id, f"{verb} {result.commit_sha} to {result.repo_id}")
             self._finish(
@@ -229,9 +233,19 @@ class Worker:
                 repo_created_earlier=job.created_repo == recipe.repo_id,
                 before_create=lambda: self._record_created_repo(job, recipe.repo_id),
                 device=settings.device,
+                checks=CheckOptions(
+                    perplexity_factor=settings.perplexity_factor,
+                    allow_high_perplexity=recipe.allow_high_perplexity,
+                    cache_dir=settings.home / "perplexities",
+                ),
             ),
             lease.report,
         )
+
+    def _log_checks(self, job: Job, report) -> None:
+        """The check stage's figures and sample generation, one log line each."""
+        for line in report.lines():
+            self.store.append_log(job.id, line)
 
     def _record_created_repo(self, job: Job, repo_id: str) -> None:
         if not queue.record_created_repo(self.store, job.id, self.name, repo_id):

@@ -10,7 +10,9 @@ tests and benchmarks).
 """
 
 from merge_engine.api import DEFAULT_SHARD_BYTES, MergeResult, run_merge, validate
+from merge_engine.check import CheckOptions, CheckReport, run_checks
 from merge_engine.errors import (
+    CheckError,
     InputError,
     MergeEngineError,
     MergeError,
@@ -27,6 +29,9 @@ from merge_engine.recipe import Recipe, RecipeLimits, hub_refs_only, load_recipe
 from merge_engine.version import __version__
 
 __all__ = [
+    "CheckError",
+    "CheckOptions",
+    "CheckReport",
     "DEFAULT_SHARD_BYTES",
     "HubAccess",
     "InputError",
@@ -50,6 +55,7 @@ __all__ = [
     "parse_recipe",
     "plan_json",
     "retry",
+    "run_checks",
     "run_merge",
     "validate",
 ]

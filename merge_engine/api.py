@@ -17,12 +17,20 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from merge_engine.card import render_card
+from merge_engine.check import (
+    CheckOptions,
+    CheckReport,
+    behaviour_planned,
+    run_checks,
+    warm_up,
+)
 from merge_engine.errors import MergeEngineError
 from merge_engine.execute.executor import Executor, Progress, Timings, resolve_device
+from merge_engine.io.checkpoint import TensorMeta, read_header
 from merge_engine.io.hub import HubAccess
 from merge_engine.io.sources import Source, open_source
 from merge_engine.plan.build import Plan, build_plan
@@ -51,6 +59,8 @@ class MergeResult:
     device: str
     timings: Timings = field(default_factory=Timings)
     resolve_seconds: float = 0.0
+    checks: CheckReport | None = None
+    """What the check stage found (None: the merge ran without checks)."""
 
 
 def load(recipe: Recipe | str | os.PathLike) -> Recipe:
@@ -78,13 +88,19 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
               random_seed: int | None = None, copy_tokenizer: bool = True,
               progress: Progress | None = None, access: HubAccess | None = None,
               plan: Plan | None = None, card_options: dict | None = None,
-              on_shard_done: Callable[[Path], None] | None = None) -> MergeResult:
+              on_shard_done: Callable[[Path], None] | None = None,
+              checks: CheckOptions | None = None) -> MergeResult:
     """Merge ``recipe`` into ``out_dir`` (which must not exist, or be empty).
 
     ``plan`` skips resolution when the caller already validated; ``card_options`` go to
     :func:`merge_engine.card.render_card` (``hub_url``, ``provenance``, ``repo_id``);
     ``on_shard_done(path)`` is called (from the writer thread) as each output shard is
     complete, e.g. to start uploading it while the merge goes on.
+    ``checks``: run the check stage (:mod:`merge_engine.check`) on the output before it
+    is renamed into place, and record it in the card; a fault raises ``CheckError`` and
+    nothing is written. Shards handed to ``on_shard_done`` stay readable for the checks
+    (hard links) when the behaviour checks will run; otherwise only their headers are
+    checked.
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -98,13 +114,24 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    report = None
+    if checks is not None and checks.behaviour and copy_tokenizer and any(
+            "tokenizer.json" in s.files for s in plan.sources):
+        warm_up()  # the behaviour checks will likely run: import transformers meanwhile
     try:
+        shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer)
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,
-                            progress=progress, on_shard_done=on_shard_done)
+                            progress=progress, on_shard_done=shards.hook)
         files = executor.run()
         plan = dataclasses.replace(plan, warnings=[*plan.warnings, *executor.warnings])
         files += write_side_files(plan, work, copy_tokenizer)
-        (work / "README.md").write_text(render_card(plan, seed=seed, **(card_options or {})))
+        if checks is not None:
+            shards.restore()
+            report = run_checks(work, plan.sources, metas=shards.metas, finite_checked=True,
+                                options=replace(checks, device=str(dev),
+                                                side_files=copy_tokenizer))
+        (work / "README.md").write_text(render_card(plan, seed=seed, checks=report,
+                                                    **(card_options or {})))
         files.append(work / "README.md")
         if out.exists():
             out.rmdir()
@@ -121,8 +148,44 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
         out_dir=out, files=[out / f.name for f in files], method=plan.recipe.merge_method,
         models=model_rows(plan), formula=formula(plan), seed=seed, warnings=plan.warnings,
         output_bytes=plan.output_bytes, parameter_count=plan.parameter_count,
-        device=str(dev), timings=executor.timings, resolve_seconds=resolved,
+        device=str(dev), timings=executor.timings, resolve_seconds=resolved, checks=report,
     )
+
+
+class _ShardKeeper:
+    """Sees each finished shard before ``on_shard_done`` takes it away: keeps a hard link
+    to it when the behaviour checks will need the weights, else records its header."""
+
+    def __init__(self, work: Path, on_shard_done: Callable[[Path], None] | None, plan: Plan,
+                 checks: CheckOptions | None, device, copy_tokenizer: bool):
+        self.on_shard_done = on_shard_done
+        self.kept = work / ".kept"
+        self.metas: dict[str, TensorMeta] | None = None
+        self.keep = False
+        if checks is not None and on_shard_done is not None:
+            has_tokenizer = copy_tokenizer and any(
+                "tokenizer.json" in s.files for s in plan.sources)
+            config = plan.out_config if plan.out_config is not None else plan.sources[0].config
+            self.keep = behaviour_planned(config, plan.parameter_count, has_tokenizer,
+                                          replace(checks, device=str(device)),
+                                          architecture=False) is None
+            self.metas = None if self.keep else {}
+        self.hook = self._hook if on_shard_done is not None else None
+
+    def _hook(self, path: Path) -> None:
+        if self.keep:
+            self.kept.mkdir(exist_ok=True)
+            os.link(path, self.kept / path.name)
+        elif self.metas is not None:
+            self.metas.update(read_header(path))
+        self.on_shard_done(path)
+
+    def restore(self) -> None:
+        """Put the kept shards back in the output directory, for the checks."""
+        if self.kept.is_dir():
+            for path in self.kept.iterdir():
+                path.rename(self.kept.parent / path.name)
+            self.kept.rmdir()
 
 
 def write_side_files(plan: Plan, directory: Path, copy_tokenizer: bool) -> list[Path]:

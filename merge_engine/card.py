@@ -16,6 +16,8 @@ import re
 
 import yaml
 
+from merge_engine.check import CheckReport
+from merge_engine.check.behaviour import TEXT
 from merge_engine.io.sources import Source
 from merge_engine.plan.build import Plan
 from merge_engine.plan.summary import (
@@ -286,8 +288,30 @@ def _slices_table(plan: Plan, hub: str, heading: str = "## Slices") -> list[str]
     return lines
 
 
+def _checks_section(report: CheckReport) -> list[str]:
+    """The check stage's results: structural lines, perplexities, the sample generation."""
+    lines = ["## Checks", "", "Checked before publishing:", ""]
+    lines += [f"- {line}" for line in report.structure]
+    lines += [f"- skipped: {line}" for line in report.skipped]
+    if report.perplexity is not None:
+        lines += ["", f"Perplexity on a built-in English paragraph ({len(TEXT.split())} words; "
+                  "lower is better):", "", "| model | perplexity |", "| --- | --- |",
+                  f"| this merge | {report.perplexity:.2f} |"]
+        lines += [f"| {s.name} | " + (f"{s.perplexity:.2f}" if s.perplexity is not None
+                                      else s.note) + " |" for s in report.sources]
+        if report.limit is not None:
+            lines += ["", f"Limit: {report.limit:.2f}"
+                      + (" (exceeded; the submission allowed it)." if report.allowed_high
+                         else ".")]
+    if report.generation is not None:
+        lines += ["", "Greedy generation:", "", "```text",
+                  f"{report.prompt}{report.generation}", "```"]
+    return lines
+
+
 def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = None,
-                provenance: str | None = None, repo_id: str | None = None) -> str:
+                provenance: str | None = None, repo_id: str | None = None,
+                checks: CheckReport | None = None) -> str:
     """The whole README.md."""
     hub = (hub_url or DEFAULT_HUB).rstrip("/")
     rows = model_rows(plan)
@@ -319,6 +343,8 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
         lines += ["", *_slices_table(plan, hub)]
     for part in modules:
         lines += ["", *_module_section(part, hub)]
+    if checks is not None:
+        lines += ["", *_checks_section(checks)]
     seed_flag = f" --random-seed {seed}" if seed is not None else ""
     lines += [
         "", "## Recipe", "", "```yaml", plan.recipe.text.rstrip(), "```", "",

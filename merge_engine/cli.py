@@ -1,5 +1,5 @@
-"""``merge-engine run RECIPE OUT``, ``merge-engine validate RECIPE`` and
-``merge-engine extract-lora MODEL BASE OUT``.
+"""``merge-engine run RECIPE OUT``, ``merge-engine validate RECIPE``,
+``merge-engine check DIR`` and ``merge-engine extract-lora MODEL BASE OUT``.
 
 Exit codes: 0 done, 2 a mistake in the recipe or the input models, 1 a runtime failure,
 130 interrupted. Errors are one line on stderr; ``-v`` adds the traceback.
@@ -12,8 +12,17 @@ import logging
 import re
 import sys
 import traceback
+from pathlib import Path
 
-from merge_engine.api import DEFAULT_SHARD_BYTES, run_merge, validate
+from merge_engine.api import (
+    DEFAULT_SHARD_BYTES,
+    RECIPE_NAME,
+    load,
+    open_sources,
+    run_merge,
+    validate,
+)
+from merge_engine.check import CheckOptions, run_checks
 from merge_engine.errors import MergeEngineError
 from merge_engine.execute import resolve_device
 from merge_engine.extract import extract_lora
@@ -59,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed for random methods (dare, della); recorded in the card")
     run.add_argument("--no-copy-tokenizer", action="store_true",
                      help="do not copy the base model's tokenizer files")
+    run.add_argument("--check", action="store_true",
+                     help="check the merged model before writing it (see 'check')")
+    _check_options(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     run.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     check = sub.add_parser("validate", help="check RECIPE from headers only and print the plan")
@@ -76,7 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                       help="dtype of the adapter's factors")
     lora.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    inspect = sub.add_parser(
+        "check", help="check a merged model directory: structure, then perplexity and a "
+                      "generation against its sources (from its mergekit_config.yml)")
+    inspect.add_argument("directory")
+    inspect.add_argument("--no-sources", action="store_true",
+                         help="do not open the sources named in the directory's recipe")
+    inspect.add_argument("--device", default="cpu", help="cpu or cuda")
+    _check_options(inspect)
+    inspect.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return parser
+
+
+def _check_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--perplexity-factor", type=float, default=3.0,
+                        help="fail when the perplexity exceeds this many times the worst "
+                             "source's (default 3)")
+    parser.add_argument("--allow-high-perplexity", action="store_true",
+                        help="report a perplexity above the limit instead of failing")
+    parser.add_argument("--structure-only", action="store_true",
+                        help="skip the behaviour checks (no transformers, no forward pass)")
+
+
+def _options(args: argparse.Namespace, device: str = "cpu") -> CheckOptions:
+    return CheckOptions(perplexity_factor=args.perplexity_factor,
+                        allow_high_perplexity=args.allow_high_perplexity,
+                        behaviour=not args.structure_only, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         if args.command == "extract-lora":
             return _extract_lora(args)
+        if args.command == "check":
+            return _check(args)
         return _run(args)
     except MergeEngineError as e:
         if args.verbose:
@@ -174,7 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         result = run_merge(args.recipe, args.out, device=args.device,
                            out_shard_size=args.out_shard_size, random_seed=args.random_seed,
                            copy_tokenizer=not args.no_copy_tokenizer,
-                           progress=progress if bar else None)
+                           progress=progress if bar else None,
+                           checks=_options(args) if args.check else None)
     finally:
         if bar:
             bar.close()
@@ -184,5 +224,19 @@ def _run(args: argparse.Namespace) -> int:
         print(result.formula, file=sys.stderr)
         print(f"merged {result.parameter_count:,} parameters on {result.device} in "
               f"{result.timings.wall:.1f}s", file=sys.stderr)
+        for line in result.checks.lines() if result.checks else ():
+            print(line, file=sys.stderr)
     print(result.out_dir)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise MergeEngineError(f"{directory} is not a directory")
+    recipe = directory / RECIPE_NAME
+    sources = [] if args.no_sources or not recipe.is_file() else open_sources(load(recipe))
+    report = run_checks(directory, sources, options=_options(args, args.device))
+    for line in report.lines():
+        print(line)
     return 0

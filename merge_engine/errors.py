@@ -39,3 +39,13 @@ class PlanError(InputError):
 
 class MergeError(MergeEngineError):
     """The merge itself failed at run time (e.g. the math produced NaN or inf)."""
+
+
+class CheckError(InputError):
+    """The merged model failed a check before publishing (exit code 2): a structural fault
+    (config, weights and tokenizer disagree) or a perplexity far above every source's.
+    ``report`` holds the figures measured so far (a ``CheckReport``), when there are any."""
+
+    def __init__(self, msg: str, report: object | None = None):
+        self.report = report
+        super().__init__(msg)

@@ -129,6 +129,7 @@ class Handlers:
         repo_name: str,
         private: bool,
         watch: bool,
+        allow_high_perplexity: bool = False,
         oauth: gr.OAuthToken | None = None,
     ) -> tuple[str, int | None, int | None, gr.Timer]:
         """(message, recipe id, job id, timer) after POST /api/recipes."""
@@ -137,7 +138,8 @@ class Handlers:
             return "Sign in with Hugging Face to submit.", None, None, gr.Timer(active=False)
         try:
             answer = self.client.submit(
-                recipe, token, repo_id=repo_name.strip() or None, private=private, watch=watch
+                recipe, token, repo_id=repo_name.strip() or None, private=private, watch=watch,
+                allow_high_perplexity=allow_high_perplexity,
             )
         except ApiError as exc:
             if exc.errors:
@@ -203,6 +205,8 @@ class Handlers:
             timer = gr.Timer(self.config.poll_seconds, active=True)
         else:  # a watched recipe may get a remerge: look again, less often
             timer = gr.Timer(WATCH_POLL_SECONDS, active=watching)
+        if not card:  # a published job's card has its own Checks section
+            card = render.checks_md(log).lstrip()
         return render.job_md(job, self.config.hub_url), log_text, card, job["id"], timer
 
     # history ----------------------------------------------------------------------------
@@ -264,6 +268,9 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
                 with gr.Row():
                     private = gr.Checkbox(False, label="private")
                     watch = gr.Checkbox(True, label="remerge when a source changes")
+                    allow_high = gr.Checkbox(
+                        False, label="publish even if its perplexity is far above the sources'"
+                    )
                 submit_btn = gr.Button("Submit", variant="primary", elem_id="submit")
                 submit_out = gr.Markdown(elem_id="submit-result")
             with gr.Column(scale=1):
@@ -296,7 +303,7 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
         check_btn.click(h.check, recipe, check_out, api_name="check")
         submit_btn.click(
             h.submit,
-            [recipe, repo_name, private, watch],
+            [recipe, repo_name, private, watch, allow_high],
             [submit_out, recipe_id, job_id, timer],
             api_name="submit",
         ).then(h.job, [recipe_id, job_id], follow_outputs, api_name="after_submit", **hidden)

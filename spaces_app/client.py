@@ -55,9 +55,11 @@ class MergebotClient:
         repo_id: str | None = None,
         private: bool = False,
         watch: bool = True,
+        allow_high_perplexity: bool = False,
     ) -> dict:
         """POST /api/recipes → ``{"recipe_id", "job_id", "repo_id"}``."""
-        body = {"recipe": recipe, "repo_id": repo_id or None, "private": private, "watch": watch}
+        body = {"recipe": recipe, "repo_id": repo_id or None, "private": private, "watch": watch,
+                "allow_high_perplexity": allow_high_perplexity}
         return self._call("POST", "/api/recipes", token, body)
 
     def validate(self, recipe: str, token: str | None) -> dict | None:

@@ -109,6 +109,20 @@ def progress_bar(fraction: float | None, width: int = 20) -> str:
     return "█" * filled + "░" * (width - filled) + f" {fraction * 100:.0f} %"
 
 
+CHECK_PREFIXES = ("check passed: ", "check skipped: ", "perplexity ", "greedy generation: ")
+"""Log lines of the bot's check stage (merge_engine's ``CheckReport.lines``)."""
+
+
+def checks_md(log: list[str] | str) -> str:
+    """The check stage's lines of a job log as a "Checks" block ("" when there are none)."""
+    lines = log if isinstance(log, list) else str(log).splitlines()
+    found = [line for line in lines if line.startswith(CHECK_PREFIXES)]
+    if not found:
+        return ""
+    body = "\n".join(line.replace("`", "'") for line in found)  # shown as text
+    return f"\n\n#### Checks\n\n```text\n{body}\n```"
+
+
 def job_md(job: dict, hub_url: str) -> str:
     """A job's status, stage and progress, sources, and the published commit or error."""
     status = job.get("status", "?")

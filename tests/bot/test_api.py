@@ -185,6 +185,16 @@ def test_bad_bodies(client: TestClient):
     assert answer.status_code == 422 and answer.json()["errors"][0]["loc"] == "watch"
 
 
+def test_allow_high_perplexity_is_a_stored_submission_option(client: TestClient):
+    answer = submit(client, allow_high_perplexity="yes")
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["loc"] == "allow_high_perplexity"
+    assert submit(client).status_code == 201
+    assert client.get("/api/recipes/1").json()["allow_high_perplexity"] is False
+    assert submit(client, allow_high_perplexity=True).status_code == 201
+    assert client.get("/api/recipes/1").json()["allow_high_perplexity"] is True
+
+
 def test_healthz(client: TestClient):
     assert client.get("/healthz").json() == {
         "ok": True,

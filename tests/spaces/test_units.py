@@ -135,6 +135,18 @@ def test_job_md_and_card_md() -> None:
     assert render.card_md("# plain\n") == "# plain\n"
 
 
+def test_checks_md_shows_the_check_lines_of_a_job_log() -> None:
+    log = ["stage: merging", "check passed: config.json matches the weights",
+           "perplexity of the merge: 93.89", "perplexity of a/base: 95.66",
+           "greedy generation: 'The capital' -> 'of `x`'", "committed abc to bot/merged"]
+    shown = render.checks_md(log)
+    assert shown.startswith("\n\n#### Checks\n\n```text\n")
+    assert "check passed: config.json matches the weights\nperplexity of the merge: 93.89\n" \
+        "perplexity of a/base: 95.66\ngreedy generation: 'The capital' -> 'of 'x''\n```" in shown
+    assert "stage: merging" not in shown and "committed" not in shown
+    assert render.checks_md(["stage: merging"]) == ""
+
+
 def test_sizes_and_history_rows() -> None:
     assert render.size(999) == "999 B" and render.size(5_700_000) == "5.7 MB"
     rows = render.history_rows(
@@ -191,7 +203,8 @@ def test_client_sends_the_bearer_token() -> None:
         httpx2.Client = original
     assert answer["job_id"] == 2
     assert seen["auth"] == "Bearer hf_tok"
-    assert seen["body"] == {"recipe": "x: 1\n", "repo_id": "m", "private": False, "watch": True}
+    assert seen["body"] == {"recipe": "x: 1\n", "repo_id": "m", "private": False, "watch": True,
+                            "allow_high_perplexity": False}
 
 
 def local_recipe(family: list[Path]) -> str:

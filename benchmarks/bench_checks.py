@@ -1,0 +1,92 @@
+"""What the check stage adds to a merge: ``merge-engine run`` with and without ``--check``.
+
+    python benchmarks/bench_checks.py --family 0.2b [--repeat 3] [--data bench-data]
+
+The family is the engine benchmark's (generated under --data and reused), each model given
+a word-level tokenizer of the family's 32,000-token vocabulary that covers the checks'
+built-in text, so the behaviour checks run in full: the weights against the architecture,
+the merge's perplexity and greedy generation, and the perplexity of each of the three
+sources. Three fresh processes alternate ``--repeat`` times (interpreter and torch
+start-up included): the merge alone, the merge with ``--check --structure-only``, the
+merge with ``--check``; medians are reported. The recipe is bench_merge.py's
+(task_arithmetic, weights 1.0 and 0.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from bench_merge import FAMILIES, recipe_text
+from procs import wall_and_peak_rss
+
+from merge_engine.check.behaviour import PROMPT, TEXT
+from merge_engine.synth import write_family
+
+CONFIGS = {"merge": [], "structure": ["--check", "--structure-only"], "full": ["--check"]}
+
+
+def write_tokenizer(path: Path, size: int) -> None:
+    """A word-level tokenizer of ``size`` ids: specials, the check text's words, fillers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted(set((TEXT + " " + PROMPT).replace(".", " . ").replace(",", " , ").split()))
+    specials = ["<unk>", "<s>", "</s>"]
+    names = specials + words
+    names += [f"w{i}" for i in range(size - len(names))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(names)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<unk>",
+        "bos_token": "<s>", "eos_token": "</s>"}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=FAMILIES, default="0.2b")
+    parser.add_argument("--data", type=Path, default=Path("bench-data"))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    shape = FAMILIES[args.family]
+    root = args.data / args.family
+    models = [root / "base", root / "donor-1", root / "donor-2"]
+    if not (root / "donor-2" / "config.json").exists():
+        print(f"generating the {args.family} family under {root} ...", file=sys.stderr)
+        write_family(root, shape, donors=2, delta_scale=0.002, shard_bytes=1_000_000_000)
+    for model in models:
+        if not (model / "tokenizer.json").exists():
+            write_tokenizer(model, shape.vocab)
+    recipe = root / "recipe-checks.yml"
+    recipe.write_text(recipe_text("task_arithmetic", models))
+    out = args.data / f"out-{args.family}-checks"
+    walls: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    peaks: dict[str, int] = dict.fromkeys(CONFIGS, 0)
+    for _ in range(args.repeat):
+        for name, flags in CONFIGS.items():
+            shutil.rmtree(out, ignore_errors=True)
+            wall, peak = wall_and_peak_rss(
+                [sys.executable, "-m", "merge_engine", "run", str(recipe), str(out),
+                 "--device", "cpu", "--quiet", "--random-seed", "0", *flags])
+            walls[name].append(wall)
+            peaks[name] = max(peaks[name], peak)
+    merge = statistics.median(walls["merge"])
+    figures = {"family": args.family, "cpus": os.cpu_count(), "runs": args.repeat}
+    for name in CONFIGS:
+        wall = statistics.median(walls[name])
+        figures[name] = {"wall_s": round(wall, 2),
+                         "range_s": [round(min(walls[name]), 2), round(max(walls[name]), 2)],
+                         "added_pct": round(100 * (wall - merge) / merge, 1),
+                         "peak_rss_mb": round(peaks[name] / 1e6)}
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Behaviour checks with transformers: the weights' shapes against the architecture built
+from config.json, one forward pass, the perplexity of a built-in paragraph, and a short
+greedy generation.
+
+Perplexity of token ids ``x_0..x_n`` is ``exp(-1/n * sum_{i>=1} log p(x_i | x_<i))``,
+computed in float32 from one forward pass. Models are loaded from local files only,
+without remote code (``trust_remote_code`` stays off); transformers is imported when a
+check first needs it (it takes seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from merge_engine.errors import CheckError
+from merge_engine.io.checkpoint import TensorMeta
+from merge_engine.tokenizer.files import tokenizers_module
+
+TEXT = (
+    "The old lighthouse stood at the end of the harbour wall, and every evening the keeper "
+    "climbed its narrow stairs to light the lamp. Fishing boats came home by its beam, and "
+    "the children of the town learned to tell the time by the moment it first swept across "
+    "the water. When the keeper grew old, his daughter took the keys, and the light never "
+    "missed a night."
+)
+"""The paragraph whose perplexity is measured (written for this project)."""
+PROMPT = "The capital of France is"
+NEW_TOKENS = 12
+MAX_TOKENS = 128
+BYTES_PER_PARAMETER = 4
+"""float32 weights while checking."""
+HEADROOM = 1.5
+IMPORT_LOCK = threading.Lock()
+"""transformers' lazy modules are not safe to import from two threads at once
+(:func:`warm_up` imports it in the background): every use goes through
+:func:`transformers_module`, which imports under this lock."""
+
+
+def transformers_module():
+    with IMPORT_LOCK:
+        import transformers
+        from transformers.models.auto import modeling_auto  # noqa: F401 - loaded here
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def warm_up() -> None:
+    """Import transformers in a background thread, so that its seconds of import overlap
+    the merge (the checks' own import then finds it loaded, or waits for it)."""
+    threading.Thread(target=_import_quietly, name="import-transformers", daemon=True).start()
+
+
+def _import_quietly() -> None:
+    with contextlib.suppress(ImportError):  # the checks say so themselves
+        transformers_module()
+
+
+def unsupported(config: dict) -> str | None:
+    """Why transformers cannot build a causal LM from ``config`` here (None: it can)."""
+    if config.get("auto_map"):
+        return "the architecture needs remote code, which is never run"
+    model_type = config.get("model_type")
+    if not model_type:
+        return "config.json has no model_type"
+    try:
+        transformers = transformers_module()
+    except ImportError:
+        return "transformers is not installed (pip install transformers)"
+    names = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if model_type not in names:
+        return f"transformers has no causal LM for model_type {model_type!r}"
+    return None
+
+
+def available_bytes(device: str) -> int:
+    """Free memory for the model: the GPU's free memory, else MemAvailable."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def too_large(parameters: int, device: str) -> str | None:
+    need = int(parameters * BYTES_PER_PARAMETER * HEADROOM)
+    free = available_bytes(device)
+    if need > free:
+        return (f"the model needs about {need / 1e9:.1f} GB to run but {free / 1e9:.1f} GB "
+                f"are free on {device}")
+    return None
+
+
+def check_shapes(config: dict, metas: dict[str, TensorMeta]) -> str:
+    """Every tensor the architecture expects is on disk with the shape it expects (built
+    on the meta device: no memory, no initialisation)."""
+    transformers = transformers_module()
+    cfg = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    arch = type(model).__name__
+    tied = {k for k, v in model.state_dict(keep_vars=True).items()
+            if getattr(cfg, "tie_word_embeddings", False)
+            and v is model.get_output_embeddings().weight}
+    for name, tensor in model.state_dict().items():
+        if name not in metas:
+            if name in tied:
+                continue
+            raise CheckError(f"tensor {name} that {arch} expects from config.json is not on "
+                             "disk")
+        if tuple(tensor.shape) != metas[name].shape:
+            raise CheckError(f"tensor {name} has shape {list(metas[name].shape)} on disk but "
+                             f"{arch} expects {list(tensor.shape)} from config.json")
+    return f"every tensor {arch} expects is on disk with its shape"
+
+
+@contextmanager
+def cpu_threads():
+    """Torch uses all cores but one while checking (the executor left one thread per
+    worker). Torch's OpenMP threads spin while they wait: on a busy 2-core machine, two
+    threads ran the tiny test model's checks 3-8x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load(directory: Path, device: str):
+    transformers = transformers_module()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, dtype=torch.float32, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckError(f"transformers cannot load the model in {directory}: "
+                         f"{str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def tokenizer(directory: Path):
+    return tokenizers_module().Tokenizer.from_file(str(directory / "tokenizer.json"))
+
+
+def perplexity(model, ids: list[int]) -> float:
+    """exp of the mean negative log-likelihood of ``ids[1:]`` given their prefixes."""
+    x = torch.tensor([ids], device=model.device)
+    logits = model(input_ids=x).logits[0, :-1].float()
+    if not torch.isfinite(logits).all():
+        raise CheckError("the forward pass of the merged model produced NaN or infinite "
+                         "logits")
+    nll = torch.nn.functional.cross_entropy(logits, x[0, 1:])
+    return math.exp(min(nll.item(), 700.0))
+
+
+def greedy(model, ids: list[int], new_tokens: int) -> list[int]:
+    """Up to ``new_tokens`` most likely next tokens, one at a time (stops at EOS)."""
+    x = torch.tensor([ids], device=model.device)
+    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x),
+                         max_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                         pad_token_id=model.config.eos_token_id or 0)
+    return out[0, len(ids):].tolist()
+
+
+def measure(directory: Path, device: str, *, generate: bool) -> tuple[float, str | None]:
+    """(perplexity of :data:`TEXT`, greedy continuation of :data:`PROMPT` when
+    ``generate``) of the model in ``directory``."""
+    tok = tokenizer(directory)
+    ids = tok.encode(TEXT).ids[:MAX_TOKENS]
+    if len(ids) < 2:
+        raise CheckError(f"the tokenizer in {directory} encodes the check text to "
+                         f"{len(ids)} token(s)")
+    with cpu_threads(), torch.inference_mode():
+        model = load(directory, device)
+        value = perplexity(model, ids)
+        text = None
+        if generate:
+            prompt = tok.encode(PROMPT).ids
+            text = tok.decode(greedy(model, prompt, NEW_TOKENS), skip_special_tokens=False)
+        del model
+    return value, text
