@@ -30,7 +30,8 @@ from merge_engine.check import (
 )
 from merge_engine.errors import MergeEngineError
 from merge_engine.execute.executor import Executor, Progress, Timings, resolve_device
-from merge_engine.io.checkpoint import TensorMeta, read_header
+from merge_engine.io.checkpoint import TensorMeta
+from merge_engine.io.headers import read_header
 from merge_engine.io.hub import HubAccess
 from merge_engine.io.sources import Source, open_source
 from merge_engine.plan.build import Plan, build_plan

@@ -17,8 +17,9 @@ from safetensors import safe_open
 
 from merge_engine.errors import CheckError
 from merge_engine.execute.executor import not_finite
-from merge_engine.io.checkpoint import TensorMeta, read_header, weight_files
+from merge_engine.io.checkpoint import TensorMeta
 from merge_engine.io.sources import Source
+from merge_engine.io.weights import local_tensors
 from merge_engine.tokenizer.files import tokenizers_module
 from merge_engine.tokenizer.vocab import source_template
 
@@ -38,14 +39,8 @@ def read_json(path: Path) -> dict:
 
 
 def disk_tensors(directory: Path) -> dict[str, TensorMeta]:
-    """Every tensor's metadata from the safetensors headers of ``directory``."""
-    files = sorted(p.name for p in directory.iterdir())
-    metas: dict[str, TensorMeta] = {}
-    for name in weight_files(directory, files):
-        if not (directory / name).is_file():
-            raise CheckError(f"{directory} lists {name} in its index but the file is missing")
-        metas.update(read_header(directory / name))
-    return metas
+    """Every tensor's metadata from the weight files' headers of ``directory``."""
+    return local_tensors(directory, sorted(p.name for p in directory.iterdir()))
 
 
 def text_config(config: dict) -> dict:

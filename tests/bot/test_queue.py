@@ -306,9 +306,11 @@ def test_migrating_a_version_1_database_keeps_its_jobs(fresh, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(module, "MIGRATIONS", module.MIGRATIONS[:1])
         assert old.migrate() == 1
-        with old.write() as conn:  # a job of version 1, without the later columns
-            recipe = old.add_recipe(conn, owner="alice", yaml="x", repo_id="bot/m",
-                                    private=False, watch=False, sources=[])
+        with old.write() as conn:  # a recipe and a job of version 1, without later columns
+            recipe = conn.execute(
+                "INSERT INTO recipes (owner, yaml, repo_id, private, watch, sources, created_at,"
+                " updated_at) VALUES ('alice', 'x', 'bot/m', 0, 0, '[]', 0, 0) RETURNING id"
+            ).fetchone()["id"]
             conn.execute("INSERT INTO jobs (recipe_id, owner, trigger, status, created_at)"
                          " VALUES (?, 'alice', 't', 'queued', 0)", (recipe,))
     assert old.migrate() == MIGRATIONS[-1][0]
