@@ -1,7 +1,8 @@
 """The REST API under ``/api`` (used by the UI and ``mergebot submit``/``status``).
 
-    POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?} → 201
-                                    {"recipe_id", "job_id", "repo_id"}
+    POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?, "force"?}
+                                    → 201 {"recipe_id", "job_id", "repo_id"}; the same
+                                    recipe again is merged only if a source moved or force
     GET  /api/recipes?owner=NAME    recipes, newest first
     GET  /api/recipes/{id}          a recipe with its latest jobs
     POST /api/recipes/{id}/remerge  {"force"?: bool} → 202 {"job_id", "absorbed"}
@@ -63,7 +64,7 @@ from merge_engine import (
 from . import queue
 from .settings import Settings
 from .store import Store
-from .validation import error_item, line_of, summary
+from .validation import error_item, line_of, source_loc, summary
 from .webhooks import read_body
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -190,9 +191,19 @@ def _bearer(request: Request) -> str | None:
     return token.strip() or None
 
 
-async def _json(request: Request, limit: int) -> dict:
+def recipe_too_large(limit: int) -> ApiError:
+    """413 for a recipe over ``limit`` bytes: the same sentence whether its size is known
+    or its request body was cut off first."""
+    return ApiError(413, f"the recipe is over the size limit; the limit is {limit} bytes")
+
+
+async def _json(request: Request, limit: int, *, recipe_limit: int | None = None) -> dict:
+    """The JSON object body; 413 past ``limit`` bytes (said as the recipe's limit, when
+    the body carries a recipe of at most ``recipe_limit`` bytes)."""
     raw = await read_body(request, limit)
     if raw is None:
+        if recipe_limit is not None:
+            raise recipe_too_large(recipe_limit)
         raise ApiError(413, f"the request body is larger than {limit} bytes")
     if not raw:
         return {}
@@ -226,23 +237,27 @@ class Submission:
     repo_id: str | None
     private: bool
     watch: bool
+    force: bool = False
+    """Merge even when the recipe and its sources' revisions are unchanged."""
 
 
 def parse_submission(body: dict, settings: Settings) -> Submission:
     """Field types and the recipe size limit."""
     text = body.get("recipe")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
         raise recipe_errors(("recipe", "'recipe' must be the recipe's YAML text"))
-    size = len(text.encode())
-    if size > settings.max_recipe_bytes:
-        raise ApiError(413, f"the recipe is {size} bytes; the limit is {settings.max_recipe_bytes}")
+    if not text.strip():
+        raise recipe_errors(("", "the recipe is empty; write a mergekit YAML recipe"))
+    if len(text.encode()) > settings.max_recipe_bytes:
+        raise recipe_too_large(settings.max_recipe_bytes)
     repo_id = body.get("repo_id")
     if repo_id is not None and not isinstance(repo_id, str):
         raise recipe_errors(("repo_id", "'repo_id' must be a string like 'owner/name'"))
-    for flag in ("private", "watch"):
+    for flag in ("private", "watch", "force"):
         if not isinstance(body.get(flag, False), bool):
             raise recipe_errors((flag, f"'{flag}' must be true or false"))
-    return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False))
+    return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False),
+                      body.get("force", False))
 
 
 def hub_sources(recipe: Recipe) -> list[str]:
@@ -311,7 +326,8 @@ def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
         line = getattr(exc, "line", None) or line_of(recipe, exc.loc)
         raise recipe_errors((exc.loc, exc.msg, line)) from None
     except InputError as exc:
-        raise recipe_errors(("", str(exc))) from None
+        loc = source_loc(recipe, str(exc))
+        raise recipe_errors((loc, str(exc), line_of(recipe, loc))) from None
     except MergeEngineError as exc:
         raise ApiError(502, f"could not check the recipe against the Hub: {exc}") from None
     total = plan.parameter_count * max(len(plan.sources), 1)
@@ -326,7 +342,7 @@ def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
     return plan
 
 
-def check_bot_can_read(sources: list[str], settings: Settings) -> None:
+def check_bot_can_read(recipe: Recipe, sources: list[str], settings: Settings) -> None:
     """422 when the bot's token cannot see a source (it reads them when merging)."""
     api = HfApi(endpoint=settings.endpoint, token=settings.token)
     for repo in sources:
@@ -335,9 +351,9 @@ def check_bot_can_read(sources: list[str], settings: Settings) -> None:
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if status in (401, 403, 404):
-                raise recipe_errors(
-                    ("", f"the bot cannot read {repo}; make it public or give the bot access")
-                ) from None
+                loc = source_loc(recipe, repo)
+                msg = f"the bot cannot read {repo}; make it public or give the bot access"
+                raise recipe_errors((loc, msg, line_of(recipe, loc))) from None
             raise ApiError(502, f"could not look up {repo} on the Hub (HTTP {status})") from None
 
 
@@ -356,7 +372,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     if existing is not None and existing.owner != user:
         raise ApiError(409, f"{repo_id} is already published by another user's recipe")
     preflight(recipe, settings, token)
-    check_bot_can_read(sources, settings)
+    check_bot_can_read(recipe, sources, settings)
     with store.write() as db:
         if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
             raise ApiError(
@@ -373,15 +389,31 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
             "watch": sub.watch,
             "sources": sources,
         }
+        force = True
         if existing is None:
             recipe_id = store.add_recipe(db, owner=user, repo_id=repo_id, **fields)
             trigger = f"submitted by @{user}"
+        elif unchanged(existing, sub):  # the worker skips it if the sources did not move
+            recipe_id, force = existing.id, sub.force
+            store.set_watch(db, recipe_id, sub.watch)
+            trigger = f"submitted again unchanged by @{user}"
         else:
             recipe_id = existing.id
             store.replace_recipe(db, recipe_id, **fields)
             trigger = f"recipe updated by @{user}"
-        job_id, _ = queue.enqueue(db, recipe_id, user, trigger, force=True)
+        job_id, _ = queue.enqueue(db, recipe_id, user, trigger, force=force)
     return {"recipe_id": recipe_id, "job_id": job_id, "repo_id": repo_id}
+
+
+def unchanged(existing, sub: Submission) -> bool:
+    """Is a submission the stored recipe again (same YAML and visibility, merged before)?"""
+    return (
+        not existing.deleted
+        and not existing.broken
+        and existing.yaml == sub.recipe_text
+        and existing.private == sub.private
+        and existing.last_shas is not None
+    )
 
 
 def check_recipe(services: Services, token: str | None, body: dict) -> dict:
@@ -405,7 +437,8 @@ def check_recipe(services: Services, token: str | None, body: dict) -> dict:
 @_endpoint
 async def post_recipe(request: Request) -> JSONResponse:
     services = _services(request)
-    body = await _json(request, services.settings.max_recipe_bytes * 2 + 4096)
+    limit = services.settings.max_recipe_bytes
+    body = await _json(request, limit * 2 + 4096, recipe_limit=limit)
     result = await run_in_threadpool(submit_recipe, services, _bearer(request), body)
     return JSONResponse(result, status_code=201, background=BackgroundTask(services.after_submit))
 
@@ -413,7 +446,8 @@ async def post_recipe(request: Request) -> JSONResponse:
 @_endpoint
 async def post_validate(request: Request) -> JSONResponse:
     services = _services(request)
-    body = await _json(request, services.settings.max_recipe_bytes * 2 + 4096)
+    limit = services.settings.max_recipe_bytes
+    body = await _json(request, limit * 2 + 4096, recipe_limit=limit)
     try:
         result = await run_in_threadpool(check_recipe, services, _bearer(request), body)
     except ApiError as exc:

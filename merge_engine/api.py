@@ -102,7 +102,9 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
                             progress=progress, on_shard_done=on_shard_done)
         files = executor.run()
         files += write_side_files(plan, work, copy_tokenizer)
-        (work / "README.md").write_text(render_card(plan, seed=seed, **(card_options or {})))
+        tokenizer = any(path.name in TOKENIZER_FILES for path in files)
+        card = render_card(plan, seed=seed, tokenizer=tokenizer, **(card_options or {}))
+        (work / "README.md").write_text(card)
         files.append(work / "README.md")
         if out.exists():
             out.rmdir()

@@ -55,9 +55,13 @@ class MergebotClient:
         repo_id: str | None = None,
         private: bool = False,
         watch: bool = True,
+        force: bool = False,
     ) -> dict:
-        """POST /api/recipes → ``{"recipe_id", "job_id", "repo_id"}``."""
+        """POST /api/recipes → ``{"recipe_id", "job_id", "repo_id"}``; ``force``: merge even
+        when the recipe and its sources are unchanged since its last merge."""
         body = {"recipe": recipe, "repo_id": repo_id or None, "private": private, "watch": watch}
+        if force:
+            body["force"] = True
         return self._call("POST", "/api/recipes", token, body)
 
     def validate(self, recipe: str, token: str | None) -> dict | None:
