@@ -42,15 +42,15 @@ THEME = gr.themes.Default(
 )
 """System fonts only: the default theme would fetch fonts from the internet."""
 CSS = """
-#card table, #check-result table, #job table { display: block; overflow-x: auto; }
-#card td, #card th, #check-result td, #check-result th {
+#card, #check-result { overflow-x: auto; }
+#card td, #check-result td {
   word-break: normal; overflow-wrap: normal; white-space: nowrap;
 }
+#card th, #check-result th { word-break: normal; overflow-wrap: normal; }
 #card pre, #check-result pre { white-space: pre; overflow-x: auto; }
-#history td:last-child { cursor: pointer; color: var(--link-text-color); }
 """
-"""Tables in the card and the check scroll sideways rather than wrap words letter by
-letter in a half-width column; the history's action cell looks clickable."""
+"""Words in the card's and the check's tables stay whole (no "ro / le" in a half-width
+column); what does not fit scrolls sideways."""
 HISTORY_POLL_SECONDS = 5.0
 """How often the History table refreshes itself."""
 

@@ -5,6 +5,8 @@ Pure functions from the API's JSON (and the recipe text) to strings; no I/O.
 
 from __future__ import annotations
 
+import re
+
 FINISHED = ("succeeded", "failed", "skipped")
 _STATUS_MARK = {"queued": "…", "running": "●", "succeeded": "✓", "failed": "✗", "skipped": "–"}
 """Plain symbols that common fonts have (no emoji font needed)."""
@@ -164,8 +166,14 @@ def job_md(job: dict, hub_url: str) -> str:
     return "\n\n".join(parts)
 
 
+_SHA_LINK = re.compile(r"\[`([0-9a-f]{12})[0-9a-f]{28}`\]\(")
+
+
 def card_md(readme: str) -> str:
-    """A model card for ``gr.Markdown``: its body, then its YAML front matter as code."""
+    """A model card for ``gr.Markdown``: its body, then its YAML front matter as code.
+    Links shown as a full commit SHA show its first 12 characters (the link keeps all 40),
+    so the models table fits a half-width column."""
+    readme = _SHA_LINK.sub(r"[`\1`](", readme)
     if readme.startswith("---\n"):
         end = readme.find("\n---", 4)
         if end != -1:

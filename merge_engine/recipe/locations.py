@@ -79,6 +79,9 @@ def load_yaml(text: str) -> tuple[object, dict[str, int]]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         context, problem = getattr(e, "context", None), getattr(e, "problem", None)
         problem = "; ".join(p for p in (context, problem) if p) or str(e)
-        raise RecipeError("", f"invalid YAML{where}: {problem}") from None
+        err = RecipeError("", f"invalid YAML{where}: {problem}")
+        # the line shown around it: the end of the text when the problem is its end
+        err.line = min(mark.line + 1, max(len(text.splitlines()), 1)) if mark else None
+        raise err from None
     finally:
         loader.dispose()

@@ -124,6 +124,9 @@ def test_job_md_and_card_md() -> None:
     card = render.card_md("---\nlicense: mit\n---\n\n# Title\n")
     assert card.startswith("# Title\n") and card.endswith("```yaml\nlicense: mit\n```\n")
     assert render.card_md("# plain\n") == "# plain\n"
+    sha = "0123456789ab" + "c" * 28
+    row = render.card_md(f"| a/b | [`{sha}`](http://hub/a/b/commit/{sha}) |\n")
+    assert row == f"| a/b | [`0123456789ab`](http://hub/a/b/commit/{sha}) |\n"
 
 
 def test_sizes_and_history_rows() -> None:
