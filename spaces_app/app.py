@@ -235,8 +235,10 @@ class Handlers:
             recipes = self.client.recipes(owner, token)
         except ApiError as exc:
             return render.message_md(str(exc)), []
-        caption = f"Recipes of **{owner}**" if owner else "Public recipes"
-        caption += f" · select *{render.REMERGE}* in a row to merge that recipe again"
+        caption = "Public recipes"
+        if owner:  # remerging is for a recipe's owner
+            caption = (f"Recipes of **{owner}** · select *{render.REMERGE}* in a row to "
+                       "merge that recipe again")
         return caption, render.history_rows(recipes)
 
     def pick(self, evt: gr.SelectData) -> int | None:

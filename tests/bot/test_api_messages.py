@@ -106,3 +106,13 @@ def test_commit_titles_keep_a_repo_ids_case():
     assert _commit_title(job) == "Submitted by @alice"
     moved = replace(job, trigger="demo/donor-1 main moved to 0123456789ab", triggers=2)
     assert _commit_title(moved) == "demo/donor-1 main moved to 0123456789ab (+1 more)"
+
+
+def test_submit_without_repo_names_it_after_the_recipe_file(tmp_path):
+    from pathlib import Path
+
+    from bot.cli import _default_repo
+
+    assert _default_repo("name: kept\nmerge_method: linear\n", Path("x.yml")) is None
+    assert _default_repo("merge_method: linear\n", Path("my seed recipe.yml")) == "my-seed-recipe"
+    assert _default_repo("merge_method: [\n", Path("a..b.yml")) == "a-b"
