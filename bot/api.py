@@ -1,8 +1,9 @@
 """The REST API under ``/api`` (used by the UI and ``mergebot submit``/``status``).
 
-    POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?,
+    POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?, "force"?,
                                      "allow_high_perplexity"?} → 201
-                                    {"recipe_id", "job_id", "repo_id"}
+                                    {"recipe_id", "job_id", "repo_id"}; the same recipe
+                                    again is merged only if a source moved or force
     GET  /api/recipes?owner=NAME    recipes, newest first
     GET  /api/recipes/{id}          a recipe with its latest jobs
     POST /api/recipes/{id}/remerge  {"force"?: bool} → 202 {"job_id", "absorbed"}
@@ -67,7 +68,7 @@ from . import queue
 from .errors import public_message
 from .settings import Settings
 from .store import Store
-from .validation import error_item, line_of, summary
+from .validation import error_item, line_of, source_loc, summary
 from .webhooks import read_body
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -243,13 +244,17 @@ class Submission:
     watch: bool
     allow_high_perplexity: bool = False
     """Publish even when the checks find the merge's perplexity far above its sources'."""
+    force: bool = False
+    """Merge even when the recipe and its sources' revisions are unchanged."""
 
 
 def parse_submission(body: dict, settings: Settings) -> Submission:
     """Field types and the recipe size limit."""
     text = body.get("recipe")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
         raise recipe_errors(("recipe", "'recipe' must be the recipe's YAML text"))
+    if not text.strip():
+        raise recipe_errors(("", "the recipe is empty; write a mergekit YAML recipe"))
     try:
         recipe_limits(settings).check_size(text)
     except RecipeError as exc:
@@ -257,11 +262,11 @@ def parse_submission(body: dict, settings: Settings) -> Submission:
     repo_id = body.get("repo_id")
     if repo_id is not None and not isinstance(repo_id, str):
         raise recipe_errors(("repo_id", "'repo_id' must be a string like 'owner/name'"))
-    for flag in ("private", "watch", "allow_high_perplexity"):
+    for flag in ("private", "watch", "allow_high_perplexity", "force"):
         if not isinstance(body.get(flag, False), bool):
             raise recipe_errors((flag, f"'{flag}' must be true or false"))
     return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False),
-                      body.get("allow_high_perplexity", False))
+                      body.get("allow_high_perplexity", False), body.get("force", False))
 
 
 def hub_sources(recipe: Recipe) -> list[str]:
@@ -334,7 +339,9 @@ def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
         line = getattr(exc, "line", None) or line_of(recipe, exc.loc)
         raise recipe_errors((exc.loc, public_message(exc.msg), line)) from None
     except InputError as exc:
-        raise recipe_errors(("", public_message(str(exc)))) from None
+        message = public_message(str(exc))
+        loc = source_loc(recipe, message)
+        raise recipe_errors((loc, message, line_of(recipe, loc))) from None
     except MergeEngineError as exc:
         raise ApiError(502, "could not check the recipe against the Hub: "
                        + public_message(str(exc))) from None
@@ -350,7 +357,7 @@ def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
     return plan
 
 
-def check_bot_can_read(sources: list[str], settings: Settings) -> None:
+def check_bot_can_read(recipe: Recipe, sources: list[str], settings: Settings) -> None:
     """422 when the bot's token cannot see a source (it reads them when merging)."""
     api = HfApi(endpoint=settings.endpoint, token=settings.token)
     for repo in sources:
@@ -359,9 +366,9 @@ def check_bot_can_read(sources: list[str], settings: Settings) -> None:
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if status in (401, 403, 404):
-                raise recipe_errors(
-                    ("", f"the bot cannot read {repo}; make it public or give the bot access")
-                ) from None
+                loc = source_loc(recipe, repo)
+                msg = f"the bot cannot read {repo}; make it public or give the bot access"
+                raise recipe_errors((loc, msg, line_of(recipe, loc))) from None
             raise ApiError(502, f"could not look up {repo} on the Hub (HTTP {status})") from None
 
 
@@ -380,7 +387,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     if existing is not None and existing.owner != user:
         raise ApiError(409, f"{repo_id} is already published by another user's recipe")
     preflight(recipe, settings, token)
-    check_bot_can_read(sources, settings)
+    check_bot_can_read(recipe, sources, settings)
     with store.write() as db:
         db.lock(f"owner:{user}")  # quota and repo checks hold until commit (Postgres)
         db.lock(f"repo:{repo_id}")
@@ -400,15 +407,31 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
             "sources": sources,
             "allow_high_perplexity": sub.allow_high_perplexity,
         }
+        force = True
         if existing is None:
             recipe_id = store.add_recipe(db, owner=user, repo_id=repo_id, **fields)
             trigger = f"submitted by @{user}"
+        elif unchanged(existing, sub):  # the worker skips it if the sources did not move
+            recipe_id, force = existing.id, sub.force
+            store.set_watch(db, recipe_id, sub.watch)
+            trigger = f"submitted again unchanged by @{user}"
         else:
             recipe_id = existing.id
             store.replace_recipe(db, recipe_id, **fields)
             trigger = f"recipe updated by @{user}"
-        job_id, _ = queue.enqueue(db, recipe_id, user, trigger, force=True)
+        job_id, _ = queue.enqueue(db, recipe_id, user, trigger, force=force)
     return {"recipe_id": recipe_id, "job_id": job_id, "repo_id": repo_id}
+
+
+def unchanged(existing, sub: Submission) -> bool:
+    """Is a submission the stored recipe again (same YAML and visibility, merged before)?"""
+    return (
+        not existing.deleted
+        and not existing.broken
+        and existing.yaml == sub.recipe_text
+        and existing.private == sub.private
+        and existing.last_shas is not None
+    )
 
 
 def check_recipe(services: Services, token: str | None, body: dict) -> dict:

@@ -239,6 +239,23 @@ def _print_api_error(command: str, status: int, answer: dict) -> int:
     return 2 if status in (400, 413, 422) else 1
 
 
+def _default_repo(text: str, path) -> str | None:
+    """None when the recipe has a ``name`` (the bot uses it), else a repo name from the
+    file's name (``my recipe.yml`` -> ``my-recipe``); the bot puts it in its namespace."""
+    import re
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None  # the bot answers with the error's place
+    if isinstance(data, dict) and data.get("name"):
+        return None
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.") or "merged-model"
+    return re.sub(r"-{2,}|\.{2,}", "-", name)[:96]
+
+
 def _run_submit(args: argparse.Namespace) -> int:
     import time
 
@@ -251,8 +268,15 @@ def _run_submit(args: argparse.Namespace) -> int:
         print(f"mergebot submit: cannot read {args.recipe}: {exc}", file=sys.stderr)
         return 2
     url = (args.url or settings.server_url).rstrip("/")
-    body = {"recipe": text, "repo_id": args.repo, "private": args.private, "watch": args.watch,
-            "allow_high_perplexity": args.allow_high_perplexity}
+    repo = args.repo or _default_repo(text, args.recipe)
+    body = {
+        "recipe": text,
+        "repo_id": repo,
+        "private": args.private,
+        "watch": args.watch,
+        "force": args.force,
+        "allow_high_perplexity": args.allow_high_perplexity,
+    }
     try:
         status, answer = _call_api("POST", f"{url}/api/recipes", settings.token, body)
         if status != 201:
@@ -262,8 +286,11 @@ def _run_submit(args: argparse.Namespace) -> int:
         while args.wait:
             status, job = _call_api("GET", f"{url}/api/jobs/{answer['job_id']}", settings.token)
             if status == 200 and job["status"] in ("succeeded", "failed", "skipped"):
+                note = " (unchanged since this commit; --force merges anyway)" * (
+                    job["status"] == "skipped" and bool(job.get("commit"))
+                )
                 print(
-                    f"{job['status']}: {job.get('commit') or job.get('error') or ''}",
+                    f"{job['status']}: {job.get('commit') or job.get('error') or ''}{note}",
                     file=sys.stderr,
                 )
                 return 0 if job["status"] != "failed" else 1
@@ -286,7 +313,13 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--repo",
         metavar="OWNER/NAME",
-        help="target repo (default: the bot's namespace and the recipe's name)",
+        help="target repo (default: in the bot's namespace, the recipe's `name`, else the "
+        "recipe file's name)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="merge even when the recipe and its sources are unchanged since the last merge",
     )
     parser.add_argument("--watch", action="store_true", help="remerge when a source changes")
     parser.add_argument("--private", action="store_true", help="make the merged repo private")

@@ -404,6 +404,12 @@ class Store:
         )
         self._set_sources(db, recipe_id, sources)
 
+    def set_watch(self, db: sqlite3.Connection, recipe_id: int, watch: bool) -> None:
+        db.execute(
+            "UPDATE recipes SET watch = ?, updated_at = ? WHERE id = ?",
+            (int(watch), time.time(), recipe_id),
+        )
+
     def _set_sources(self, db: sqlite3.Connection, recipe_id: int, sources: list[str]) -> None:
         db.execute("DELETE FROM recipe_sources WHERE recipe_id = ?", (recipe_id,))
         db.executemany(

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import re
+
 from merge_engine import Recipe
 from merge_engine import plan_json as summary
 
-__all__ = ["error_item", "line_of", "summary"]
+__all__ = ["error_item", "line_of", "source_loc", "summary"]
 
 
 def error_item(loc: str, msg: str, line: int | None = None) -> dict:
@@ -28,3 +30,17 @@ def line_of(recipe: Recipe, loc: str) -> int | None:
     if where.endswith(")") and "(line " in where:
         return int(where.rsplit("(line ", 1)[1][:-1])
     return None
+
+
+def source_loc(recipe: Recipe, message: str) -> str:
+    """The YAML path of the model a message names (``models[1].model``, ``base_model``),
+    the longest repo id found in it; ``""`` when it names none."""
+    best, best_len = "", 0
+    for model in recipe.inputs():
+        loc = model.loc if model.loc == "base_model" else f"{model.loc}.model"
+        for ref in (model.ref, model.ref.lora):
+            if ref is None or len(ref.path) <= best_len:
+                continue
+            if re.search(rf"(?<![\w./-]){re.escape(ref.path)}(?![\w/-])", message):
+                best, best_len = loc, len(ref.path)
+    return best

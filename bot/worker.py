@@ -7,7 +7,8 @@ Contracts of :meth:`Worker.process`:
   makes ``merge_and_publish`` reuse a commit the dead attempt already made, so the target
   repo gets exactly one commit per job.
 - Unless the job is forced, a recipe whose sources' current SHAs equal those of its last
-  good merge ends ``skipped`` without downloading anything.
+  good merge ends ``skipped`` without downloading anything; the job records the commit
+  that already holds this merge, and its log says why.
 - Recipe or source problems (merge_engine ``InputError``) fail the job at once; a
   ``SourceError`` also marks the recipe broken with the reason. Transient failures are
   retried with exponential backoff until ``max_attempts``; anything else fails the job
@@ -216,8 +217,12 @@ class Worker:
         if not job.force and recipe.last_shas is not None:
             current = self.resolve(recipe.yaml, endpoint=settings.endpoint, token=settings.token)
             if current == recipe.last_shas:
-                self.store.append_log(job.id, "the sources are unchanged since the last merge")
-                self._finish(job, queue.SKIPPED, source_shas=current)
+                self.store.append_log(
+                    job.id,
+                    "skipped: the recipe and its sources' revisions are unchanged since "
+                    f"commit {recipe.last_commit}; ask for a forced merge to merge anyway",
+                )
+                self._finish(job, queue.SKIPPED, source_shas=current, commit=recipe.last_commit)
                 return None
         return self.publish(
             PublishRequest(
@@ -284,8 +289,10 @@ class Worker:
 
 
 def _commit_title(job: Job) -> str:
-    """The commit's first line: what caused this version."""
-    title = job.trigger[0].upper() + job.trigger[1:]
+    """The commit's first line: what caused this version (capitalised, unless it starts
+    with a repo id, which keeps its case)."""
+    first = job.trigger.split(" ", 1)[0]
+    title = job.trigger if "/" in first else job.trigger[0].upper() + job.trigger[1:]
     if job.triggers > 1:
         title += f" (+{job.triggers - 1} more)"
     return title

@@ -131,8 +131,10 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
             report = run_checks(work, plan.sources, metas=shards.metas, finite_checked=True,
                                 options=replace(checks, device=str(dev),
                                                 side_files=copy_tokenizer))
-        (work / "README.md").write_text(render_card(plan, seed=seed, checks=report,
-                                                    **(card_options or {})))
+        tokenizer = any(path.name in TOKENIZER_FILES for path in files)
+        card = render_card(plan, seed=seed, checks=report, tokenizer=tokenizer,
+                           **(card_options or {}))
+        (work / "README.md").write_text(card)
         files.append(work / "README.md")
         if out.exists():
             out.rmdir()

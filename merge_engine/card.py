@@ -80,16 +80,19 @@ def _is_vision_language(plan: Plan) -> bool:
     return "vision_config" in config or plan.recipe.parts != ()
 
 
-def _use_snippet(plan: Plan, model_id: str) -> list[str]:
-    """How to load the output with transformers (a processor for vision-language models)."""
+def _use_snippet(plan: Plan, model_id: str, tokenizer: bool) -> list[str]:
+    """How to load the output with transformers (a processor for vision-language models;
+    neither when the output has no tokenizer files)."""
     if _is_vision_language(plan):
         auto, pre = "AutoModelForImageTextToText", "AutoProcessor"
         var = "processor"
     else:
         auto, pre, var = "AutoModelForCausalLM", "AutoTokenizer", "tokenizer"
+    load = f'model = {auto}.from_pretrained(model_id, dtype="auto")'
+    if not tokenizer:
+        return [f"from transformers import {auto}", "", f'model_id = "{model_id}"', load]
     return [f"from transformers import {auto}, {pre}", "", f'model_id = "{model_id}"',
-            f"{var} = {pre}.from_pretrained(model_id)",
-            f'model = {auto}.from_pretrained(model_id, dtype="auto")']
+            f"{var} = {pre}.from_pretrained(model_id)", load]
 
 
 def _hub_ids(plan: Plan) -> list[str]:
@@ -311,8 +314,9 @@ def _checks_section(report: CheckReport) -> list[str]:
 
 def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = None,
                 provenance: str | None = None, repo_id: str | None = None,
-                checks: CheckReport | None = None) -> str:
-    """The whole README.md."""
+                checks: CheckReport | None = None, tokenizer: bool = True) -> str:
+    """The whole README.md; ``tokenizer``: the output has tokenizer files (the usage
+    snippet loads one)."""
     hub = (hub_url or DEFAULT_HUB).rstrip("/")
     rows = model_rows(plan)
     _, license_note = _license(plan)
@@ -353,7 +357,7 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
         "```yaml", pinned_recipe(plan).rstrip(), "```", "",
         "```bash", f"merge-engine run recipe.yml ./merged{seed_flag}", "```", "",
         "## Use", "", "```python",
-        *_use_snippet(plan, repo_id or "path/to/this/model"),
+        *_use_snippet(plan, repo_id or "path/to/this/model", tokenizer),
         "```",
     ]
     if provenance:

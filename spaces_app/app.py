@@ -41,6 +41,18 @@ THEME = gr.themes.Default(
     font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
 )
 """System fonts only: the default theme would fetch fonts from the internet."""
+CSS = """
+#card, #check-result { overflow-x: auto; }
+#card td, #check-result td {
+  word-break: normal; overflow-wrap: normal; white-space: nowrap;
+}
+#card th, #check-result th { word-break: normal; overflow-wrap: normal; }
+#card pre, #check-result pre { white-space: pre; overflow-x: auto; }
+"""
+"""Words in the card's and the check's tables stay whole (no "ro / le" in a half-width
+column); what does not fit scrolls sideways."""
+HISTORY_POLL_SECONDS = 5.0
+"""How often the History table refreshes itself."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,8 @@ class AppConfig:
     """The example models' decoder layers (the frankenmerge example's ranges)."""
     poll_seconds: float = 1.5
     login: bool | None = None
-    """Show "Sign in with Hugging Face"; None: on a Space, or where Gradio can mock it."""
+    """Show "Sign in with Hugging Face"; None: only on a Space (elsewhere Gradio's sign-in
+    is a mock, so no button is shown)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AppConfig:
@@ -106,7 +119,7 @@ class Handlers:
             summary = self.client.validate(recipe, token)
         except ApiError as exc:
             if not exc.errors:
-                return f"✗ {exc}"
+                return render.message_md(str(exc))
             summary = {"ok": False, "errors": exc.errors}
         if summary is None:
             summary = preflight.check(recipe, endpoint=self.config.hub_url, token=token)
@@ -130,22 +143,29 @@ class Handlers:
         private: bool,
         watch: bool,
         allow_high_perplexity: bool = False,
+        force: bool = False,
         oauth: gr.OAuthToken | None = None,
     ) -> tuple[str, int | None, int | None, gr.Timer]:
-        """(message, recipe id, job id, timer) after POST /api/recipes."""
+        """(message, recipe id, job id, timer) after POST /api/recipes; ``force`` merges
+        even when the recipe and its sources are unchanged since its last merge."""
         token = self.token(oauth)
         if not token:
             return "Sign in with Hugging Face to submit.", None, None, gr.Timer(active=False)
         try:
             answer = self.client.submit(
-                recipe, token, repo_id=repo_name.strip() or None, private=private, watch=watch,
+                recipe,
+                token,
+                repo_id=repo_name.strip() or None,
+                private=private,
+                watch=watch,
                 allow_high_perplexity=allow_high_perplexity,
+                force=bool(force),
             )
         except ApiError as exc:
             if exc.errors:
                 errors = [self._located(e, recipe) for e in exc.errors]
                 return render.errors_md(errors, recipe), None, None, gr.Timer(active=False)
-            return f"✗ {exc}", None, None, gr.Timer(active=False)
+            return render.message_md(str(exc)), None, None, gr.Timer(active=False)
         message = (
             f"Submitted: recipe {answer['recipe_id']}, job {answer['job_id']}, "
             f"publishing to `{answer.get('repo_id', repo_name)}`."
@@ -164,7 +184,7 @@ class Handlers:
         try:
             answer = self.client.remerge(int(recipe_id), token)
         except ApiError as exc:
-            return f"✗ {exc}", int(recipe_id), None, gr.Timer(active=False)
+            return render.message_md(str(exc)), int(recipe_id), None, gr.Timer(active=False)
         how = "joined the queued job" if answer.get("absorbed") else "queued"
         message = f"Remerge of recipe {int(recipe_id)} {how}: job {answer['job_id']}."
         return message, int(recipe_id), answer["job_id"], gr.Timer(active=True)
@@ -192,11 +212,11 @@ class Handlers:
                 return "No job yet.", "", "", None, gr.Timer(WATCH_POLL_SECONDS, active=watching)
             job = self.client.job(int(job_id), token)
         except ApiError as exc:
-            return f"✗ {exc}", "", "", None, gr.Timer(active=False)
+            return render.message_md(str(exc)), "", "", None, gr.Timer(active=False)
         log = job.get("log") or []
         log_text = "\n".join(log) if isinstance(log, list) else str(log)
         card = ""
-        if job.get("status") == "succeeded" and job.get("commit"):
+        if job.get("status") in ("succeeded", "skipped") and job.get("commit"):
             readme = self.hub.model_card(job["repo_id"], job["commit"], token)
             card = render.card_md(readme) if readme else "The model card could not be read."
             card = f"#### Model card of `{job['repo_id']}`\n\n{card}"
@@ -218,9 +238,22 @@ class Handlers:
         try:
             recipes = self.client.recipes(owner, token)
         except ApiError as exc:
-            return f"✗ {exc}", []
-        caption = f"Recipes of **{owner}**" if owner else "Public recipes"
+            return render.message_md(str(exc)), []
+        caption = "Public recipes"
+        if owner:  # remerging is for a recipe's owner
+            caption = (f"Recipes of **{owner}** · select *{render.REMERGE}* in a row to "
+                       "merge that recipe again")
         return caption, render.history_rows(recipes)
+
+    def pick(self, evt: gr.SelectData) -> int | None:
+        """The recipe id of the history row whose action cell was selected, else None."""
+        row = evt.row_value or []
+        if evt.value != render.REMERGE or not row:
+            return None
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            return None
 
 
 def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blocks:
@@ -271,6 +304,10 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
                     allow_high = gr.Checkbox(
                         False, label="publish even if its perplexity is far above the sources'"
                     )
+                    force = gr.Checkbox(
+                        False, label="force a new merge (even if nothing changed)",
+                        elem_id="force",
+                    )
                 submit_btn = gr.Button("Submit", variant="primary", elem_id="submit")
                 submit_out = gr.Markdown(elem_id="submit-result")
             with gr.Column(scale=1):
@@ -286,12 +323,13 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
             table = gr.Dataframe(
                 headers=render.HISTORY_HEADERS, interactive=False, elem_id="history"
             )
-            with gr.Row():
-                refresh_btn = gr.Button("Refresh", elem_id="refresh")
+            remerge_out = gr.Markdown(elem_id="remerge-result")
+            with gr.Row(visible=False):  # the named API's inputs; people use the rows
                 pick = gr.Number(None, label="Recipe to remerge", precision=0)
-                remerge_btn = gr.Button("Remerge", elem_id="remerge")
-            remerge_out = gr.Markdown()
+                refresh_btn = gr.Button("Refresh")
+                remerge_btn = gr.Button("Remerge")
         timer = gr.Timer(config.poll_seconds, active=False)
+        history_timer = gr.Timer(HISTORY_POLL_SECONDS)
 
         follow_outputs = [job_out, log_out, card_out, job_id, timer]
         hidden = {"api_visibility": "private"}
@@ -301,31 +339,36 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
             lambda label: by_label[label], example, recipe, api_name="on_example", **hidden
         )
         check_btn.click(h.check, recipe, check_out, api_name="check")
+        check_btn.click(lambda: "", None, submit_out, api_name="clear_submit", **hidden)
+        submit_btn.click(lambda: "", None, check_out, api_name="clear_check", **hidden)
         submit_btn.click(
             h.submit,
-            [recipe, repo_name, private, watch, allow_high],
+            [recipe, repo_name, private, watch, allow_high, force],
             [submit_out, recipe_id, job_id, timer],
             api_name="submit",
         ).then(h.job, [recipe_id, job_id], follow_outputs, api_name="after_submit", **hidden)
         follow_btn.click(h.job, [recipe_id, job_id], follow_outputs, api_name="job")
         timer.tick(h.job, [recipe_id, job_id], follow_outputs, api_name="on_tick", **hidden)
         refresh_btn.click(h.history, None, [caption, table], api_name="history")
-        remerge_btn.click(
-            h.remerge, pick, [remerge_out, recipe_id, job_id, timer], api_name="remerge"
-        ).then(h.job, [recipe_id, job_id], follow_outputs, api_name="after_remerge", **hidden)
+        history_timer.tick(h.history, None, [caption, table], api_name="on_history_tick",
+                           show_progress="hidden", **hidden)
+        remerge_outputs = [remerge_out, recipe_id, job_id, timer]
+        remerge_btn.click(h.remerge, pick, remerge_outputs, api_name="remerge").then(
+            h.job, [recipe_id, job_id], follow_outputs, api_name="after_remerge", **hidden
+        )
+        table.select(h.pick, None, pick, api_name="on_pick", **hidden).success(
+            h.remerge, pick, remerge_outputs, api_name="on_row_remerge", **hidden
+        ).then(h.job, [recipe_id, job_id], follow_outputs, api_name="after_row_remerge",
+               **hidden)
     return blocks
 
 
 def login_available(config: AppConfig) -> bool:
-    """Can Gradio serve a login here? On a Space, yes; elsewhere Gradio mocks it, which
-    needs a local token (it asks the Hub at HF_ENDPOINT who that is, at build time)."""
+    """Show a sign-in button? Only on a Space: elsewhere Gradio's login is a mock that
+    signs in as whoever the local token belongs to, which a button would misrepresent."""
     if config.login is not None:
         return config.login
-    if os.environ.get("SPACE_ID"):
-        return True
-    from huggingface_hub import get_token
-
-    return get_token() is not None
+    return bool(os.environ.get("SPACE_ID"))
 
 
 def build_space_app(env: Mapping[str, str] | None = None) -> gr.Blocks:
@@ -339,7 +382,7 @@ def build_space_app(env: Mapping[str, str] | None = None) -> gr.Blocks:
 
 def main() -> None:
     """Launch the Space app (``python -m spaces_app.app``)."""
-    build_space_app().launch(theme=THEME)  # a Space sets GRADIO_SERVER_NAME=0.0.0.0
+    build_space_app().launch(theme=THEME, css=CSS)  # a Space sets GRADIO_SERVER_NAME=0.0.0.0
 
 
 if __name__ == "__main__":

@@ -56,10 +56,14 @@ class MergebotClient:
         private: bool = False,
         watch: bool = True,
         allow_high_perplexity: bool = False,
+        force: bool = False,
     ) -> dict:
-        """POST /api/recipes → ``{"recipe_id", "job_id", "repo_id"}``."""
+        """POST /api/recipes → ``{"recipe_id", "job_id", "repo_id"}``; ``force``: merge even
+        when the recipe and its sources are unchanged since its last merge."""
         body = {"recipe": recipe, "repo_id": repo_id or None, "private": private, "watch": watch,
                 "allow_high_perplexity": allow_high_perplexity}
+        if force:
+            body["force"] = True
         return self._call("POST", "/api/recipes", token, body)
 
     def validate(self, recipe: str, token: str | None) -> dict | None:

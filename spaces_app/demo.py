@@ -5,11 +5,14 @@
 
 The first run generates a small llama-shaped base and two fine-tuned-like donors and
 uploads them to ``demo/base``, ``demo/donor-1`` and ``demo/donor-2`` on ``mergebot
-localhub`` (data under ``HOME/hub``; it survives restarts). Then the bot (REST API, Hub
-webhook, one worker) serves with the UI at ``/`` and the URL is printed. Two local users:
-``demo`` (who submits; the UI acts as this user through ``MERGEBOT_DEMO_TOKEN`` semantics,
-and Gradio's mock "Sign in" logs in as it) and ``mergebot`` (the bot, which publishes to
-``mergebot/...``). Tokens are fixed local strings, valid only on this local Hub.
+localhub`` (data under ``HOME/hub``; it survives restarts). The Hub keeps its port from
+run to run (stored in ``HOME/demo.json``), so the links in earlier model cards keep
+working. Then the bot (REST API, Hub webhook, one worker) serves with the UI at ``/`` and
+the URL is printed, with commands that work as printed (absolute paths to this Python).
+Two local users: ``demo`` (who submits; the UI acts as this user through
+``MERGEBOT_DEMO_TOKEN`` semantics, so no sign-in button is shown) and ``mergebot`` (the
+bot, which publishes to ``mergebot/...``). Tokens are fixed local strings, valid only on
+this local Hub; the printed ``mergebot submit`` command uses the demo user's.
 
 ``push-donor N`` uploads new weights to ``demo/donor-N``; the local Hub calls the bot's
 webhook and every watched recipe using that donor is merged again. Nothing here reaches
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -35,6 +39,10 @@ REPOS = ("demo/base", "demo/donor-1", "demo/donor-2")
 LICENSES = ("apache-2.0", "apache-2.0", "mit")
 """donor-2's license differs on purpose, so Check shows the license warning."""
 STATE = "demo.json"
+DEFAULT_HUB_PORT = 8765
+RECIPE_FILE = "seed-recipe.yml"
+"""The seed recipe, written to HOME for the printed ``mergebot submit`` command."""
+ROOT = Path(__file__).resolve().parents[1]
 DEMO_LAYERS = 4
 """Decoder layers of the generated models (hidden 256, vocab 1000: about 1.4M parameters)."""
 
@@ -43,6 +51,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def read_state(home: Path) -> dict:
+    """The demo's state (``hub_url``, ``hub_port``, ``url``, ``pushes``); {} before a run."""
+    try:
+        state = json.loads((home / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def hub_port_for(home: Path, requested: int | None) -> int:
+    """The Hub's port: as asked, else the one an earlier run used (its cards link
+    there), else :data:`DEFAULT_HUB_PORT`; 0 means any free port."""
+    if requested is not None:
+        return requested or free_port()
+    stored = read_state(home).get("hub_port")
+    return stored if isinstance(stored, int) and stored > 0 else DEFAULT_HUB_PORT
+
+
+def commands(home: Path, url: str) -> dict[str, str]:
+    """Shell commands that work as printed, from any directory and without an activated
+    venv: push a donor, and submit the seed recipe as the demo user."""
+    python = shlex.quote(sys.executable)
+    mergebot_exe = Path(sys.executable).with_name("mergebot")
+    mergebot = shlex.quote(str(mergebot_exe)) if mergebot_exe.exists() else f"{python} -m bot.cli"
+    root, where = shlex.quote(str(ROOT)), shlex.quote(str(home))
+    return {
+        "push": f"cd {root} && {python} -m spaces_app.demo push-donor 1 --home {where}",
+        "submit": (
+            f"cd {root} && HF_TOKEN={DEMO_TOKEN} MERGEBOT_URL={url} {mergebot} submit "
+            f"{shlex.quote(str(home / RECIPE_FILE))} --repo cli-seed-merge --watch --wait"
+        ),
+    }
 
 
 def isolate(home: Path, hub_url: str) -> None:
@@ -100,13 +142,14 @@ def seed(home: Path, hub_url: str) -> None:
 def push_donor(home: Path, number: int) -> int:
     """Upload new weights to ``demo/donor-N`` on the running demo's Hub."""
     state_file = home / STATE
-    if not state_file.exists():
-        print(f"no demo state in {home}: start `python -m spaces_app.demo` first", file=sys.stderr)
+    state = read_state(home)
+    if "hub_url" not in state:
+        print(f"no demo state in {home}: start `{shlex.quote(sys.executable)} -m "
+              f"spaces_app.demo --home {shlex.quote(str(home))}` first", file=sys.stderr)
         return 2
     if number not in (1, 2):
         print("push-donor takes 1 or 2 (demo/donor-1 or demo/donor-2)", file=sys.stderr)
         return 2
-    state = json.loads(state_file.read_text())
     isolate(home, state["hub_url"])
     from huggingface_hub import HfApi
 
@@ -128,9 +171,9 @@ def push_donor(home: Path, number: int) -> int:
     return 0
 
 
-def serve(home: Path, port: int, hub_port: int) -> int:
+def serve(home: Path, port: int, hub_port: int | None) -> int:
     """Start the local Hub, seed it, and serve the bot with the UI until interrupted."""
-    hub_port = hub_port or free_port()
+    hub_port = hub_port_for(home, hub_port)
     port = port or free_port()
     hub_url = f"http://127.0.0.1:{hub_port}"
     url = f"http://127.0.0.1:{port}"
@@ -140,17 +183,30 @@ def serve(home: Path, port: int, hub_port: int) -> int:
 
     from bot.localhub.server import serve_in_thread
 
-    hub = serve_in_thread(home / "hub", {DEMO_USER: DEMO_TOKEN, BOT_USER: BOT_TOKEN}, port=hub_port)
-    (home / STATE).write_text(json.dumps({"hub_url": hub.url, "url": url}))
+    users = {DEMO_USER: DEMO_TOKEN, BOT_USER: BOT_TOKEN}
+    try:
+        hub = serve_in_thread(home / "hub", users, port=hub_port)
+    except OSError as exc:
+        print(f"the demo's Hub cannot listen on 127.0.0.1:{hub_port} ({exc.strerror}); stop "
+              "what uses it, or pass --hub-port (earlier cards' links point at this port)",
+              file=sys.stderr)
+        return 1
+    state = {**read_state(home), "hub_url": hub.url, "hub_port": hub_port, "url": url}
+    (home / STATE).write_text(json.dumps(state))
     seed(home, hub.url)
+    write_seed_recipe(home)
     app = build_asgi(home, hub.url, url)
+    run = commands(home, url)
     print(
         f"\nmergebot demo: open {url}\n"
-        f"  local Hub: {hub.url} (users: {DEMO_USER}, {BOT_USER})\n"
+        f"  local Hub: {hub.url}/{DEMO_USER} (users: {DEMO_USER}, {BOT_USER}; the same port "
+        "on every start)\n"
         "  1. Check and Submit the seed recipe (it merges demo/donor-1 and demo/donor-2 "
         "onto demo/base).\n"
         "  2. Then, in another terminal, push a change to a donor and watch the remerge:\n"
-        f"     python -m spaces_app.demo push-donor 1 --home {home}\n",
+        f"     {run['push']}\n"
+        f"  3. Or act as the demo user ({DEMO_USER}) from the command line:\n"
+        f"     {run['submit']}\n",
         file=sys.stderr,
         flush=True,
     )
@@ -159,6 +215,15 @@ def serve(home: Path, port: int, hub_port: int) -> int:
     finally:
         hub.stop()
     return 0
+
+
+def write_seed_recipe(home: Path) -> Path:
+    """The UI's first example (the seed recipe on the demo's models), as a file."""
+    from spaces_app.examples import examples
+
+    path = home / RECIPE_FILE
+    path.write_text(examples(*REPOS, layers=DEMO_LAYERS)[0].text)
+    return path
 
 
 def build_asgi(home: Path, hub_url: str, url: str):
@@ -210,7 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spaces_app.demo", description=summary)
     parser.add_argument("--home", type=Path, default=Path(".mergebot-demo"), help="state dir")
     parser.add_argument("--port", type=int, default=7860, help="the UI and bot (0: any free)")
-    parser.add_argument("--hub-port", type=int, default=0, help="the local Hub (0: any free)")
+    parser.add_argument(
+        "--hub-port",
+        type=int,
+        default=None,
+        help=f"the local Hub (default: the port of the last run, else {DEFAULT_HUB_PORT}; "
+        "0: any free)",
+    )
     sub = parser.add_subparsers(dest="command")
     push = sub.add_parser("push-donor", help="push new weights to demo/donor-N")
     push.add_argument("number", type=int, choices=(1, 2))

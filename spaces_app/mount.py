@@ -21,7 +21,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
-from spaces_app.app import THEME, AppConfig, build_app
+from spaces_app.app import CSS, THEME, AppConfig, build_app
 from spaces_app.client import MergebotClient
 
 
@@ -31,7 +31,7 @@ class GradioASGI:
     def __init__(self, blocks: gr.Blocks) -> None:
         with warnings.catch_warnings():  # "OAuth is mocked outside a Space": the demo's case
             warnings.filterwarnings("ignore", message="Gradio does not support OAuth")
-            self._app = gr.mount_gradio_app(FastAPI(), blocks, path="/", theme=THEME)
+            self._app = gr.mount_gradio_app(FastAPI(), blocks, path="/", theme=THEME, css=CSS)
         self._started = False
         self._lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()

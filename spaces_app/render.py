@@ -5,6 +5,8 @@ Pure functions from the API's JSON (and the recipe text) to strings; no I/O.
 
 from __future__ import annotations
 
+import re
+
 FINISHED = ("succeeded", "failed", "skipped")
 _STATUS_MARK = {"queued": "…", "running": "●", "succeeded": "✓", "failed": "✗", "skipped": "–"}
 """Plain symbols that common fonts have (no emoji font needed)."""
@@ -26,8 +28,23 @@ def short_sha(sha: str | None) -> str:
     return sha[:12] if sha else "local"
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|~&#"})
+
+
+def text_md(text: str) -> str:
+    """``text`` shown as itself in Markdown: every character that Markdown or HTML would
+    read (``<stream end>``, ``*``, ``_``, ``|``...) backslash-escaped."""
+    return str(text).translate(_MD_SPECIAL)
+
+
+def message_md(message: str) -> str:
+    """A one-line failure (not about a place in the recipe), whole, as text."""
+    return f"### ✗ {text_md(message)}"
+
+
 def errors_md(errors: list[dict], recipe_text: str) -> str:
-    """Each error as ``loc (line N): msg`` with the recipe lines around it."""
+    """Each error as ``loc (line N): msg``, the message whole and as text, with the
+    recipe lines around it."""
     lines = recipe_text.splitlines()
     parts = ["### ✗ The recipe cannot be merged"]
     for error in errors:
@@ -35,7 +52,7 @@ def errors_md(errors: list[dict], recipe_text: str) -> str:
         where = f"`{loc}`" if loc else "recipe"
         if line:
             where += f" (line {line})"
-        parts.append(f"- **{where}**: {msg}")
+        parts.append(f"- **{where}**: {text_md(msg)}")
         if line and 0 < line <= len(lines):
             lo, hi = max(line - 2, 1), min(line + 1, len(lines))
             snippet = [
@@ -149,15 +166,28 @@ def job_md(job: dict, hub_url: str) -> str:
             f"**Published:** [{repo}]({hub_url}/{repo}) at commit "
             f"[`{short_sha(commit)}`]({hub_url}/{repo}/commit/{commit})"
         )
-    if status == "skipped":
-        parts.append("The sources have not changed since the last merge; nothing to publish.")
+    if status == "skipped" and commit:
+        parts.append(
+            "**Skipped:** the recipe and its sources' revisions are unchanged since commit "
+            f"[`{short_sha(commit)}`]({hub_url}/{repo}/commit/{commit}) of "
+            f"[{repo}]({hub_url}/{repo}); nothing new to publish. Tick *force a new merge* "
+            "and submit again to merge anyway."
+        )
+    elif status == "skipped":
+        parts.append("**Skipped:** nothing to merge (the recipe was deleted).")
     if job.get("error"):
-        parts.append(f"**Error:** {job['error']}")
+        parts.append(f"**Error:** {text_md(job['error'])}")
     return "\n\n".join(parts)
 
 
+_SHA_LINK = re.compile(r"\[`([0-9a-f]{12})[0-9a-f]{28}`\]\(")
+
+
 def card_md(readme: str) -> str:
-    """A model card for ``gr.Markdown``: its body, then its YAML front matter as code."""
+    """A model card for ``gr.Markdown``: its body, then its YAML front matter as code.
+    Links shown as a full commit SHA show its first 12 characters (the link keeps all 40),
+    so the models table fits a half-width column."""
+    readme = _SHA_LINK.sub(r"[`\1`](", readme)
     if readme.startswith("---\n"):
         end = readme.find("\n---", 4)
         if end != -1:
@@ -166,8 +196,13 @@ def card_md(readme: str) -> str:
     return readme
 
 
+REMERGE = "↻ remerge"
+"""The history's action cell: selecting it remerges that row's recipe."""
+
+
 def history_rows(recipes: list[dict]) -> list[list]:
-    """One table row per recipe: id, target repo, method, watch, private, last commit."""
+    """One table row per recipe: id, target repo, method, watch, private, last commit,
+    breakage, and the remerge action."""
     rows = []
     for r in recipes:
         method = _method(r.get("recipe", ""))
@@ -180,12 +215,15 @@ def history_rows(recipes: list[dict]) -> list[list]:
                 "yes" if r.get("private") else "no",
                 short_sha(r.get("last_commit")) if r.get("last_commit") else "",
                 r.get("broken") or "",
+                REMERGE,
             ]
         )
     return rows
 
 
-HISTORY_HEADERS = ["recipe", "repo", "method", "watch", "private", "last commit", "broken"]
+HISTORY_HEADERS = [
+    "recipe", "repo", "method", "watch", "private", "last commit", "broken", "action"
+]
 
 
 def _method(recipe_text: str) -> str:

@@ -164,3 +164,20 @@ def test_an_unparseable_adapter_readme_leaves_its_license_unknown(family, tmp_pa
     (adapter / "README.md").write_text("---\nlicense: [mit\n---\n")
     text = recipe_text("task_arithmetic", base, [(Path(f"{d1}+{adapter}"), {"weight": 0.5})])
     assert parse(render_card(validate(text))).data.license is None
+
+
+def test_usage_snippet_loads_a_tokenizer_only_when_the_output_has_one(family):
+    base, d1, _ = family
+    plan = validate(recipe_text("task_arithmetic", base, [(d1, {"weight": 0.4})]))
+    with_tokenizer = render_card(plan, repo_id="me/m")
+    assert 'tokenizer = AutoTokenizer.from_pretrained(model_id)' in with_tokenizer
+    without = render_card(plan, repo_id="me/m", tokenizer=False)
+    assert "AutoTokenizer" not in without
+    assert 'model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto")' in without
+
+
+def test_a_merge_without_tokenizer_files_has_a_card_without_a_tokenizer(family, tmp_path):
+    base, d1, _ = family  # the generated models have no tokenizer files
+    run_merge(recipe_text("task_arithmetic", base, [(d1, {"weight": 0.4})]), tmp_path / "out")
+    assert not list((tmp_path / "out").glob("tokenizer*"))
+    assert "AutoTokenizer" not in (tmp_path / "out" / "README.md").read_text()

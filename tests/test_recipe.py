@@ -369,6 +369,12 @@ def test_malformed_yaml_reports_line_and_column():
         """
     )
     assert err.loc == "" and "invalid YAML" in err.msg and "line 4" in err.msg
+    assert err.line == 4
+
+
+def test_a_yaml_error_at_the_end_points_at_the_last_line():
+    err = error("merge_method: linear\nmodels: [demo/base\n")
+    assert "but got '<stream end>'" in err.msg and err.line == 2
 
 
 def test_unclosed_flow_mapping():

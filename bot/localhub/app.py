@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import api_commit, api_files, api_repos, api_testhooks, api_webhooks, errors
+from . import api_commit, api_files, api_repos, api_testhooks, api_webhooks, errors, pages
 from .context import Call, HubContext
 from .routing import Router
 
@@ -31,6 +31,7 @@ def create_app(ctx: HubContext) -> Starlette:
         + api_webhooks.ROUTES
         + api_commit.ROUTES
         + api_files.ROUTES
+        + pages.ROUTES  # last: the API's paths win
     )
 
     async def dispatch(request: Request) -> Response:

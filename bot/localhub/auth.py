@@ -50,6 +50,9 @@ class Users:
     def __init__(self, users: list[User]) -> None:
         self._users = list(users)
 
+    def names(self) -> list[str]:
+        return [user.name for user in self._users]
+
     def by_token(self, token: str) -> User | None:
         found = None
         for user in self._users:

@@ -279,6 +279,15 @@ class Storage:
             return None
         return RepoMeta(**data)
 
+    def list_repos(self, namespace: str) -> list[RepoMeta]:
+        """The repos of ``namespace``, sorted by name (none for an invalid namespace)."""
+        if not _NAME_RE.match(namespace):
+            return []
+        folder = self.root / "repos" / namespace
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        found = (self.get_repo(f"{namespace}/{name}") for name in names)
+        return [meta for meta in found if meta is not None]
+
     def _save_repo(self, meta: RepoMeta) -> None:
         data = json.dumps(meta.__dict__, indent=1).encode()
         write_atomic(self._repo_dir(meta.repo_id) / "repo.json", data, self.tmp_dir)

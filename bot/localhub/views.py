@@ -24,6 +24,12 @@ def iso(ts: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+def split_front_matter(readme: str) -> tuple[str | None, str]:
+    """(the README's YAML front matter or None, the Markdown body after it)."""
+    match = _FRONT_MATTER.match(readme)
+    return (match.group(1), readme[match.end() :]) if match else (None, readme)
+
+
 def parse_card_data(readme: str) -> dict | None:
     """The README's YAML front matter as a dict; None when absent. Raises yaml.YAMLError."""
     match = _FRONT_MATTER.match(readme)

@@ -215,6 +215,9 @@ def load_yaml(text: str, limits: RecipeLimits | None = None) -> tuple[object, di
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         context, problem = getattr(e, "context", None), getattr(e, "problem", None)
         problem = "; ".join(p for p in (context, problem) if p) or str(e)
-        raise _at(mark, f"invalid YAML: {' '.join(problem.split())}") from None
+        err = _at(mark, f"invalid YAML: {' '.join(problem.split())}")
+        if err.line is not None:  # the line shown around it: the text's end when that is it
+            err.line = min(err.line, max(len(text.splitlines()), 1))
+        raise err from None
     finally:
         loader.dispose()

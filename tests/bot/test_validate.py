@@ -139,9 +139,9 @@ def test_a_private_model_is_checked_with_the_callers_token_only(client, sources,
     assert status == 422 and body["ok"] is False
     assert body["errors"] == [
         {
-            "loc": "",
+            "loc": "models[0].model",  # where the recipe names it
             "msg": "model repo alice/secret does not exist, or the token used cannot read it",
-            "line": None,
+            "line": 4,
         }
     ]
     # exactly what a repo that does not exist gets: nothing more than the Hub says

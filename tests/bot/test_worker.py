@@ -73,6 +73,8 @@ def test_job_merges_and_publishes_with_card(sources, settings: Settings, store: 
         again, _ = queue.enqueue(db, recipe_id, "alice", "remerge")
     worker.run_once()
     assert store.get_job(again).status == "skipped"
+    assert store.get_job(again).commit_sha == job.commit_sha  # the commit that holds it
+    assert any("unchanged since commit" in line for line in store.log_tail(again))
     titles = [c.title for c in commits(sources, f"{BOT}/merged")]
     assert titles.count("Submitted by @alice") == 1
 

@@ -87,7 +87,8 @@ def demo(tmp_path_factory) -> Demo:
     log = home / "demo.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "spaces_app.demo", "--home", str(home), "--port", str(port)],
+            [sys.executable, "-m", "spaces_app.demo", "--home", str(home), "--port", str(port)]
+            + ["--hub-port", str(free_port())],  # not the fixed default: tests run side by side
             cwd=ROOT,
             env=demo_env(),
             stdout=out,

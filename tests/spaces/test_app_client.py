@@ -141,12 +141,9 @@ def test_a_donor_push_brings_a_remerge(client, demo: Demo) -> None:
     assert new_sha in card  # the new card records the new revision
 
 
-def test_mock_sign_in_routes_work_when_mounted_in_the_bot(demo: Demo) -> None:
+def test_the_demo_offers_no_mock_sign_in(demo: Demo) -> None:
     import httpx2
 
     with httpx2.Client(base_url=demo.url, follow_redirects=False, timeout=10) as http:
-        login = http.get("/login/huggingface", params={"_target_url": "/"})
-        assert login.status_code in (302, 307), login.text
-        callback = http.get(login.headers["location"])
-        assert callback.status_code in (302, 307)
-        assert "session=" in callback.headers.get("set-cookie", "")
+        assert "Sign in with Hugging Face" not in http.get("/").text
+        assert http.get("/login/huggingface").status_code == 404

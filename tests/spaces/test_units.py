@@ -133,6 +133,9 @@ def test_job_md_and_card_md() -> None:
     card = render.card_md("---\nlicense: mit\n---\n\n# Title\n")
     assert card.startswith("# Title\n") and card.endswith("```yaml\nlicense: mit\n```\n")
     assert render.card_md("# plain\n") == "# plain\n"
+    sha = "0123456789ab" + "c" * 28
+    row = render.card_md(f"| a/b | [`{sha}`](http://hub/a/b/commit/{sha}) |\n")
+    assert row == f"| a/b | [`0123456789ab`](http://hub/a/b/commit/{sha}) |\n"
 
 
 def test_checks_md_shows_the_check_lines_of_a_job_log() -> None:
@@ -162,7 +165,61 @@ def test_sizes_and_history_rows() -> None:
             }
         ]
     )
-    assert rows == [[2, "bot/x", "ties", "yes", "no", "a" * 12, ""]]
+    assert rows == [[2, "bot/x", "ties", "yes", "no", "a" * 12, "", render.REMERGE]]
+    assert len(render.HISTORY_HEADERS) == len(rows[0])
+
+
+def test_messages_are_shown_whole_as_text() -> None:
+    yaml_error = "while parsing a flow sequence expected ',' or ']', but got '<stream end>'"
+    shown = render.errors_md([{"loc": "", "msg": yaml_error, "line": 1}], "models: [a\n")
+    assert "\\<stream end\\>" in shown and "',' or '\\]'" in shown
+    assert ">   1 | models: [a" in shown  # the line around it
+    assert render.message_md("a_b *c* <d>") == "### ✗ a\\_b \\*c\\* \\<d\\>"
+    failed = render.job_md({"id": 1, "status": "failed", "error": "x <y>"}, "h")
+    assert "**Error:** x \\<y\\>" in failed
+
+
+def test_a_skipped_job_links_the_commit_that_holds_it() -> None:
+    job = {"id": 5, "status": "skipped", "repo_id": "bot/m", "commit": "c" * 40}
+    shown = render.job_md(job, "http://hub")
+    assert "unchanged since commit [`cccccccccccc`](http://hub/bot/m/commit/" + "c" * 40 in shown
+    assert "force a new merge" in shown
+    assert "recipe was deleted" in render.job_md({**job, "commit": None}, "http://hub")
+
+
+def test_history_row_action_picks_its_recipe() -> None:
+    import gradio as gr
+
+    handlers = Handlers(MergebotClient("http://bot"), AppConfig())
+    row = [7, "bot/x", "ties", "yes", "no", "", "", render.REMERGE]
+    pick = gr.SelectData(None, {"index": [0, 7], "value": render.REMERGE, "row_value": row})
+    assert handlers.pick(pick) == 7
+    other = gr.SelectData(None, {"index": [0, 1], "value": "bot/x", "row_value": row})
+    assert handlers.pick(other) is None
+
+
+def test_no_sign_in_button_off_a_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spaces_app.app import login_available
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_demo_user_token")  # Gradio would mock a login
+    assert login_available(AppConfig()) is False
+    monkeypatch.setenv("SPACE_ID", "me/space")
+    assert login_available(AppConfig()) is True
+
+
+def test_demo_keeps_its_hub_port_and_prints_working_paths(tmp_path: Path) -> None:
+    from spaces_app import demo
+
+    assert demo.hub_port_for(tmp_path, None) == demo.DEFAULT_HUB_PORT
+    (tmp_path / demo.STATE).write_text(json.dumps({"hub_port": 9123}))
+    assert demo.hub_port_for(tmp_path, None) == 9123
+    assert demo.hub_port_for(tmp_path, 9200) == 9200
+    assert demo.hub_port_for(tmp_path, 0) not in (0, 9123)
+    run = demo.commands(tmp_path, "http://127.0.0.1:7860")
+    assert f"{sys.executable} -m spaces_app.demo push-donor 1 --home {tmp_path}" in run["push"]
+    assert f"HF_TOKEN={demo.DEMO_TOKEN}" in run["submit"]
+    assert str(tmp_path / demo.RECIPE_FILE) in run["submit"]
 
 
 def test_client_error_mapping() -> None:
