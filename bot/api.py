@@ -456,8 +456,8 @@ async def _recipe_body(request: Request, settings: Settings) -> dict:
     """The JSON body of a submission or check; a body too large for any recipe within the
     limit gets the recipe limit's message."""
     limit = recipe_body_limit(settings)
-    return await _json(request, limit, f"the request is over {limit:,} bytes, more than a "
-                       f"recipe needs; the limit is {settings.max_recipe_bytes:,} bytes")
+    return await _json(request, limit, f"the recipe is more than {limit:,} bytes; the limit "
+                       f"is {settings.max_recipe_bytes:,} bytes")
 
 
 @_endpoint
