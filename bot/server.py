@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from . import api, queue
+from .backends import make_backend
 from .settings import Settings
 from .store import Store
 from .webhooks import hub_webhook
@@ -61,7 +62,10 @@ def create_app(
     settings = settings or Settings.from_env()
     store = Store(settings.db_path)
     sync = WebhookSync(settings, store)
-    services = api.Services(settings, store, api.HubGate(settings), after_submit=sync.run)
+    services = api.Services(
+        settings, store, api.HubGate(settings), after_submit=sync.run,
+        backend=make_backend(settings, store),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -16,6 +16,12 @@ Variables (all optional; limits have defaults):
     MERGEBOT_LEASE_SECONDS, MERGEBOT_MAX_ATTEMPTS,
     MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
     MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
+    MERGEBOT_BACKEND         where merges run: local (worker processes; default) or hf-jobs
+    MERGEBOT_JOBS_IMAGE      hf-jobs: the Docker image with mergebot and CUDA torch
+    MERGEBOT_JOBS_FLAVOR     hf-jobs: this flavor for every merge (default: the cheapest
+                             that fits the plan)
+    MERGEBOT_JOBS_NAMESPACE  hf-jobs: who runs (and pays for) the Jobs (default: the bot)
+    MERGEBOT_JOBS_POLL_SECONDS, MERGEBOT_JOBS_MBPS (assumed transfer speed for estimates)
 
 Tokens and the secret never appear in ``repr``. Nothing else in the bot reads env vars.
 """
@@ -28,6 +34,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+BACKENDS = ("local", "hf-jobs")
+"""Where merges may run (:mod:`bot.backends`)."""
 
 
 class SettingsError(ValueError):
@@ -64,6 +72,14 @@ class Settings:
     webhook_sync_seconds: float = 60.0
     """How often workers reconcile the Hub webhooks with the watched recipes."""
     device: str = "auto"
+    backend: str = "local"
+    jobs_image: str | None = None
+    jobs_flavor: str | None = None
+    jobs_namespace: str | None = None
+    jobs_poll_seconds: float = 10.0
+    """How often the bot looks at a running Job (stage, logs, cancellation)."""
+    jobs_mbps: float = 100.0
+    """Transfer speed (MB/s) a Job's download and upload are estimated at."""
 
     @property
     def db_path(self) -> Path:
@@ -100,7 +116,14 @@ class Settings:
             "namespace": env.get("MERGEBOT_NAMESPACE") or None,
             "server_url": (env.get("MERGEBOT_URL") or "http://127.0.0.1:7860").rstrip("/"),
             "device": env.get("MERGEBOT_DEVICE") or "auto",
+            "backend": env.get("MERGEBOT_BACKEND") or "local",
+            "jobs_image": env.get("MERGEBOT_JOBS_IMAGE") or None,
+            "jobs_flavor": env.get("MERGEBOT_JOBS_FLAVOR") or None,
+            "jobs_namespace": env.get("MERGEBOT_JOBS_NAMESPACE") or None,
         }
+        if values["backend"] not in BACKENDS:
+            raise SettingsError(
+                f"MERGEBOT_BACKEND must be one of {', '.join(BACKENDS)}, not {values['backend']!r}")
         numeric = {f.name: f.type for f in fields(cls) if f.type in ("int", "float")}
         for name, kind in numeric.items():
             raw = env.get(f"MERGEBOT_{name.upper()}")
