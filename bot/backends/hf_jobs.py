@@ -150,7 +150,7 @@ class HfJobsBackend:
             created_earlier = True
         command = ["python", "-m", "bot.cli", "run-job", "--repo", req.repo_id, "--job-key",
                    req.job_key or f"job-{dispatch.job_id}", "--trigger", req.trigger,
-                   "--device", "cuda" if hw.accelerator else "cpu"]
+                   "--device", "auto"]  # the flavor's GPU
         if req.provenance:
             command += ["--provenance", req.provenance]
         if req.private:

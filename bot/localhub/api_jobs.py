@@ -14,6 +14,7 @@ A namespace is the caller's own user name (no organizations here): another is a 
 from __future__ import annotations
 
 import json
+from email.utils import formatdate
 
 from starlette.responses import JSONResponse, Response
 
@@ -74,7 +75,9 @@ async def job_logs(call: Call) -> Response:
         lines = lines[-int(tail):] if int(tail) else []
     body = "".join(
         f"data: {json.dumps({'timestamp': ts, 'data': line})}\n\n" for ts, line in lines)
-    return Response(body, media_type="text/event-stream")
+    # The client replays events up to this Date (+1 s): it must be now, not uvicorn's.
+    headers = {"Date": formatdate(usegmt=True)}
+    return Response(body, media_type="text/event-stream", headers=headers)
 
 
 async def cancel_job(call: Call) -> Response:
