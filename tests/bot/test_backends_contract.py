@@ -22,6 +22,7 @@ from bot import queue
 from bot.backends import Cancelled, Dispatch, make_backend
 from bot.errors import TransientError
 from bot.publish import PublishRequest
+from bot.store import Store
 from tests.bot.botutil import BOT, SECRET, recipe_yaml, wait_for
 from tests.bot.test_service import Bot, job_commits
 from tests.hubtools import USERS, Hub
@@ -96,19 +97,27 @@ def test_webhook_burst_makes_one_job(sources: Hub, bot_factory, backend):
     done = wait_for(lambda: bot.done(job), timeout=90)
     assert done["status"] == "succeeded" and done["run"]["backend"] == name
     assert len(job_commits(sources, f"{BOT}/burst")) == 1
+    if name == "hf-jobs":  # the job view shows the Job; Check shows its flavor and cost
+        assert done["run"]["flavor"] == "t4-small" and done["run"]["hf_job_id"]
+        assert done["run"]["hf_job_log"][-1].startswith("mergebot-result: ")
+        check = httpx2.post(f"{bot.url}/api/validate", json={"recipe": recipe_yaml()},
+                            headers={"Authorization": f"Bearer {USERS['alice']}"}).json()
+        assert check["backend"]["flavor"] == "t4-small"
+        assert check["backend"]["estimated_cost_usd"] > 0
 
 
 def test_kill_9_of_the_bot_mid_merge_makes_one_commit(sources: Hub, bot_factory, backend):
     name, env = backend
     bot = bot_factory(sources, MERGEBOT_LEASE_SECONDS="2", **env).start(workers=0)
-    delay(sources, f"/api/models/{BOT}/crash/commit/", 3.0)
-    victim = bot.worker()
+    delay(sources, f"/api/models/{BOT}/crash/commit/", 8.0)
+    workers = {bot.worker().pid for _ in range(2)}  # one merges, the other waits
     job = bot.submit(f"{BOT}/crash")
-    wait_for(lambda: sources.stats()["faults_triggered"] >= 1, timeout=90)  # committing
+    wait_for(lambda: sources.stats()["faults_triggered"] >= 1, timeout=120)  # committing
+    owner = Store(bot.home / "bot.sqlite3").get_job(job).lease_owner
+    victim = next(p for p in bot.procs if p.pid in workers and f":{p.pid}:" in owner)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    bot.worker()
-    done = wait_for(lambda: bot.done(job), timeout=90)
+    done = wait_for(lambda: bot.done(job), timeout=120)
     assert done["status"] == "succeeded" and done["attempts"] == 2
     assert len(job_commits(sources, f"{BOT}/crash")) == 1
     if name == "hf-jobs":  # the second attempt adopted the Job the first one started
@@ -182,17 +191,17 @@ def test_duplicate_dispatch_makes_one_commit(sources: Hub, make_settings, store,
         recipe = store.add_recipe(db, owner="alice", yaml=recipe_yaml(), repo_id=f"{BOT}/dup",
                                   private=False, watch=False, sources=[])
         job_id, _ = queue.enqueue(db, recipe, "alice", "test")
-    work = settings.work_root / "dup"
-    work.mkdir(parents=True)
 
-    def dispatch(attempt: int) -> Dispatch:
+    def dispatch(job: int, attempt: int) -> Dispatch:
+        work = settings.work_root / f"job-{job}-attempt-{attempt}"  # as the worker's
+        work.mkdir(parents=True)
         request = PublishRequest(recipe_yaml(), f"{BOT}/dup", settings.token, work,
-                                 endpoint=settings.endpoint, job_key=f"job-{job_id}",
+                                 endpoint=settings.endpoint, job_key=f"job-{job}",
                                  device="cpu")
-        return Dispatch(job_id, attempt, request)
+        return Dispatch(job, attempt, request)
 
-    first = make_backend(settings, store).run(dispatch(1), lambda stage, fraction: None)
-    second = make_backend(settings, store).run(dispatch(2), lambda stage, fraction: None)
+    first = make_backend(settings, store).run(dispatch(job_id, 1), lambda stage, fraction: None)
+    second = make_backend(settings, store).run(dispatch(job_id, 2), lambda stage, fraction: None)
     assert second.commit_sha == first.commit_sha and second.reused_commit
     assert len(job_commits(sources, f"{BOT}/dup")) == 1
     if name == "hf-jobs":
@@ -205,12 +214,9 @@ def test_duplicate_dispatch_makes_one_commit(sources: Hub, make_settings, store,
     outcomes: list = []
 
     def run(attempt: int) -> None:
-        request = PublishRequest(recipe_yaml(), f"{BOT}/dup", settings.token, work,
-                                 endpoint=settings.endpoint, job_key=f"job-{job_two}",
-                                 device="cpu")
         try:
             outcomes.append(make_backend(settings, store).run(
-                Dispatch(job_two, attempt, request), lambda stage, fraction: None).commit_sha)
+                dispatch(job_two, attempt), lambda stage, fraction: None).commit_sha)
         except (TransientError, Cancelled) as exc:
             outcomes.append(exc)
 
@@ -220,6 +226,6 @@ def test_duplicate_dispatch_makes_one_commit(sources: Hub, make_settings, store,
         time.sleep(0.3)
     for thread in threads:
         thread.join(120)
-    assert len(job_commits(sources, f"{BOT}/dup")) == 2  # one for each job
+    assert len(job_commits(sources, f"{BOT}/dup")) == 2, outcomes  # one for each job
     commits = {o for o in outcomes if isinstance(o, str)}
     assert len(commits) == 1 and len(outcomes) == 2, outcomes
