@@ -124,6 +124,22 @@ def test_job_md_and_card_md() -> None:
     card = render.card_md("---\nlicense: mit\n---\n\n# Title\n")
     assert card.startswith("# Title\n") and card.endswith("```yaml\nlicense: mit\n```\n")
     assert render.card_md("# plain\n") == "# plain\n"
+    run = {"backend": "hf-jobs", "flavor": "l4x1", "hf_job_id": "abc123",
+           "hf_job_url": "https://hub.example/jobs/bot/abc123",
+           "hf_job_log": ["mergebot-stage: merging 0.500"]}
+    on_jobs = render.job_md({**job, "run": run}, "h")
+    assert "[`abc123`](https://hub.example/jobs/bot/abc123) on `l4x1`" in on_jobs
+    assert "mergebot-stage: merging 0.500" in on_jobs
+    assert "Hugging Face Job" not in render.job_md({**job, "run": {"backend": "local"}}, "h")
+
+
+def test_summary_md_shows_the_jobs_flavor_and_cost() -> None:
+    summary = {"method": "linear", "formula": "m = a", "models": [], "output_bytes": 1,
+               "parameter_count": 1, "warnings": [],
+               "backend": {"backend": "hf-jobs", "flavor": "t4-small",
+                           "estimated_seconds": 600, "estimated_cost_usd": 0.0667}}
+    assert "**Runs on:** Hugging Face Jobs, `t4-small`, about 10 min, estimated $0.07." in (
+        render.summary_md(summary, "h"))
 
 
 def test_sizes_and_history_rows() -> None:
