@@ -3,7 +3,8 @@ merge itself.
 
     python benchmarks/bench_jobs.py [--family 0.2b] [--runs 3] [--poll 1.0]
 
-Against a `mergebot localhub` process (unthrottled), alternately:
+Against localhub (unthrottled, in this process; the Jobs are its subprocesses),
+alternately:
 - merge: ``merge_and_publish`` in this process, from resolving the sources to the commit;
 - hf-jobs: ``HfJobsBackend.run`` from the dispatch (plan from headers, flavor, repo
   check, ``run_job``) until the bot holds the commit: localhub runs the Job's command
@@ -29,10 +30,10 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from huggingface_hub import HfApi  # noqa: E402
-from procs import start_localhub  # noqa: E402
 
 from bot import queue  # noqa: E402
 from bot.backends import Dispatch, HfJobsBackend  # noqa: E402
+from bot.localhub import serve_in_thread  # noqa: E402
 from bot.publish import PublishRequest, merge_and_publish  # noqa: E402
 from bot.settings import Settings  # noqa: E402
 from bot.store import Store  # noqa: E402
@@ -62,7 +63,8 @@ def main() -> int:
     hub_data, home = args.data / "jobs-hub", args.data / "jobs-home"
     shutil.rmtree(hub_data, ignore_errors=True)
     shutil.rmtree(home, ignore_errors=True)
-    proc, url = start_localhub(hub_data, "bench", TOKEN)
+    hub = serve_in_thread(hub_data, {"bench": TOKEN})  # in this process: starts at once
+    url = hub.url
     try:
         api = HfApi(endpoint=url, token=TOKEN)
         for name, repo in zip(("base", "donor-1", "donor-2"), REPOS, strict=True):
@@ -101,8 +103,7 @@ def main() -> int:
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v
                               for k, v in rows[-1].items()}), file=sys.stderr)
     finally:
-        proc.terminate()
-        proc.wait()
+        hub.stop()
     med = {k: round(statistics.median(r[k] for r in rows), 2)
            for k in ("merge_s", "jobs_s", "dispatch_s", "job_process_s", "noticed_after_s")}
     print(json.dumps({"family": args.family, "runs": args.runs, "poll_s": args.poll, **med,

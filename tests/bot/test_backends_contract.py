@@ -46,6 +46,14 @@ class ApiBot(Bot):
         wait_for(self._healthy, timeout=120, every=0.1)
         return self
 
+    def submit(self, repo_id: str, *flags: str, token: str = USERS["alice"]) -> int:
+        """POST /api/recipes (what `mergebot submit` does, without a process start)."""
+        body = {"recipe": recipe_yaml(), "repo_id": repo_id, "watch": "--watch" in flags}
+        answer = httpx2.post(f"{self.url}/api/recipes", json=body, timeout=120,
+                             headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 201, answer.text
+        return answer.json()["job_id"]
+
 
 @pytest.fixture
 def bot_factory(tmp_path: Path):
@@ -188,9 +196,10 @@ def test_duplicate_dispatch_makes_one_commit(sources: Hub, make_settings, store,
         backend=env.get("MERGEBOT_BACKEND", "local"), jobs_image=env.get("MERGEBOT_JOBS_IMAGE"),
         jobs_poll_seconds=0.2)
     with store.write() as db:
-        recipe = store.add_recipe(db, owner="alice", yaml=recipe_yaml(), repo_id=f"{BOT}/dup",
-                                  private=False, watch=False, sources=[])
-        job_id, _ = queue.enqueue(db, recipe, "alice", "test")
+        recipes = [store.add_recipe(db, owner="alice", yaml=recipe_yaml(), repo_id=f"{BOT}/dup",
+                                    private=False, watch=False, sources=[]) for _ in range(2)]
+        job_id, _ = queue.enqueue(db, recipes[0], "alice", "test")
+        job_two, _ = queue.enqueue(db, recipes[1], "alice", "again")
 
     def dispatch(job: int, attempt: int) -> Dispatch:
         work = settings.work_root / f"job-{job}-attempt-{attempt}"  # as the worker's
@@ -209,8 +218,6 @@ def test_duplicate_dispatch_makes_one_commit(sources: Hub, make_settings, store,
 
     # Two dispatches at once: whichever commits first wins; the other reuses that commit
     # or fails transiently (the repo moved under it), never a second commit.
-    with store.write() as db:
-        job_two, _ = queue.enqueue(db, recipe, "alice", "again")
     outcomes: list = []
 
     def run(attempt: int) -> None:
