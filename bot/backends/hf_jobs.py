@@ -159,6 +159,7 @@ class HfJobsBackend:
             command.append("--repo-created-earlier")
         info = _hub(lambda: api.run_job(
             image=s.jobs_image, command=command, flavor=hw.name,
+            env={"HF_ENDPOINT": s.endpoint} if s.endpoint != DEFAULT_HUB else None,
             secrets={"HF_TOKEN": req.token, "MERGEBOT_RECIPE": req.recipe_text},
             labels={**self.labels(dispatch.job_id), "mergebot-attempt": str(dispatch.attempt)},
             timeout=need.timeout(s.jobs_mbps), namespace=ns))
