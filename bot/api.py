@@ -7,9 +7,11 @@
     GET  /api/recipes?owner=NAME    recipes, newest first
     GET  /api/recipes/{id}          a recipe with its latest jobs
     POST /api/recipes/{id}/remerge  {"force"?: bool} → 202 {"job_id", "absorbed"}
-    POST /api/validate              {"recipe", ...} → 200 the plan's summary (bot.validation)
+    POST /api/validate              {"recipe", ...} → 200 the plan's summary (bot.validation);
+                                    with hf-jobs, "backend": flavor, time and cost estimate
     DELETE /api/recipes/{id}        stop watching and forget the recipe (jobs are kept)
-    GET  /api/jobs/{id}             status, stage, progress, SHAs, commit, error, log tail
+    GET  /api/jobs/{id}             status, stage, progress, SHAs, commit, error, log tail,
+                                    "run": where it ran (hf-jobs: flavor, Job id, its log)
 
 Writes and checks need ``Authorization: Bearer <hub token>``, checked with ``whoami`` on the Hub
 (missing or invalid → 401). A recipe and its jobs are public unless the recipe is private:
@@ -65,7 +67,8 @@ from merge_engine import (
 )
 
 from . import queue
-from .errors import public_message
+from .backends import Backend, LocalBackend
+from .errors import BotError, public_message
 from .settings import Settings
 from .store import Store
 from .validation import error_item, line_of, source_loc, summary
@@ -181,6 +184,8 @@ class Services:
     after_submit: Callable[[], None] = lambda: None
     """Run in the background after a recipe changes (e.g. reconcile Hub webhooks)."""
     checks: CheckSlots = field(default_factory=CheckSlots)
+    backend: Backend = field(default_factory=LocalBackend)
+    """Where merges run: what the job view and Check say about it."""
 
 
 def _services(request: Request) -> Services:
@@ -446,7 +451,16 @@ def check_recipe(services: Services, token: str | None, body: dict) -> dict:
     hub_sources(recipe)
     check_model_count(recipe, settings)
     with services.checks.hold(user, settings):
-        return summary(preflight(recipe, settings, token))
+        plan = preflight(recipe, settings, token)
+    answer = summary(plan)
+    try:
+        quote = services.backend.quote(plan)
+    except BotError as exc:  # e.g. no flavor fits: the submission would fail to run
+        quote = {"backend": services.backend.name, "error": str(exc)}
+        answer["warnings"].append(str(exc))
+    if quote is not None:
+        answer["backend"] = quote
+    return answer
 
 
 # endpoints --------------------------------------------------------------------------
@@ -597,7 +611,12 @@ async def get_job(request: Request) -> JSONResponse:
             recipe = None  # someone else's private recipe: its jobs do not exist for them
         if recipe is None:
             raise ApiError(404, f"job {job_id} not found")
-        return {**job.to_api(), "repo_id": recipe.repo_id, "log": services.store.log_tail(job.id)}
+        return {
+            **job.to_api(),
+            "repo_id": recipe.repo_id,
+            "log": services.store.log_tail(job.id),
+            "run": services.backend.describe(job.id),
+        }
 
     return JSONResponse(await run_in_threadpool(load))
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
+from .backends.job_main import add_job_parser
 from .merge_cli import add_merge_parser
 
 Runner = Callable[[argparse.Namespace], int]
@@ -376,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_localhub_parser(subparsers)
     add_merge_parser(subparsers)
+    add_job_parser(subparsers)
     add_serve_parser(subparsers)
     add_space_parser(subparsers)
     add_worker_parser(subparsers)

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from . import api, queue
+from .backends import make_backend
 from .database import open_store
 from .settings import Settings
 from .status import status_page
@@ -69,7 +70,10 @@ def create_app(
     settings = settings or Settings.from_env()
     store = open_store(settings)
     sync = WebhookSync(settings, store)
-    services = api.Services(settings, store, api.HubGate(settings), after_submit=sync.run)
+    services = api.Services(
+        settings, store, api.HubGate(settings), after_submit=sync.run,
+        backend=make_backend(settings, store),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -19,6 +19,12 @@ Variables (all optional; limits have defaults):
     MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
     MERGEBOT_PERPLEXITY_FACTOR,
     MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
+    MERGEBOT_BACKEND         where merges run: local (worker processes; default) or hf-jobs
+    MERGEBOT_JOBS_IMAGE      hf-jobs: the Docker image with mergebot and CUDA torch
+    MERGEBOT_JOBS_FLAVOR     hf-jobs: this flavor for every merge (default: the cheapest
+                             that fits the plan)
+    MERGEBOT_JOBS_NAMESPACE  hf-jobs: who runs (and pays for) the Jobs (default: the bot)
+    MERGEBOT_JOBS_POLL_SECONDS, MERGEBOT_JOBS_MBPS (assumed transfer speed for estimates)
 
 Tokens, the secret and the database URL (it may hold a password) never appear in
 ``repr``. Nothing else in the bot reads env vars; on a Hugging Face Space, :mod:`bot.space`
@@ -34,6 +40,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+BACKENDS = ("local", "hf-jobs")
+"""Where merges may run (:mod:`bot.backends`)."""
 
 
 class SettingsError(ValueError):
@@ -75,6 +83,14 @@ class Settings:
     """A merge whose perplexity exceeds this many times its worst source's is not
     published (unless its submission allows it); see merge_engine's check stage."""
     device: str = "auto"
+    backend: str = "local"
+    jobs_image: str | None = None
+    jobs_flavor: str | None = None
+    jobs_namespace: str | None = None
+    jobs_poll_seconds: float = 10.0
+    """How often the bot looks at a running Job (stage, logs, cancellation)."""
+    jobs_mbps: float = 100.0
+    """Transfer speed (MB/s) a Job's download and upload are estimated at."""
 
     @property
     def db_path(self) -> Path:
@@ -112,7 +128,14 @@ class Settings:
             "namespace": env.get("MERGEBOT_NAMESPACE") or None,
             "server_url": (env.get("MERGEBOT_URL") or "http://127.0.0.1:7860").rstrip("/"),
             "device": env.get("MERGEBOT_DEVICE") or "auto",
+            "backend": env.get("MERGEBOT_BACKEND") or "local",
+            "jobs_image": env.get("MERGEBOT_JOBS_IMAGE") or None,
+            "jobs_flavor": env.get("MERGEBOT_JOBS_FLAVOR") or None,
+            "jobs_namespace": env.get("MERGEBOT_JOBS_NAMESPACE") or None,
         }
+        if values["backend"] not in BACKENDS:
+            raise SettingsError(
+                f"MERGEBOT_BACKEND must be one of {', '.join(BACKENDS)}, not {values['backend']!r}")
         numeric = {f.name: f.type for f in fields(cls) if f.type in ("int", "float")}
         for name, kind in numeric.items():
             raw = env.get(f"MERGEBOT_{name.upper()}")

@@ -123,6 +123,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE recipes ADD COLUMN allow_high_perplexity INTEGER NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE job_runs (             -- where a backend ran a job (bot.backends)
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            attempt INTEGER NOT NULL,
+            backend TEXT NOT NULL,
+            run_id TEXT NOT NULL,           -- e.g. the Hugging Face Job id
+            flavor TEXT,
+            adopted INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (job_id, attempt)
+        );
+        """,
+    ),
 )
 
 
@@ -538,6 +553,31 @@ class Store:
                 (job_id, lines),
             ).fetchall()
         return [r["line"] for r in reversed(rows)]
+
+    def record_run(
+        self, job_id: int, attempt: int, *, backend: str, run_id: str, flavor: str | None,
+        adopted: bool = False,
+    ) -> None:
+        """Where attempt ``attempt`` of the job runs (the latest record of an attempt wins)."""
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO job_runs (job_id, attempt, backend, run_id, flavor, adopted,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, attempt) DO"
+                " UPDATE SET backend = excluded.backend, run_id = excluded.run_id,"
+                " flavor = excluded.flavor, adopted = excluded.adopted,"
+                " created_at = excluded.created_at",
+                (job_id, attempt, backend, run_id, flavor, int(adopted), time.time()),
+            )
+
+    def last_run(self, job_id: int) -> dict | None:
+        """The job's latest run record: attempt, backend, run_id, flavor, adopted."""
+        with self.read() as db:
+            row = db.execute(
+                "SELECT attempt, backend, run_id, flavor, adopted FROM job_runs"
+                " WHERE job_id = ? ORDER BY attempt DESC LIMIT 1",
+                (job_id,),
+            ).fetchone()
+        return dict(row) | {"adopted": bool(row["adopted"])} if row else None
 
     # deliveries ---------------------------------------------------------------------
 

@@ -124,6 +124,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE recipes ADD COLUMN allow_high_perplexity INTEGER NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE job_runs (
+            job_id BIGINT NOT NULL REFERENCES jobs(id),
+            attempt INTEGER NOT NULL,
+            backend TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            flavor TEXT,
+            adopted INTEGER NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (job_id, attempt)
+        );
+        """,
+    ),
 )
 """The same versions as :data:`bot.store.MIGRATIONS`, in Postgres types."""
 

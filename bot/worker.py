@@ -17,6 +17,10 @@ Contracts of :meth:`Worker.process`:
   whatever the outcome. A killed worker's dir is removed by the job's next attempt as it
   starts, or, when no attempt is left, by the worker that gives the job up before its
   next claim; a worker also sweeps the dirs no live lease owns when it starts.
+- Where the merge runs is the backend's business (:mod:`bot.backends`: in this process,
+  or a Hugging Face Job); the worker keeps the lease, the outcome and the retries. A
+  recipe deleted while its job runs cancels it (the job ends ``skipped``), unless the
+  commit is already being made.
 - The job records its target repo before creating it; a later attempt that finds it
   treats it as its own. Between jobs a worker runs the due repo cleanups of jobs that
   ended without success (:mod:`bot.cleanup`): a repo such a job created is deleted if it
@@ -45,6 +49,7 @@ from huggingface_hub import HfApi
 from merge_engine import CheckError, CheckOptions, InputError, SourceError, hub_refs_only
 
 from . import cleanup, queue, workdirs
+from .backends import Backend, Cancelled, Dispatch, LocalBackend, make_backend
 from .database import open_store
 from .errors import BotError, is_transient, public_message
 from .publish import PublishRequest, PublishResult, merge_and_publish, resolve_revisions
@@ -63,7 +68,8 @@ def worker_name() -> str:
 
 
 class LeaseKeeper:
-    """Heartbeats a job's lease from a thread; ``report`` is the merge's progress callback."""
+    """Heartbeats a job's lease from a thread; ``report`` is the merge's progress callback;
+    ``cancelled`` is set once the job's recipe is seen deleted."""
 
     def __init__(self, settings: Settings, store: Store, job: Job, worker: str) -> None:
         self._settings, self._store, self._job, self._worker = settings, store, job, worker
@@ -71,6 +77,7 @@ class LeaseKeeper:
         self._progress: float | None = None
         self._stop = threading.Event()
         self.lost = threading.Event()
+        self.cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-job-{job.id}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
@@ -103,11 +110,19 @@ class LeaseKeeper:
             if not held:
                 self.lost.set()
                 return
+            try:
+                recipe = self._store.get_recipe(self._job.recipe_id)
+            except Exception:  # checked again at the next beat
+                log.exception("job %s: reading its recipe failed", self._job.id)
+                continue
+            if recipe is None or recipe.deleted:
+                self.cancelled.set()
 
 
 @dataclass
 class Worker:
-    """Runs jobs from the queue; ``publish`` and ``resolve`` are seams for tests."""
+    """Runs jobs from the queue on ``backend`` (default: the one the settings name);
+    ``publish`` (the local backend's merge) and ``resolve`` are seams for tests."""
 
     settings: Settings
     store: Store
@@ -115,6 +130,12 @@ class Worker:
     publish: Publish = merge_and_publish
     resolve: Resolve = resolve_revisions
     webhooks: WebhookSync | None = None
+    backend: Backend | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = (LocalBackend(self.publish) if self.settings.backend == "local"
+                            else make_backend(self.settings, self.store))
 
     def run(self, stop: threading.Event) -> None:
         """Sweep orphaned work dirs, then process jobs until ``stop`` is set (a running
@@ -177,6 +198,9 @@ class Worker:
         try:
             with hub_refs_only():
                 result = self._merge(job, recipe, work_dir, lease)
+        except Cancelled as exc:
+            self.store.append_log(job.id, str(exc))
+            self._finish(job, queue.SKIPPED)
         except InputError as exc:
             if isinstance(exc, CheckError) and exc.report is not None:
                 self._log_checks(job, exc.report)
@@ -224,8 +248,7 @@ class Worker:
                 )
                 self._finish(job, queue.SKIPPED, source_shas=current, commit=recipe.last_commit)
                 return None
-        return self.publish(
-            PublishRequest(
+        request = PublishRequest(
                 recipe_text=recipe.yaml,
                 repo_id=recipe.repo_id,
                 token=settings.token or "",
@@ -243,9 +266,9 @@ class Worker:
                     allow_high_perplexity=recipe.allow_high_perplexity,
                     cache_dir=settings.home / "perplexities",
                 ),
-            ),
-            lease.report,
-        )
+            )
+        dispatch = Dispatch(job.id, job.attempts, request, lease.cancelled.is_set)
+        return self.backend.run(dispatch, lease.report)
 
     def _log_checks(self, job: Job, report) -> None:
         """The check stage's figures and sample generation, one log line each."""

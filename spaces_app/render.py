@@ -114,6 +114,13 @@ def summary_md(summary: dict, hub_url: str) -> str:
                   models_table(module["models"], hub_url)]
         if module.get("parameters"):
             parts.append(_parameters_md(module["parameters"], "Module parameters"))
+    backend = summary.get("backend") or {}
+    if backend.get("flavor"):
+        parts.append(
+            f"**Runs on:** Hugging Face Jobs, `{backend['flavor']}`, about "
+            f"{backend['estimated_seconds'] / 60:.0f} min, estimated "
+            f"${backend['estimated_cost_usd']:.2f}."
+        )
     warnings = summary.get("warnings") or []
     if warnings:
         parts.append("**Warnings**\n\n" + "\n".join(f"- ⚠ {w}" for w in warnings))
@@ -177,6 +184,12 @@ def job_md(job: dict, hub_url: str) -> str:
         parts.append("**Skipped:** nothing to merge (the recipe was deleted).")
     if job.get("error"):
         parts.append(f"**Error:** {text_md(job['error'])}")
+    run = job.get("run") or {}
+    if run.get("hf_job_id"):
+        parts.append(f"**Hugging Face Job:** [`{run['hf_job_id']}`]({run.get('hf_job_url', '')})"
+                     f" on `{run.get('flavor')}`")
+        if run.get("hf_job_log"):
+            parts.append("```\n" + "\n".join(run["hf_job_log"][-10:]) + "\n```")
     return "\n\n".join(parts)
 
 

@@ -28,13 +28,20 @@ Webhook deliveries: v3 `repo.content` payloads after each commit, `repo` create/
 Hostile callers: an LFS object belongs to the repos it was uploaded to (a commit, batch or
 verify in another repo cannot use it by naming its sha256); JSON bodies are limited to
 2 MiB and commit bodies to 64 MiB (413); file paths follow the Hub's rules (`paths.py`).
+Hugging Face Jobs (`jobs.py`, `api_jobs.py`): POST/GET /api/jobs/{ns} (run, list by label),
+GET /api/jobs/{ns}/{id} and /logs, POST /api/jobs/{ns}/{id}/cancel, GET /api/jobs/hardware;
+each Job's command runs as a local subprocess with its env and secrets and HF_ENDPOINT set
+to this server, with a timeout and kill on cancel.
 
 Test extras (no auth with `--test-hooks`, else any valid token; see `testhooks.py`):
     GET  /_localhub/stats          counters: bytes served per file, safetensors header vs
                                    data bytes, uploads, commits, webhook deliveries
     POST /_localhub/stats/reset
-    GET|POST|DELETE /_localhub/faults   {"path_regex", "status", "count", "method"}: answer
-                                   the next matching requests with that status
+    GET|POST|DELETE /_localhub/faults   {"path_regex", "status", "count", "method", "delay"}:
+                                   answer the next matching requests with that status, or
+                                   hold them `delay` seconds
+    POST /_localhub/jobs/faults    {"action": delay|hang|exit, "count", ...}: what the next
+                                   Jobs do instead (see `jobs.py`)
 
 Known gaps: no datasets/spaces, orgs, tags, pull requests (create_pr), Xet, LFS multipart,
 pagination (lists come in one page), `expand` on tree entries (lastCommit), blob GC.

@@ -3,6 +3,7 @@ routes on the raw path and renders `HubError`s the way the Hub does."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.applications import Starlette
@@ -10,7 +11,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import api_commit, api_files, api_repos, api_testhooks, api_webhooks, errors, pages
+from . import (
+    api_commit,
+    api_files,
+    api_jobs,
+    api_repos,
+    api_testhooks,
+    api_webhooks,
+    errors,
+    pages,
+)
 from .context import Call, HubContext
 from .routing import Router
 
@@ -27,6 +37,7 @@ def create_app(ctx: HubContext) -> Starlette:
     """An ASGI app serving the Hub API over `ctx` (which the caller owns and closes)."""
     router = Router(
         api_testhooks.ROUTES
+        + api_jobs.ROUTES
         + api_repos.ROUTES
         + api_webhooks.ROUTES
         + api_commit.ROUTES
@@ -40,8 +51,11 @@ def create_app(ctx: HubContext) -> Starlette:
         ctx.stats.incr("requests")
         try:
             if not path.startswith("/_localhub/"):
-                status = ctx.faults.take(request.method, path)
-                if status is not None:
+                status, delay = ctx.faults.take(request.method, path)
+                if delay:
+                    ctx.stats.incr("faults_triggered")
+                    await asyncio.sleep(delay)
+                elif status is not None:
                     ctx.stats.incr("faults_triggered")
                     raise errors.HubError(status, f"Injected fault ({status})")
             user = ctx.users.authenticate(request.headers.get("authorization"))

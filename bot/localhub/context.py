@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from . import errors
 from .auth import User, Users, check_read, check_write
+from .jobs import JobRunner
 from .storage import RepoMeta, Storage
 from .testhooks import Faults, Stats
 from .throttle import TokenBucket
@@ -33,6 +34,8 @@ class HubContext:
     """Throttles bodies received from clients (a link is full duplex: one budget each)."""
     test_hooks: bool
     secret: bytes
+    jobs: JobRunner
+    """Hugging Face Jobs, run as local subprocesses."""
 
     @classmethod
     def open(
@@ -46,6 +49,7 @@ class HubContext:
         """Open (or create) the data directory. `bandwidth_mbps` is in megabytes/s (1e6 B)."""
         storage = Storage(Path(data_dir))
         stats = Stats()
+        (storage.root / "jobs").mkdir(exist_ok=True)
         return cls(
             storage=storage,
             users=Users(users),
@@ -57,11 +61,14 @@ class HubContext:
             uploads=TokenBucket(bandwidth_mbps * 1e6) if bandwidth_mbps else None,
             test_hooks=test_hooks,
             secret=secrets.token_bytes(32),
+            jobs=JobRunner(storage.root / "jobs"),
         )
 
     def close(self) -> None:
-        """Stop background delivery (pending deliveries are given a few seconds)."""
+        """Stop background delivery (pending deliveries are given a few seconds) and kill
+        running Jobs."""
         self.dispatcher.stop()
+        self.jobs.stop()
 
     def emit(self, meta: RepoMeta, event: dict) -> None:
         """Queue a webhook event about `meta` to its watchers."""

@@ -29,6 +29,9 @@ def _config(ctx: HubContext, log_level: str) -> uvicorn.Config:
         lifespan="off",
         timeout_keep_alive=60,  # pooled client connections outlive uvicorn's 5 s default
         timeout_graceful_shutdown=2,
+        # uvicorn's Date is refreshed by its event loop once a second and lags under load;
+        # the Jobs log replay (api_jobs) stops at the Date, so responses set their own.
+        date_header=False,
     )
 
 

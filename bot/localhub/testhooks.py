@@ -17,9 +17,11 @@ Stats contract (`GET /_localhub/stats`):
     faults_triggered              faults served
 
 Faults contract (`POST /_localhub/faults` with JSON {"path_regex": str, "status": int,
-"count": int = 1, "method": str | None}): the next `count` requests whose path matches
-`path_regex` (re.search on the URL path, e.g. "/api/models/.*/commit/") and method (if
-given) are answered with `status` and a JSON error, before any other processing.
+"count": int = 1, "method": str | None, "delay": float = 0}): the next `count` requests
+whose path matches `path_regex` (re.search on the URL path, e.g. "/api/models/.*/commit/")
+and method (if given) are answered with `status` and a JSON error, before any other
+processing; with `delay` (seconds) and no `status` they are held that long, then served
+normally (a slow Hub, to catch a client mid-request).
 """
 
 from __future__ import annotations
@@ -90,9 +92,10 @@ class Stats:
 @dataclass
 class Fault:
     path_regex: str
-    status: int
+    status: int | None
     count: int = 1
     method: str | None = None
+    delay: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method.upper() != method.upper():
@@ -112,29 +115,33 @@ class Faults:
         try:
             fault = Fault(
                 path_regex=str(spec["path_regex"]),
-                status=int(spec["status"]),
+                status=int(spec["status"]) if spec.get("status") is not None else None,
                 count=int(spec.get("count", 1)),
                 method=spec.get("method"),
+                delay=float(spec.get("delay") or 0.0),
             )
             re.compile(fault.path_regex)
         except (KeyError, TypeError, re.error) as exc:
             raise ValueError(f"bad fault spec: {exc}") from exc
-        if not 100 <= fault.status <= 599 or fault.count < 1:
+        if fault.status is None and fault.delay <= 0:
+            raise ValueError("a fault needs a status or a delay")
+        if (fault.status is not None and not 100 <= fault.status <= 599) or fault.count < 1:
             raise ValueError("status must be an HTTP status and count >= 1")
         with self._lock:
             self._faults.append(fault)
         return fault
 
-    def take(self, method: str, path: str) -> int | None:
-        """The status to inject for this request, if a pending fault matches (consumes one)."""
+    def take(self, method: str, path: str) -> tuple[int | None, float]:
+        """(status, delay) to inject for this request, if a pending fault matches
+        (consumes one); (None, 0.0) when none does."""
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, path):
                     fault.count -= 1
                     if fault.count == 0:
                         self._faults.remove(fault)
-                    return fault.status
-        return None
+                    return fault.status, fault.delay
+        return None, 0.0
 
     def clear(self) -> None:
         with self._lock:

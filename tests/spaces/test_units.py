@@ -133,6 +133,13 @@ def test_job_md_and_card_md() -> None:
     card = render.card_md("---\nlicense: mit\n---\n\n# Title\n")
     assert card.startswith("# Title\n") and card.endswith("```yaml\nlicense: mit\n```\n")
     assert render.card_md("# plain\n") == "# plain\n"
+    run = {"backend": "hf-jobs", "flavor": "l4x1", "hf_job_id": "abc123",
+           "hf_job_url": "https://hub.example/jobs/bot/abc123",
+           "hf_job_log": ["mergebot-stage: merging 0.500"]}
+    on_jobs = render.job_md({**job, "run": run}, "h")
+    assert "[`abc123`](https://hub.example/jobs/bot/abc123) on `l4x1`" in on_jobs
+    assert "mergebot-stage: merging 0.500" in on_jobs
+    assert "Hugging Face Job" not in render.job_md({**job, "run": {"backend": "local"}}, "h")
     sha = "0123456789ab" + "c" * 28
     row = render.card_md(f"| a/b | [`{sha}`](http://hub/a/b/commit/{sha}) |\n")
     assert row == f"| a/b | [`0123456789ab`](http://hub/a/b/commit/{sha}) |\n"
@@ -148,6 +155,15 @@ def test_checks_md_shows_the_check_lines_of_a_job_log() -> None:
         "perplexity of a/base: 95.66\ngreedy generation: 'The capital' -> 'of 'x''\n```" in shown
     assert "stage: merging" not in shown and "committed" not in shown
     assert render.checks_md(["stage: merging"]) == ""
+
+
+def test_summary_md_shows_the_jobs_flavor_and_cost() -> None:
+    summary = {"method": "linear", "formula": "m = a", "models": [], "output_bytes": 1,
+               "parameter_count": 1, "warnings": [],
+               "backend": {"backend": "hf-jobs", "flavor": "t4-small",
+                           "estimated_seconds": 600, "estimated_cost_usd": 0.0667}}
+    assert "**Runs on:** Hugging Face Jobs, `t4-small`, about 10 min, estimated $0.07." in (
+        render.summary_md(summary, "h"))
 
 
 def test_sizes_and_history_rows() -> None:
