@@ -1,8 +1,9 @@
 """The backend contract (bot/backends/base.py), one suite for every backend: a real
 `mergebot serve` and `mergebot worker` processes against localhub, each merge where the
 backend runs it (`local`: in the worker; `hf-jobs`: a Job that localhub runs as a
-subprocess). Add a backend by adding an entry to BACKENDS: a function of the test's
-`tmp_path` returning the bot's extra environment.
+subprocess; `fleet`: the local dispatch with the queue on a real Postgres server, which the
+serve and worker processes share by its URL). Add a backend by adding an entry to
+BACKENDS: a function of the test's fixture request returning the bot's extra environment.
 
 Faults that hold a merge mid-way are localhub's request delays: on the commit (kill -9,
 stall) or on the shard pre-upload (cancel)."""
@@ -23,6 +24,7 @@ from bot.backends import Cancelled, Dispatch, make_backend
 from bot.errors import TransientError
 from bot.publish import PublishRequest
 from bot.store import Store
+from bot.store_pg import PostgresStore
 from tests.bot.botutil import BOT, SECRET, recipe_yaml, wait_for
 from tests.bot.test_service import Bot, job_commits
 from tests.hubtools import USERS, Hub
@@ -31,9 +33,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 HF_JOBS = {"MERGEBOT_BACKEND": "hf-jobs", "MERGEBOT_JOBS_IMAGE": "mergebot-jobs:test",
            "MERGEBOT_JOBS_POLL_SECONDS": "0.2"}
-BACKENDS: dict[str, Callable[[Path], dict[str, str]]] = {
-    "local": lambda tmp_path: {},
-    "hf-jobs": lambda tmp_path: dict(HF_JOBS),
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], dict[str, str]]] = {
+    "local": lambda request: {},
+    "hf-jobs": lambda request: dict(HF_JOBS),
+    "fleet": lambda request: {"MERGEBOT_DATABASE_URL": request.getfixturevalue("pg_url")},
 }
 
 
@@ -69,9 +72,20 @@ def bot_factory(tmp_path: Path):
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request, tmp_path: Path) -> tuple[str, dict[str, str]]:
+def backend(request) -> tuple[str, dict[str, str]]:
     """(name, the bot's environment for it)."""
-    return request.param, BACKENDS[request.param](tmp_path)
+    return request.param, BACKENDS[request.param](request)
+
+
+def dispatched_by(name: str) -> str:
+    """The backend a job's run names: a fleet dispatches locally."""
+    return "local" if name == "fleet" else name
+
+
+def bot_store(bot: Bot, env: dict[str, str]) -> Store:
+    """The bot's database, as its processes open it."""
+    url = env.get("MERGEBOT_DATABASE_URL")
+    return PostgresStore(url) if url else Store(bot.home / "bot.sqlite3")
 
 
 def hub_jobs(hub: Hub, job_id: int) -> list:
@@ -103,7 +117,7 @@ def test_webhook_burst_makes_one_job(sources: Hub, bot_factory, backend):
     assert bot.job(job)["triggers"] == 21 and bot.job(job + 1).get("status") is None
     bot.worker()
     done = wait_for(lambda: bot.done(job), timeout=90)
-    assert done["status"] == "succeeded" and done["run"]["backend"] == name
+    assert done["status"] == "succeeded" and done["run"]["backend"] == dispatched_by(name)
     assert len(job_commits(sources, f"{BOT}/burst")) == 1
     if name == "hf-jobs":  # the job view shows the Job; Check shows its flavor and cost
         assert done["run"]["flavor"] == "t4-small" and done["run"]["hf_job_id"]
@@ -121,7 +135,7 @@ def test_kill_9_of_the_bot_mid_merge_makes_one_commit(sources: Hub, bot_factory,
     workers = {bot.worker().pid for _ in range(2)}  # one merges, the other waits
     job = bot.submit(f"{BOT}/crash")
     wait_for(lambda: sources.stats()["faults_triggered"] >= 1, timeout=120)  # committing
-    owner = Store(bot.home / "bot.sqlite3").get_job(job).lease_owner
+    owner = bot_store(bot, env).get_job(job).lease_owner
     victim = next(p for p in bot.procs if p.pid in workers and f":{p.pid}:" in owner)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
