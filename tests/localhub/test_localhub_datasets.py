@@ -222,3 +222,6 @@ def test_dataset_webhooks_and_pages(hub, receiver):
     page = httpx2.get(f"{hub.url}/datasets/alice/ds")
     assert page.status_code == 200 and "d.txt" in page.text and "m.txt" not in page.text
     assert 'href="/datasets/alice/ds/tree/main"' in page.text
+    user = httpx2.get(f"{hub.url}/alice")
+    assert 'href="/datasets/alice/ds"' in user.text and 'href="/alice/ds"' in user.text
+    assert "Dataset card" in page.text
