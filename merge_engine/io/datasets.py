@@ -6,9 +6,9 @@ Where the files are, at the resolved commit (as the Hub and ``datasets`` lay the
 1. The dataset card's ``configs:`` list (``config_name``, ``data_files`` as a pattern, a
    list of patterns or ``{split, path}`` items, ``default: true``); the config asked for,
    or without one the default config (marked ``default``, named ``default``, or the only one).
-2. Without ``configs:``, files named after the split: ``data/{split}-*`` or ``data/{split}/``
-   first, then any folder or file name holding the split's keyword between delimiters
-   (``train``/``training``, ``validation``/``valid``/``val``/``dev``,
+2. Without ``configs:``, files named after the split: ``{split}/``, ``data/{split}-*`` or
+   ``data/{split}/`` first, then any folder or file name holding the split's keyword between
+   delimiters (``train``/``training``, ``validation``/``valid``/``val``/``dev``,
    ``test``/``testing``/``eval``/``evaluation``); with no split keyword anywhere, every
    file is ``train``. A config asked for without ``configs:`` is a folder of that name.
 3. The parquet converter's branch ``refs/convert/parquet``: ``{config}/{split}/*.parquet``
