@@ -31,6 +31,7 @@ from merge_engine.evaluate import (
     parse_eval_sets,
     read_sets,
     run_tasks,
+    write_evaluation_plot,
 )
 from merge_engine.io import HubAccess, Source, open_source
 from merge_engine.io.retry import causes as error_causes
@@ -80,4 +81,5 @@ __all__ = [
     "run_merge",
     "run_tasks",
     "validate",
+    "write_evaluation_plot",
 ]
