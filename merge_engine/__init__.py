@@ -33,7 +33,7 @@ from merge_engine.evaluate import (
     run_tasks,
     write_evaluation_plot,
 )
-from merge_engine.io import HubAccess, Source, open_source
+from merge_engine.io import HubAccess, Source, load_dataset_texts, open_source
 from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
 from merge_engine.plan import Plan
@@ -70,6 +70,7 @@ __all__ = [
     "formula",
     "hub_refs_only",
     "is_transient",
+    "load_dataset_texts",
     "load_recipe",
     "open_source",
     "parse_eval_sets",
