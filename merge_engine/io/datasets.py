@@ -127,7 +127,8 @@ def _snapshot(hub: HubAccess, repo: str, revision: str | None, where: _Where,
         raise SourceError(f"{where}: no such dataset on the Hub (or it is private and the "
                           "token given has no access to it)") from e
     except (hub_errors.HfHubHTTPError, httpx2.TransportError) as e:
-        raise SourceError(f"{where}: could not read the dataset at {at!r}: {e}") from e
+        raise SourceError(f"{where}: could not read the dataset at {at!r}: {_first_line(e)}"
+                          ) from e
     return sha, {f.path: f.size for f in tree if isinstance(f, RepoFile)}
 
 
@@ -291,11 +292,19 @@ def _fetch(hub: HubAccess, repo: str, sha: str, path: str, first: int, last: int
     url, headers = _url(hub, repo, sha, path), build_hf_headers(token=hub.token)
     try:
         data, _ = retry(lambda: read_range(url, first, last, headers))
+    except hub_errors.GatedRepoError as e:
+        raise SourceError(f"{where}: the dataset is gated and the token given has no "
+                          "access to its files") from e
     except (hub_errors.HfHubHTTPError, httpx2.TransportError, MergeEngineError) as e:
-        raise SourceError(f"{where}: could not read {path} at {sha[:12]}: {e}") from e
+        raise SourceError(f"{where}: could not read {path} at {sha[:12]}: {_first_line(e)}"
+                          ) from e
     if len(data) != last - first + 1:
         raise SourceError(f"{where}: {path} at {sha[:12]} is shorter than its listed size")
     return data
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class _RemoteFile(io.RawIOBase):
@@ -367,4 +376,4 @@ def _read_texts(hub: HubAccess, repo: str, sha: str, path: str, size: int, where
                         return
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{where}: {path} at {sha[:12]} is not a readable parquet file: "
-                          f"{e}") from e
+                          f"{_first_line(e)}") from e
