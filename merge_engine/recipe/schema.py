@@ -22,6 +22,7 @@ from merge_engine import methods
 from merge_engine.errors import RecipeError
 from merge_engine.methods.registry import REQUIRED, MethodSpec
 from merge_engine.recipe.locations import line_of
+from merge_engine.recipe.moe import MoeSpec
 from merge_engine.recipe.params import (
     ParamValue,
     evaluate,
@@ -107,6 +108,10 @@ class Recipe:
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What was accepted but is worth saying: parameters mergekit defines that the method
     does not use, ignored (see :func:`merge_engine.recipe.checks.drop_ignored`)."""
+    moe: MoeSpec | None = field(default=None, hash=False)
+    """A mixture-of-experts recipe (mergekit-moe's YAML, :mod:`merge_engine.recipe.moe`):
+    :attr:`models` are the base, then each other expert source once; the method is the
+    expert copy (``merge_method`` ``moe``). None for a merge recipe."""
 
     @property
     def spec(self) -> MethodSpec:
