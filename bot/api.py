@@ -279,7 +279,7 @@ def hub_sources(recipe: Recipe) -> list[str]:
     found: list[str] = []
     problems = []
     for model in recipe.inputs():
-        loc = model.loc if model.loc == "base_model" else f"{model.loc}.model"
+        loc = model.ref_loc
         for ref in (model.ref, model.ref.lora):
             if ref is None:
                 continue

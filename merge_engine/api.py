@@ -115,6 +115,8 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     resolved = time.perf_counter() - started
     seed = random_seed if random_seed is not None else secrets.randbits(31)
     dev = resolve_device(device)
+    if isinstance(plan, MoePlan):
+        plan = fill_gates(plan, dev, seed)  # before the checks' warm-up imports transformers
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
@@ -124,8 +126,6 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
             "tokenizer.json" in s.files for s in plan.sources):
         warm_up()  # the behaviour checks will likely run: import transformers meanwhile
     try:
-        if isinstance(plan, MoePlan):
-            plan = fill_gates(plan, dev, seed)
         shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer)
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,
                             progress=progress, on_shard_done=shards.hook)

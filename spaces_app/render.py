@@ -240,7 +240,8 @@ HISTORY_HEADERS = [
 
 
 def _method(recipe_text: str) -> str:
+    """The recipe's ``merge_method``; ``moe`` for an MoE recipe (``experts:``)."""
     for line in recipe_text.splitlines():
         if line.strip().startswith("merge_method:"):
             return line.split(":", 1)[1].split("#", 1)[0].strip()
-    return ""
+    return "moe" if any(line.startswith("experts:") for line in recipe_text.splitlines()) else ""

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import torch
 
-from merge_engine.errors import MergeEngineError, PlanError
+from merge_engine.errors import PlanError
 from merge_engine.execute.executor import chunk_seed
 from merge_engine.io.checkpoint import FileReader
 from merge_engine.io.sources import Source
 from merge_engine.plan.moe import MoePlan
 from merge_engine.recipe.moe import PROMPT_MODES, Expert
+from merge_engine.tokenizer.files import tokenizers_module
 
 Embedder = Callable[[str], torch.Tensor | None]
 """A prompt -> its vector per layer ``[layers, hidden]`` (None: no tokens)."""
@@ -92,12 +93,7 @@ def _row(expert: Expert, vector: Embedder, layer: int, hidden: int) -> torch.Ten
 
 
 def _tokenizer(base: Source):
-    try:
-        import tokenizers
-    except ImportError:
-        raise MergeEngineError("gate modes hidden and cheap_embed need the tokenizers "
-                               "package (pip install tokenizers)") from None
-    return tokenizers.Tokenizer.from_file(str(base.fetch("tokenizer.json")))
+    return tokenizers_module().Tokenizer.from_file(str(base.fetch("tokenizer.json")))
 
 
 def _cheap_embedder(plan: MoePlan) -> Embedder:
@@ -143,7 +139,7 @@ def _hidden_embedder(plan: MoePlan, device: torch.device) -> Embedder:
 
 def _load_base(plan: MoePlan, device: torch.device):
     """The base model with transformers' own class (no remote code), eval mode."""
-    import transformers
+    from transformers import AutoModelForCausalLM
 
     base = plan.sources[0]
     stored = max(base.tensors.values(), key=lambda meta: meta.numel).torch_dtype
@@ -151,7 +147,7 @@ def _load_base(plan: MoePlan, device: torch.device):
     with tempfile.TemporaryDirectory(prefix="mergebot-gates-") as scratch:
         directory = base.local_dir or _linked(base, Path(scratch))
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
+            model = AutoModelForCausalLM.from_pretrained(
                 directory, dtype=dtype, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError, RuntimeError) as e:
             raise PlanError(f"{plan.recipe.where('gate_mode')}: gate_mode hidden runs the base "

@@ -41,6 +41,14 @@ class InputModel:
     parameters: Mapping[str, ParamValue] = field(hash=False)
     loc: str
 
+    @property
+    def ref_loc(self) -> str:
+        """The YAML path of the reference itself: ``base_model``, ``models[1].model``,
+        ``slices[0].sources[1].model`` or, in an MoE recipe, ``experts[2].source_model``."""
+        if self.loc == "base_model" or self.loc.endswith(".source_model"):
+            return self.loc
+        return f"{self.loc}.model"
+
 
 @dataclass(frozen=True)
 class SliceSource:
