@@ -279,3 +279,33 @@ def test_a_recipe_without_experts_stays_a_merge_recipe(models) -> None:
     with pytest.raises(RecipeError) as e:
         validate(f"base_model: {models['base']}\ngate_mode: hidden\n")
     assert one_line(e.value).startswith("gate_mode (line 2): unknown key")
+
+
+def test_noise_scale_adds_seeded_gaussian_noise_to_that_expert(models, tmp_path) -> None:
+    text = recipe(models["base"], expert_list(models), "random").replace(
+        '    positive_prompts: ["w20 w21"]\n', '    positive_prompts: ["w20 w21"]\n'
+        "    noise_scale: 0.01\n")
+    outs = []
+    for name, seed in (("one", 3), ("again", 3), ("other", 4)):
+        run_merge(text, tmp_path / name, device="cpu", random_seed=seed)
+        outs.append(tensors(tmp_path / name))
+    w = "model.layers.0.block_sparse_moe.experts.{}.w1.weight"
+    source = tensors(models["a"])["model.layers.0.mlp.gate_proj.weight"]
+    noise = outs[0][w.format(1)] - source
+    assert 0.008 < noise.std() < 0.012 and abs(noise.mean()) < 0.002
+    assert torch.equal(outs[0][w.format(1)], outs[1][w.format(1)])
+    assert not torch.equal(outs[0][w.format(1)], outs[2][w.format(1)])
+    assert torch.equal(outs[0][w.format(2)], tensors(models["b"])[
+        "model.layers.0.mlp.gate_proj.weight"])
+
+
+def test_a_pickled_expert_is_read_like_safetensors(models, tmp_path) -> None:
+    from merge_engine.synth import save_as_bin
+
+    pickled = save_as_bin(models["a"], tmp_path / "a-bin")
+    experts = [(models["base"], ["w1"], []), (pickled, ["w2"], [])]
+    run_merge(recipe(models["base"], experts, "cheap_embed"), tmp_path / "out", device="cpu",
+              random_seed=0)
+    merged = tensors(tmp_path / "out")
+    assert torch.equal(merged["model.layers.1.block_sparse_moe.experts.1.w2.weight"],
+                       tensors(models["a"])["model.layers.1.mlp.down_proj.weight"])

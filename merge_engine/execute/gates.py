@@ -12,7 +12,7 @@ Row ``e`` of a router is expert ``e``'s, per ``gate_mode``:
 - ``hidden``: the same with ``emb(p)`` replaced, for the router of layer ``N``, by the
   base model's hidden state entering layer ``N`` (transformers' ``hidden_states[N]``) at
   ``p``'s last token, from one forward pass of ``p`` alone (float32 on a CPU, the
-  weights' stored dtype on a GPU);
+  weights' stored dtype on a GPU; at most ``max_position_embeddings`` tokens, the first);
 
 then ``v / ||v||``. Prompts are tokenized with the base's ``tokenizer.json`` (its special
 tokens, such as a BOS, added as the tokenizer defines); a prompt with no tokens counts for
@@ -125,9 +125,11 @@ def _hidden_embedder(plan: MoePlan, device: torch.device) -> Embedder:
     base = plan.sources[0]
     tok = _tokenizer(base)
     model = _load_base(plan, device)
+    limit = base.config.get("max_position_embeddings")
+    limit = limit if isinstance(limit, int) and limit > 0 else None
 
     def embed(prompt: str) -> torch.Tensor | None:
-        ids = tok.encode(prompt).ids
+        ids = tok.encode(prompt).ids[:limit]
         if not ids:
             return None
         with torch.inference_mode():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from merge_engine.errors import PlanError
@@ -36,7 +36,7 @@ from merge_engine.plan.build import (
     _out_dtype,
 )
 from merge_engine.recipe import Recipe, ref_key
-from merge_engine.recipe.moe import PROMPT_MODES, Expert
+from merge_engine.recipe.moe import PROMPT_MODES, Expert, MoeSpec
 
 MLP_RE = re.compile(r"^(?P<layer>(?:.*\.)?layers\.(?P<n>\d+)\.)mlp\.(?P<proj>\w+)\.(?P<kind>\w+)$")
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -73,7 +73,7 @@ def build_moe_plan(recipe: Recipe, sources: Sequence[Source]) -> MoePlan:
     index = {ref_key(m.ref): i for i, m in enumerate(recipe.inputs())}
     where = recipe.where
     layers = _mlp_layers(base, where("base_model"))
-    hidden = _hidden_size(base, layers, where("base_model"))
+    hidden = _hidden_size(base, where("base_model"))
     architecture = spec.architecture or _default_architecture(base, spec)
     _check_attention(base, architecture, where("base_model"))
     if architecture == "qwen2_moe" and not spec.shared_experts:
@@ -86,9 +86,9 @@ def build_moe_plan(recipe: Recipe, sources: Sequence[Source]) -> MoePlan:
     for expert, source in zip(spec.all_experts, expert_sources, strict=True):
         _check_expert(expert, source, base, hidden, layers, where)
     out_dtype = _out_dtype(recipe, base)
-    sizes = {_intermediate(spec.experts[0], expert_sources[0], layers, where)}
+    sizes = {_intermediate(spec.experts[0], expert_sources[0], where)}
     for expert, source in zip(spec.experts, expert_sources[:len(spec.experts)], strict=True):
-        size = _intermediate(expert, source, layers, where)
+        size = _intermediate(expert, source, where)
         if size not in sizes:
             raise PlanError(f"{where(expert.loc + '.source_model')}: {source.name}'s MLP is "
                             f"{size} wide but {expert_sources[0].name}'s is {min(sizes)}; the "
@@ -129,7 +129,7 @@ def build_moe_plan(recipe: Recipe, sources: Sequence[Source]) -> MoePlan:
             router = Router(f"{moe}shared_expert_gate.weight", n, (expert,))
             routers.append(router)
             tasks.append(_router_task(router.name, 1, hidden, out_dtype))
-    config = _config(base, architecture, spec, sizes.pop(), expert_sources, layers)
+    config = _config(base, architecture, spec, sizes.pop(), expert_sources)
     warnings = list(recipe.warnings)
     if not base.config:
         warnings.append(f"{base.name} has no config.json; the output's config is incomplete")
@@ -161,7 +161,7 @@ def _mlp_layers(base: Source, loc: str) -> list[int]:
     return sorted(layers)
 
 
-def _hidden_size(base: Source, layers: list[int], loc: str) -> int:
+def _hidden_size(base: Source, loc: str) -> int:
     gate = next(n for n in base.tensors if MLP_RE.match(n) and ".gate_proj." in n)
     size = base.tensors[gate].shape[1]
     declared = base.config.get("hidden_size")
@@ -171,7 +171,7 @@ def _hidden_size(base: Source, layers: list[int], loc: str) -> int:
     return size
 
 
-def _default_architecture(base: Source, spec) -> str:
+def _default_architecture(base: Source, spec: MoeSpec) -> str:
     """qwen2_moe for a recipe with a shared expert or a qwen2 base, qwen3_moe for a qwen3
     base, else mixtral."""
     model_type = base.config.get("model_type")
@@ -200,7 +200,7 @@ def _check_attention(base: Source, architecture: str, loc: str) -> None:
 
 
 def _check_expert(expert: Expert, source: Source, base: Source, hidden: int,
-                  layers: list[int], where) -> None:
+                  layers: list[int], where: Callable[[str], str]) -> None:
     """The expert's model has the base's hidden size and layer count, and its MLP tensors
     under the base's names."""
     loc = where(expert.loc + ".source_model")
@@ -227,7 +227,7 @@ def _check_expert(expert: Expert, source: Source, base: Source, hidden: int,
                         f"{len(layers)} layers; an expert must have the base's layer count")
 
 
-def _intermediate(expert: Expert, source: Source, layers: list[int], where) -> int:
+def _intermediate(expert: Expert, source: Source, where: Callable[[str], str]) -> int:
     """The expert's MLP width (the same in every layer)."""
     widths = {source.tensors[n].shape[0] for n in source.tensors
               if (f := MLP_RE.match(n)) and f["proj"] == "gate_proj"}
@@ -254,8 +254,8 @@ def _router_task(name: str, rows: int, hidden: int, out_dtype) -> TensorTask:
                       copy=True)
 
 
-def _config(base: Source, architecture: str, spec, width: int, expert_sources,
-            layers: list[int]) -> dict:
+def _config(base: Source, architecture: str, spec: MoeSpec, width: int,
+            expert_sources: Sequence[Source]) -> dict:
     """The base's config.json as the MoE architecture's."""
     config = copy.deepcopy(dict(base.config))
     config["architectures"] = [ARCHITECTURE_CLASSES[architecture]]
