@@ -309,3 +309,40 @@ def test_a_pickled_expert_is_read_like_safetensors(models, tmp_path) -> None:
     merged = tensors(tmp_path / "out")
     assert torch.equal(merged["model.layers.1.block_sparse_moe.experts.1.w2.weight"],
                        tensors(models["a"])["model.layers.1.mlp.down_proj.weight"])
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("base_model: ./b\nexperts: 3\n", "experts (line 2)"),
+    ("base_model: ./b\nexperts: []\n", "experts (line 2)"),
+    ("base_model: ./b\nexperts: [./a]\n", "experts[0] (line 2)"),
+    ("experts: [{source_model: ./a, positive_prompts: [x]}]\n", "base_model"),
+    ("base_model: ./b\nexperts: [{positive_prompts: [x]}]\n", "experts[0] (line 2)"),
+    ("base_model: ./b\nexperts: [{source_model: ./a, positive_prompts: [[x]]}]\n",
+     "experts[0].positive_prompts[0]"),
+    ("base_model: ./b\nexperts: [{source_model: ./a, positive_prompts: {a: 1}}]\n",
+     "experts[0].positive_prompts"),
+    (f"base_model: ./b\nexperts: [{{source_model: ./a, positive_prompts: [{'x' * 5000}]}}]\n",
+     "experts[0].positive_prompts[0]"),
+    ("base_model: ./b\nexperts: [{source_model: ./a, positive_prompts: [x], noise_scale: -1}]"
+     "\n", "experts[0].noise_scale"),
+    ("base_model: ./b\nexperts: [{source_model: ./a, positive_prompts: [x], noise_scale: .nan}]"
+     "\n", "experts[0].noise_scale"),
+    ("base_model: ./b\nexperts_per_token: true\nexperts: [{source_model: ./a, "
+     "positive_prompts: [x]}]\n", "experts_per_token (line 2)"),
+    ("base_model: ./b\nexperts: [{source_model: ./a, positive_prompts: [x]}]\n"
+     "shared_experts: [{source_model: ./a}, {source_model: ./a}]\n", "shared_experts[1]"),
+    ("base_model: ./b\nexperts: [{source_model: ./a+./l, positive_prompts: [x]}]\n",
+     "experts[0].source_model"),
+    ("base_model: ./b\ntokenizer_source: union\nexperts: [{source_model: ./a, "
+     "positive_prompts: [x]}]\n", "tokenizer_source (line 2)"),
+    ("base_model: ./b\nexperts: [{source_model: ./a, positive_prompts: [x]}]\n"
+     "models: [{model: ./a}]\n", "models (line 3)"),
+    ("base_model: ./b\nexperts:\n" + "  - {source_model: ./a, positive_prompts: [x]}\n" * 300,
+     "experts"),
+])
+def test_hostile_moe_recipes_are_one_line_recipe_errors(text, where) -> None:
+    from merge_engine import parse_recipe
+
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(text)
+    assert one_line(e.value).startswith(where), str(e.value)

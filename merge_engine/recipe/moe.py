@@ -4,7 +4,7 @@ embeddings and head, and each expert's MLP from its own fine-tune, behind a rout
     base_model: org/base
     gate_mode: hidden            # hidden (default) | cheap_embed | random | uniform_random
     dtype: bfloat16              # the output's dtype (default: the base's)
-    experts_per_token: 2         # default 2
+    experts_per_token: 2         # default 2 (1 with a single expert)
     architecture: mixtral        # mixtral | qwen2_moe (alias qwen) | qwen3_moe; default from
                                  # the base (qwen2 -> qwen2_moe, qwen3 -> qwen3_moe, else mixtral)
     experts:
@@ -112,7 +112,7 @@ def parse_moe(doc: dict) -> tuple[ModelRef, MoeSpec]:
                       required=False)
     if len(shared) > 1:
         raise RecipeError("shared_experts[1]", "at most one shared expert is supported")
-    per_token = doc.get("experts_per_token", 2)
+    per_token = doc.get("experts_per_token", min(2, len(experts)))
     if isinstance(per_token, bool) or not isinstance(per_token, int) or not (
             1 <= per_token <= len(experts)):
         raise RecipeError("experts_per_token", f"expected a whole number from 1 to the "
