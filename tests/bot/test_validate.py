@@ -214,3 +214,14 @@ def test_an_moe_recipe_answers_its_experts_pinned_and_its_size(client, sources):
     assert bad.status_code == 422
     error = bad.json()["errors"][0]
     assert (error["loc"], error["line"]) == ("experts[1].source_model", 6)
+
+
+def test_the_parameter_limit_counts_what_an_moe_reads(make_client):
+    shape = dict(SHAPE.tensors())
+    dense = sum(math.prod(s) for s in shape.values())
+    mlp = sum(math.prod(s) for n, s in shape.items() if ".mlp." in n)
+    # the base without its MLPs, and one MLP per expert (the routers are computed)
+    assert check(make_client(max_parameters=dense + mlp), MOE).status_code == 200
+    answer = check(make_client(max_parameters=dense + mlp - 1), MOE)
+    assert answer.status_code == 422
+    assert f"reads {dense + mlp:,} parameters from 3 models" in answer.json()["errors"][0]["msg"]
