@@ -346,3 +346,29 @@ def test_hostile_moe_recipes_are_one_line_recipe_errors(text, where) -> None:
     with pytest.raises(RecipeError) as e:
         parse_recipe(text)
     assert one_line(e.value).startswith(where), str(e.value)
+
+
+def test_a_qwen2_base_keeps_its_attention_biases_in_qwen2_moe(tmp_path) -> None:
+    base = write_dense(tmp_path / "base", 0, "qwen2")
+    other = write_dense(tmp_path / "other", 1, "qwen2")
+    experts = [(base, ["w1"], []), (other, ["w2"], [])]
+    with pytest.raises(PlanError) as e:
+        validate(recipe(base, experts, "random"))
+    assert one_line(e.value).startswith("shared_experts: the qwen2_moe architecture")
+    with pytest.raises(PlanError) as e:
+        validate(recipe(base, experts, "random", "architecture: mixtral\n"))
+    assert one_line(e.value).startswith("base_model (line 1): ")
+    assert "attention biases" in str(e.value)
+    out = tmp_path / "out"
+    shared = f"shared_experts:\n  - source_model: {other}\n    positive_prompts: [w7]\n"
+    run_merge(recipe(base, experts, "hidden", shared), out, device="cpu", random_seed=0)
+    model, info = load(out)
+    assert type(model).__name__ == "Qwen2MoeForCausalLM" and model.config.qkv_bias is True
+    assert info == CLEAN
+    forward_ok(model)
+    merged = tensors(out)
+    assert torch.equal(merged["model.layers.0.self_attn.q_proj.bias"],
+                       tensors(base)["model.layers.0.self_attn.q_proj.bias"])
+    want = hidden_rows(base, [(other, ["w7"], [])], 2)[1]
+    torch.testing.assert_close(merged["model.layers.1.mlp.shared_expert_gate.weight"], want,
+                               rtol=1e-5, atol=1e-6)
