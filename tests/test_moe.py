@@ -75,6 +75,12 @@ def forward_ok(model) -> None:
     assert torch.isfinite(logits).all()
 
 
+def fast_tokenizer(path: Path):
+    """transformers' tokenizer of ``path/tokenizer.json`` (AutoTokenizer would pick the
+    family's own class, e.g. Qwen2Tokenizer, by the config's model_type)."""
+    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+
+
 def unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm()
 
@@ -82,7 +88,7 @@ def unit(v: torch.Tensor) -> torch.Tensor:
 def hidden_rows(base: Path, experts, layers: int) -> list[torch.Tensor]:
     """Per layer, the expected router: each expert's normalized (mean positive - mean
     negative) last-token hidden state entering that layer, from transformers directly."""
-    tok = transformers.AutoTokenizer.from_pretrained(base)
+    tok = fast_tokenizer(base)
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
 
     def state(prompt: str, layer: int) -> torch.Tensor:
@@ -136,7 +142,7 @@ def test_cheap_embed_rows_are_the_prompts_mean_embeddings(models, tmp_path) -> N
     out = tmp_path / "out"
     run_merge(recipe(models["base"], experts, "cheap_embed"), out, device="cpu", random_seed=0)
     table = tensors(models["base"])["model.embed_tokens.weight"]
-    tok = transformers.AutoTokenizer.from_pretrained(models["base"])
+    tok = fast_tokenizer(models["base"])
 
     def mean(prompts):
         return torch.stack([table[tok(p).input_ids].mean(0) for p in prompts]).mean(0)
