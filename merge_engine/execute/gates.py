@@ -11,8 +11,9 @@ Row ``e`` of a router is expert ``e``'s, per ``gate_mode``:
   row in every layer;
 - ``hidden``: the same with ``emb(p)`` replaced, for the router of layer ``N``, by the
   base model's hidden state entering layer ``N`` (transformers' ``hidden_states[N]``) at
-  ``p``'s last token, from one forward pass of ``p`` alone (float32 on a CPU, the
-  weights' stored dtype on a GPU; at most ``max_position_embeddings`` tokens, the first);
+  ``p``'s last token, from one forward pass of ``p`` alone (in the weights' stored
+  dtype, float16 widened to float32 on a CPU; at most ``max_position_embeddings`` tokens,
+  the first);
 
 then ``v / ||v||``. Prompts are tokenized with the base's ``tokenizer.json`` (its special
 tokens, such as a BOS, added as the tokenizer defines); a prompt with no tokens counts for
@@ -140,12 +141,17 @@ def _hidden_embedder(plan: MoePlan, device: torch.device) -> Embedder:
 
 
 def _load_base(plan: MoePlan, device: torch.device):
-    """The base model with transformers' own class (no remote code), eval mode."""
+    """The base model with transformers' own class (no remote code), eval mode, in its
+    stored dtype (memory: about its file size)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
     base = plan.sources[0]
-    stored = max(base.tensors.values(), key=lambda meta: meta.numel).torch_dtype
-    dtype = torch.float32 if device.type == "cpu" else stored
+    dtype = max(base.tensors.values(), key=lambda meta: meta.numel).torch_dtype
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # CPU float16 kernels are missing or slow
     with tempfile.TemporaryDirectory(prefix="mergebot-gates-") as scratch:
         directory = base.local_dir or _linked(base, Path(scratch))
         try:
