@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import tempfile
 import threading
@@ -279,7 +280,7 @@ def hub_sources(recipe: Recipe) -> list[str]:
     found: list[str] = []
     problems = []
     for model in recipe.inputs():
-        loc = model.loc if model.loc == "base_model" else f"{model.loc}.model"
+        loc = model.ref_loc
         for ref in (model.ref, model.ref.lora):
             if ref is None:
                 continue
@@ -327,7 +328,8 @@ def check_model_count(recipe: Recipe, settings: Settings) -> None:
     count = len(recipe.inputs())
     if count > settings.max_models:
         raise recipe_errors(
-            ("models", f"the recipe has {count} models; the limit is {settings.max_models}")
+            (recipe.models_loc,
+             f"the recipe has {count} models; the limit is {settings.max_models}")
         )
 
 
@@ -350,13 +352,13 @@ def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
     except MergeEngineError as exc:
         raise ApiError(502, "could not check the recipe against the Hub: "
                        + public_message(str(exc))) from None
-    total = plan.parameter_count * max(len(plan.sources), 1)
+    total = sum(math.prod(i.meta.shape) for task in plan.tasks for i in task.inputs)
     if total > settings.max_parameters:
         raise recipe_errors(
             (
                 "",
-                f"the merge reads {total:,} parameters ({len(plan.sources)} models of "
-                f"{plan.parameter_count:,}); the limit is {settings.max_parameters:,}",
+                f"the merge reads {total:,} parameters from {len(plan.sources)} models "
+                f"(output {plan.parameter_count:,}); the limit is {settings.max_parameters:,}",
             )
         )
     return plan

@@ -37,7 +37,7 @@ def source_loc(recipe: Recipe, message: str) -> str:
     the longest repo id found in it; ``""`` when it names none."""
     best, best_len = "", 0
     for model in recipe.inputs():
-        loc = model.loc if model.loc == "base_model" else f"{model.loc}.model"
+        loc = model.ref_loc
         for ref in (model.ref, model.ref.lora):
             if ref is None or len(ref.path) <= best_len:
                 continue

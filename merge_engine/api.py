@@ -39,11 +39,13 @@ from merge_engine.evaluate import (
     score_model,
 )
 from merge_engine.execute.executor import Executor, Progress, Timings, resolve_device
+from merge_engine.execute.gates import fill_gates
 from merge_engine.io.checkpoint import TensorMeta
 from merge_engine.io.headers import read_header
 from merge_engine.io.hub import HubAccess
 from merge_engine.io.sources import Source, open_source
 from merge_engine.plan.build import Plan, build_plan
+from merge_engine.plan.moe import MoePlan, build_moe_plan
 from merge_engine.plan.summary import ModelRow, formula, model_rows
 from merge_engine.recipe import Recipe, load_recipe, parse_recipe
 from merge_engine.tokenizer.vocab import TOKENIZER_FILES, write_tokenizer
@@ -90,9 +92,11 @@ def open_sources(recipe: Recipe, access: HubAccess | None = None) -> list[Source
 
 
 def validate(recipe: Recipe | str | os.PathLike, *, access: HubAccess | None = None) -> Plan:
-    """Parse, resolve and plan from headers only; raises the first problem found."""
+    """Parse, resolve and plan from headers only; raises the first problem found. An MoE
+    recipe gives a :class:`~merge_engine.plan.moe.MoePlan` (its routers not yet computed)."""
     parsed = load(recipe)
-    return build_plan(parsed, open_sources(parsed, access))
+    plan = build_moe_plan if parsed.moe is not None else build_plan
+    return plan(parsed, open_sources(parsed, access))
 
 
 def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -128,6 +132,8 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     resolved = time.perf_counter() - started
     seed = random_seed if random_seed is not None else secrets.randbits(31)
     dev = resolve_device(device)
+    if isinstance(plan, MoePlan):
+        plan = fill_gates(plan, dev, seed)  # before the checks' warm-up imports transformers
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)

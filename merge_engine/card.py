@@ -32,6 +32,7 @@ from merge_engine.plan.summary import (
     license_note,
     licenses,
     model_rows,
+    moe_summary,
     parts,
     plain,
     recipe_parameters,
@@ -192,6 +193,9 @@ def front_matter(plan: Plan, seed: int | None, evaluation: EvalTable | None = No
         block["slices"] = [_slice_entry(plan, row) for row in slice_rows(plan)]
     if plan.recipe.parts:
         block["modules"] = {part.name: _module_entry(part) for part in parts(plan)}
+    moe = moe_summary(plan)
+    if moe is not None:
+        block["moe"] = moe
     if seed is not None:
         block["random_seed"] = seed
     meta["merge"] = block
@@ -298,6 +302,30 @@ def _slices_table(plan: Plan, hub: str, heading: str = "## Slices") -> list[str]
     return lines
 
 
+def _prompts_text(prompts: list[str]) -> str:
+    return "; ".join(f"`{p}`" if p.strip() else "(empty)" for p in prompts).replace(
+        "|", "\\|").replace("\n", " ") or "-"
+
+
+def _experts_section(moe: dict, hub: str) -> list[str]:
+    """Every expert with its source, the revision merged and its prompts; the routing."""
+    lines = ["## Experts", "",
+             f"Architecture `{moe['architecture']}`, `gate_mode: {moe['gate_mode']}`, "
+             f"`experts_per_token: {moe['experts_per_token']}`. Attention, norms, embeddings "
+             "and head are the base model's; each expert's MLP is its source model's.", "",
+             "| expert | model | revision | positive prompts | negative prompts |",
+             "| --- | --- | --- | --- | --- |"]
+    entries = [(str(i), e) for i, e in enumerate(moe["experts"])]
+    entries += [("shared", e) for e in moe["shared_experts"]]
+    for label, e in entries:
+        model, rev = _linked(e["model"], e["revision"], hub)
+        extra = "".join(f" ({k} {e[k]})" for k in ("noise_scale", "residual_scale") if k in e)
+        lines.append(f"| {label}{extra} | {model} | {rev} | "
+                     f"{_prompts_text(e['positive_prompts'])} | "
+                     f"{_prompts_text(e['negative_prompts'])} |")
+    return lines
+
+
 def _checks_section(report: CheckReport) -> list[str]:
     """The check stage's results: structural lines, perplexities, the sample generation."""
     lines = ["## Checks", "", "Checked before publishing:", ""]
@@ -334,6 +362,10 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
     base = next((r.name for r in rows if r.role == "base"), None)
     what = (f"a `{plan.recipe.merge_method}` merge of {', '.join(donors)}"
             + (f" onto {base}" if base else ""))
+    moe = moe_summary(plan)
+    if moe is not None:
+        what = (f"a mixture of experts ({moe['architecture']}, {len(moe['experts'])} experts) "
+                f"built on {base}")
     meta = yaml.dump(front_matter(plan, seed, evaluation, title), Dumper=_Dumper,
                      sort_keys=False).rstrip()
     modules = parts(plan)
@@ -355,6 +387,8 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
         lines += ["", "Warnings from the merge:", ""] + [f"- {w}" for w in plan.warnings]
     if plan.recipe.slices is not None:
         lines += ["", *_slices_table(plan, hub)]
+    if moe is not None:
+        lines += ["", *_experts_section(moe, hub)]
     for part in modules:
         lines += ["", *_module_section(part, hub)]
     if checks is not None:

@@ -42,6 +42,7 @@ from merge_engine.plan.summary import (
     license_warning,
     licenses,
     model_rows,
+    moe_summary,
     parts,
 )
 from merge_engine.version import __version__
@@ -230,6 +231,16 @@ def _validate(args: argparse.Namespace) -> int:
             license_id += f"; LoRA {found[source.adapter.name] or 'license unknown'}"
         print(f"  {row.role:5}  {row.name}  @ {row.revision or 'local'}  {used}  "
               f"({license_id}, {_source_bytes(source) / 1e9:.2f} GB)")
+    moe = moe_summary(plan)
+    if moe is not None:
+        print(f"  {moe['architecture']}, gate_mode {moe['gate_mode']}, "
+              f"{moe['experts_per_token']} experts per token:")
+        experts = [(str(i), e) for i, e in enumerate(moe["experts"])]
+        for label, e in experts + [("shared", e) for e in moe["shared_experts"]]:
+            prompts = "; ".join(f"+{p!r}" for p in e["positive_prompts"])
+            prompts += "".join(f"; -{p!r}" for p in e["negative_prompts"])
+            print(f"    expert {label}  {e['model']}  @ {e['revision'] or 'local'}  "
+                  f"{prompts or '(no prompts)'}")
     globals_ = ", ".join(f"{k} {fmt(v)}" for k, v in plan.recipe.parameters.items()
                          if k not in plan.method.model_params)
     if globals_:

@@ -94,6 +94,18 @@ def _parameters_md(parameters: dict, label: str) -> str:
     return f"**{label}:** {shown}"
 
 
+def experts_md(moe: dict) -> str:
+    """An MoE recipe's routing and one line per expert: its model and prompts."""
+    lines = [f"**Experts** ({moe['architecture']}, `gate_mode: {moe['gate_mode']}`, "
+             f"{moe['experts_per_token']} per token):", ""]
+    entries = [(str(i), e) for i, e in enumerate(moe["experts"])]
+    for label, e in entries + [("shared", e) for e in moe.get("shared_experts") or []]:
+        prompts = ", ".join(f"+`{p}`" for p in e["positive_prompts"])
+        prompts += "".join(f", -`{p}`" for p in e["negative_prompts"])
+        lines.append(f"- {label}: `{e['model']}` {prompts}".rstrip())
+    return "\n".join(lines)
+
+
 def summary_md(summary: dict, hub_url: str) -> str:
     """The formula with its real weights, a table of models, output size and warnings;
     for a multi-part recipe, then each module's formula, models and parameters."""
@@ -108,6 +120,9 @@ def summary_md(summary: dict, hub_url: str) -> str:
         f"**Output:** {size(summary.get('output_bytes'))}, "
         f"{summary.get('parameter_count', 0):,} parameters.",
     ]
+    moe = summary.get("moe")
+    if moe:
+        parts.append(experts_md(moe))
     for module in summary.get("modules") or []:
         parts += [f"#### Module `{module['name']}` "
                   f"({module.get('parameter_count', 0):,} parameters)",
@@ -240,7 +255,8 @@ HISTORY_HEADERS = [
 
 
 def _method(recipe_text: str) -> str:
+    """The recipe's ``merge_method``; ``moe`` for an MoE recipe (``experts:``)."""
     for line in recipe_text.splitlines():
         if line.strip().startswith("merge_method:"):
             return line.split(":", 1)[1].split("#", 1)[0].strip()
-    return ""
+    return "moe" if any(line.startswith("experts:") for line in recipe_text.splitlines()) else ""

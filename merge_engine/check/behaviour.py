@@ -105,7 +105,9 @@ def too_large(parameters: int, device: str) -> str | None:
 
 def check_shapes(config: dict, metas: dict[str, TensorMeta]) -> str:
     """Every tensor the architecture expects is on disk with the shape it expects (built
-    on the meta device: no memory, no initialisation)."""
+    on the meta device: no memory, no initialisation). Names are the checkpoint's: an
+    architecture that fuses tensors in memory (transformers 5's MoE experts) is compared
+    in the per-tensor layout it loads and saves."""
     transformers = transformers_module()
     cfg = transformers.AutoConfig.for_model(**config)
     with torch.device("meta"):
@@ -114,7 +116,10 @@ def check_shapes(config: dict, metas: dict[str, TensorMeta]) -> str:
     tied = {k for k, v in model.state_dict(keep_vars=True).items()
             if getattr(cfg, "tie_word_embeddings", False)
             and v is model.get_output_embeddings().weight}
-    for name, tensor in model.state_dict().items():
+    expected = model.state_dict()
+    if not all(name in metas or name in tied for name in expected):
+        expected = checkpoint_layout(model, expected)
+    for name, tensor in expected.items():
         if name not in metas:
             if name in tied:
                 continue
@@ -124,6 +129,16 @@ def check_shapes(config: dict, metas: dict[str, TensorMeta]) -> str:
             raise CheckError(f"tensor {name} has shape {list(metas[name].shape)} on disk but "
                              f"{arch} expects {list(tensor.shape)} from config.json")
     return f"every tensor {arch} expects is on disk with its shape"
+
+
+def checkpoint_layout(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` under the names transformers saves (its weight conversions reverted, as
+    ``save_pretrained`` does); as it is before transformers 5, which had none."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return state
+    return revert_weight_conversion(model, dict(state))
 
 
 @contextmanager

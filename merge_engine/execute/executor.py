@@ -333,6 +333,11 @@ class Executor:
         row-mapped task: its whole inputs, ``mapped``, from which the rows are gathered)."""
         chunk = _Chunk(seq, task, index, row0, rows, self._slots.take(), passes)
         chunk.loras = loras
+        if not task.inputs:
+            if task.value is None:
+                raise MergeEngineError(f"tensor {task.out.name} was planned but not computed")
+            chunk.views = [task.value[row0:row0 + rows]]
+            return chunk
         if mapped is not None:
             chunk.views = mapped
             return chunk
@@ -353,7 +358,7 @@ class Executor:
         """Every input of a row-mapped task, whole and in its file dtype, in fresh buffers
         (its chunks gather their rows from any of its rows); None for other tasks. Waits
         until the previous row-mapped task is written (:attr:`_mapped`)."""
-        if task.inputs[0].row_map is None:
+        if not task.inputs or task.inputs[0].row_map is None:
             return None
         while not self._mapped.acquire(timeout=0.2):
             if self._failed.is_set():
@@ -570,7 +575,7 @@ class Executor:
                     bad = False
                 self.writer.write(chunk.task.out.name, chunk.host)
                 self._slots.give(chunk.slot)
-                if chunk.last and chunk.task.inputs[0].row_map is not None:
+                if chunk.last and chunk.task.inputs and chunk.task.inputs[0].row_map is not None:
                     self._mapped.release()
                 done += chunk.host.numel() * chunk.host.element_size()
                 self.timings.write += time.perf_counter() - t0

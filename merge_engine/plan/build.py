@@ -87,6 +87,9 @@ class TensorTask:
     row_rules: tuple[RowRule, ...] = ()
     """Tokenizer merging: the ``tokenizer.tokens`` rules, ``model`` an index into
     :attr:`inputs` (see :func:`merge_engine.tokenizer.vocab.fill_rows`)."""
+    value: torch.Tensor | None = field(default=None, compare=False)
+    """A tensor computed before the merge (an MoE router: :mod:`merge_engine.execute.gates`),
+    written as it is (rounded to the output dtype); such a task has no inputs."""
 
     @property
     def rows(self) -> int:

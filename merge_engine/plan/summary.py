@@ -210,7 +210,8 @@ def model_rows(plan: Plan) -> list[ModelRow]:
         weight, others = _shown(plan, mine)
         same = bool(mine) and all(use == mine[0] for use in mine)
         adapter = source.adapter.name if source.adapter is not None else None
-        rows.append(ModelRow("base" if plan.has_base and i == 0 else "donor", source.name,
+        base = (plan.has_base or plan.recipe.moe is not None) and i == 0
+        rows.append(ModelRow("base" if base else "donor", source.name,
                              source.revision, weight, others,
                              {k: plain(v) for k, v in mine[0].items()} if same else {},
                              source.ref.path, adapter, source.adapter_revision,
@@ -249,6 +250,13 @@ def formula(plan: Plan) -> str:
         return "\n".join(f"{part.name}: {line}" for part in parts(plan)
                          for line in formula(part.plan).splitlines())
     short = [s.short_name for s in plan.sources]
+    moe = moe_summary(plan)
+    if moe is not None:
+        names = {ref_key(s.ref): s.short_name for s in plan.sources}
+        experts = ", ".join(names[ref_key(e.ref)] for e in recipe.moe.experts)
+        shared = "".join(f" + shared {names[ref_key(e.ref)]}" for e in recipe.moe.shared_experts)
+        return (f"merged = {moe['architecture']}({short[0]} attention; experts {experts}"
+                f"{shared}; {moe['experts_per_token']} per token, gate_mode {moe['gate_mode']})")
     if name not in TASK_ARITHMETIC_FAMILY and name != "linear":
         return f"merged = {name}({', '.join(short)})"
     wide = [recipe.module_parameters, recipe.parameters]
@@ -264,6 +272,32 @@ def formula(plan: Plan) -> str:
     if len(set(lines)) == 1:
         return lines[0]
     return "\n".join(f"slice {i}: {line}" for i, line in enumerate(lines))
+
+
+def moe_summary(plan: Plan) -> dict | None:
+    """An MoE recipe's routing and experts as plain JSON (None for a merge recipe): the
+    architecture, ``gate_mode``, ``experts_per_token`` and, per expert (then the shared
+    one), its model, pinned revision, prompts and scales."""
+    spec = plan.recipe.moe
+    if spec is None:
+        return None
+    sources = {ref_key(s.ref): s for s in plan.sources}
+
+    def entry(expert) -> dict:
+        source = sources[ref_key(expert.ref)]
+        found = {"model": source.name, "revision": source.revision,
+                 "positive_prompts": list(expert.positive_prompts),
+                 "negative_prompts": list(expert.negative_prompts)}
+        if expert.noise_scale:
+            found["noise_scale"] = expert.noise_scale
+        if expert.residual_scale != 1.0:
+            found["residual_scale"] = expert.residual_scale
+        return found
+
+    return {"architecture": getattr(plan, "architecture", spec.architecture),
+            "gate_mode": spec.gate_mode, "experts_per_token": spec.experts_per_token,
+            "experts": [entry(e) for e in spec.experts],
+            "shared_experts": [entry(e) for e in spec.shared_experts]}
 
 
 def licenses(plan: Plan) -> dict[str, str | None]:
@@ -320,6 +354,9 @@ def plan_json(plan: Plan) -> dict:
         "parameter_count": plan.parameter_count,
         "warnings": warnings,
     }
+    moe = moe_summary(plan)
+    if moe is not None:
+        answer["moe"] = moe
     if plan.recipe.parts:
         answer["modules"] = [{
             "name": part.name,

@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 from merge_engine import methods
 from merge_engine.errors import RecipeError
+from merge_engine.methods import moe as moe_method
 from merge_engine.methods.registry import MethodSpec
 from merge_engine.recipe.checks import (
     check_tokenizer_settings,
@@ -33,6 +34,7 @@ from merge_engine.recipe.locations import (
     size_message,
     with_line,
 )
+from merge_engine.recipe.moe import is_moe, parse_moe
 from merge_engine.recipe.params import (
     ParamValue,
     unknown_key,
@@ -106,6 +108,8 @@ def _build(doc: object, text: str, lines: Mapping[str, int] = EMPTY) -> Recipe:
         raise RecipeError(
             "", f"expected a mapping of recipe keys at the top level, got {kind_of(doc)}"
         )
+    if is_moe(doc):
+        return _moe_recipe(doc, text, lines)
     for key in doc:
         if key not in TOP_KEYS:
             raise unknown_key(str(key), key, TOP_KEYS)
@@ -190,6 +194,31 @@ def _multi_part(doc: dict, text: str, lines: Mapping[str, int], spec: MethodSpec
                      warnings=warnings)
     check_tokenizer_settings(recipe)
     return recipe
+
+
+def _moe_recipe(doc: dict, text: str, lines: Mapping[str, int]) -> Recipe:
+    """A mergekit-moe recipe: its models are the base, then each other expert source once
+    (the plan maps experts to them by reference); ``dtype`` is the output's."""
+    base, spec = parse_moe(doc)
+    refs = [("base_model", base)] + [(f"{e.loc}.source_model", e.ref) for e in spec.all_experts]
+    for loc, ref in refs:
+        if ref.lora is not None:
+            raise RecipeError(loc, "a model with a LoRA adapter cannot be an MoE source yet; "
+                              "merge the adapter into the model first")
+    models: dict[tuple, InputModel] = {}
+    for loc, ref in refs:
+        models.setdefault(ref_key(ref), InputModel(ref, EMPTY, loc))
+    tokenizer_source = doc.get("tokenizer_source")
+    if tokenizer_source not in (None, "base"):
+        raise RecipeError("tokenizer_source", "an MoE model keeps the base model's tokenizer; "
+                          "only tokenizer_source: base is supported")
+    return Recipe(
+        merge_method=moe_method.SPEC.name, models=tuple(models.values()), base_model=base,
+        parameters=EMPTY, dtype=None, out_dtype=_dtype(doc.get("dtype"), "dtype"),
+        tokenizer_source=tokenizer_source, tokenizer=None, chat_template=None, slices=None,
+        modules=None, name=_opt_str(doc.get("name"), "name"), text=text,
+        method=moe_method.SPEC, lines=MappingProxyType(dict(lines)), models_loc="experts",
+        moe=spec)
 
 
 MODULE_KEYS = ("models", "slices", "parameters")

@@ -22,6 +22,7 @@ from merge_engine import methods
 from merge_engine.errors import RecipeError
 from merge_engine.methods.registry import REQUIRED, MethodSpec
 from merge_engine.recipe.locations import line_of
+from merge_engine.recipe.moe import MoeSpec
 from merge_engine.recipe.params import (
     ParamValue,
     evaluate,
@@ -39,6 +40,14 @@ class InputModel:
     ref: ModelRef
     parameters: Mapping[str, ParamValue] = field(hash=False)
     loc: str
+
+    @property
+    def ref_loc(self) -> str:
+        """The YAML path of the reference itself: ``base_model``, ``models[1].model``,
+        ``slices[0].sources[1].model`` or, in an MoE recipe, ``experts[2].source_model``."""
+        if self.loc == "base_model" or self.loc.endswith(".source_model"):
+            return self.loc
+        return f"{self.loc}.model"
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,10 @@ class Recipe:
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """What was accepted but is worth saying: parameters mergekit defines that the method
     does not use, ignored (see :func:`merge_engine.recipe.checks.drop_ignored`)."""
+    moe: MoeSpec | None = field(default=None, hash=False)
+    """A mixture-of-experts recipe (mergekit-moe's YAML, :mod:`merge_engine.recipe.moe`):
+    :attr:`models` are the base, then each other expert source once; the method is the
+    expert copy (``merge_method`` ``moe``). None for a merge recipe."""
 
     @property
     def spec(self) -> MethodSpec:

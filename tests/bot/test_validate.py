@@ -4,12 +4,13 @@ the caller's own token (never the bot's), bounds, and no token in the logs."""
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 from starlette.testclient import TestClient
 
 from bot.server import create_app
-from tests.bot.botutil import BOT, BOT_TOKEN, SOURCES, recipe_yaml
+from tests.bot.botutil import BOT, BOT_TOKEN, SHAPE, SOURCES, recipe_yaml
 from tests.hubtools import USERS
 
 ALICE = {"Authorization": f"Bearer {USERS['alice']}"}
@@ -185,3 +186,42 @@ def test_tokens_never_reach_the_logs(client, sources, model_dirs, caplog):
     secrets = [*USERS.values(), BOT_TOKEN, "hf_not_a_token"]
     for text in [caplog.text, *(a.text for a in answers)]:
         assert not any(token in text for token in secrets)
+
+
+MOE = """base_model: alice/base
+gate_mode: random
+experts_per_token: 1
+experts:
+  - source_model: alice/donor-1
+  - source_model: alice/donor-2
+"""
+
+
+def test_an_moe_recipe_answers_its_experts_pinned_and_its_size(client, sources):
+    answer = check(client, MOE)
+    assert answer.status_code == 200, answer.text
+    summary = answer.json()
+    assert summary["method"] == "moe" and summary["moe"]["gate_mode"] == "random"
+    heads = {repo: sources.api("alice").model_info(repo).sha for repo in SOURCES}
+    assert [(e["model"], e["revision"]) for e in summary["moe"]["experts"]] == [
+        (repo, heads[repo]) for repo in SOURCES[1:]]
+    assert [m["role"] for m in summary["models"]] == ["base", "donor", "donor"]
+    shape = dict(SHAPE.tensors())
+    dense = sum(math.prod(s) for s in shape.values())
+    mlp = sum(math.prod(s) for n, s in shape.items() if ".mlp." in n)
+    assert summary["parameter_count"] == dense + mlp + SHAPE.layers * 2 * SHAPE.hidden
+    bad = check(client, MOE.replace("alice/donor-2", "./donor-2"))
+    assert bad.status_code == 422
+    error = bad.json()["errors"][0]
+    assert (error["loc"], error["line"]) == ("experts[1].source_model", 6)
+
+
+def test_the_parameter_limit_counts_what_an_moe_reads(make_client):
+    shape = dict(SHAPE.tensors())
+    dense = sum(math.prod(s) for s in shape.values())
+    mlp = sum(math.prod(s) for n, s in shape.items() if ".mlp." in n)
+    # the base without its MLPs, and one MLP per expert (the routers are computed)
+    assert check(make_client(max_parameters=dense + mlp), MOE).status_code == 200
+    answer = check(make_client(max_parameters=dense + mlp - 1), MOE)
+    assert answer.status_code == 422
+    assert f"reads {dense + mlp:,} parameters from 3 models" in answer.json()["errors"][0]["msg"]

@@ -163,3 +163,22 @@ def test_publish_is_exactly_once_per_job_key(sources, settings, store):
     job = store.get_job(job_id)
     assert job.status == "succeeded" and job.commit_sha == first and job.attempts == 2
     assert any("reused existing commit" in line for line in store.log_tail(job_id))
+
+
+def test_an_moe_job_publishes_a_mixtral_with_its_experts_pinned(sources, settings, store):
+    text = ("base_model: alice/base\ngate_mode: random\nexperts_per_token: 1\nexperts:\n"
+            "  - source_model: alice/donor-1\n    positive_prompts: [code]\n"
+            "  - source_model: alice/donor-2\n")
+    _, job_id = add_recipe(store, repo_id=f"{BOT}/moe", text=text)
+    assert Worker(settings, store).run_once().id == job_id
+    job = store.get_job(job_id)
+    assert job.status == "succeeded", store.log_tail(job_id)
+    heads = {repo: sources.api("alice").model_info(repo).sha for repo in SOURCES}
+    assert job.source_shas == heads
+    meta = card_meta(sources, f"{BOT}/moe")
+    experts = meta["merge"]["moe"]["experts"]
+    assert [(e["model"], e["revision"]) for e in experts] == [
+        (repo, heads[repo]) for repo in SOURCES[1:]]
+    assert experts[0]["positive_prompts"] == ["code"]
+    config = sources.api(BOT).hf_hub_download(f"{BOT}/moe", "config.json")
+    assert '"MixtralForCausalLM"' in Path(config).read_text()

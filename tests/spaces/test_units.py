@@ -84,6 +84,19 @@ def test_the_check_shows_ignored_parameters(family: list[Path]) -> None:
     assert f"- ⚠ {ignored}" in render.summary_md(answer, "https://hub.example")
 
 
+def test_an_moe_check_shows_its_experts_size_and_prompts(family: list[Path]) -> None:
+    base, a, b = family
+    text = (f"base_model: {base}\ngate_mode: random\nexperts_per_token: 1\nexperts:\n"
+            f"  - source_model: {a}\n    positive_prompts: [code]\n"
+            f"  - source_model: {b}\n")
+    answer = preflight.check(text, endpoint=None, token=None)
+    assert answer["ok"] is True, answer
+    shown = render.summary_md(answer, "https://hub.example")
+    assert "(moe)" in shown and "`gate_mode: random`" in shown
+    assert f"- 0: `{a}` +`code`" in shown and f"- 1: `{b}`" in shown
+    assert f"{answer['parameter_count']:,} parameters" in shown
+
+
 def test_a_multi_part_check_shows_each_module(tmp_path: Path) -> None:
     """Each module's models with their own weights, and its own parameters."""
     from ..test_card_modules import weighted
