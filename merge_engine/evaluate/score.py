@@ -115,6 +115,8 @@ def score_model(directory: str | Path, sets: list[SetTexts], *, device: str = "a
         raise InputError(f"the model in {directory} cannot be evaluated: {why}")
     dev = str(resolve_device(device))
     tok = behaviour.tokenizer(directory)
+    tok.no_padding()  # a tokenizer.json may pad (or cut) every text; batches pad here
+    tok.no_truncation()
     with behaviour.cpu_threads(), torch.inference_mode():
         model = behaviour.load(directory, dev)
         budget = token_budget(model, dev, max_length)
