@@ -13,6 +13,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd
 
 from merge_engine import HubAccess, InputError, SourceError, load_dataset_texts
+from merge_engine.io import datasets
 from merge_engine.io.datasets import READ_BLOCK
 
 
@@ -207,3 +208,16 @@ def test_few_samples_read_a_small_part_of_a_large_row_group(hub):
     assert got == rows[:8]
     served = hub.stats()["download"]["files"]["datasets/alice/big/data/test-0.parquet"]
     assert served <= 2 * READ_BLOCK < len(data) / 10, (served, len(data))
+
+
+def test_a_read_over_the_limit_is_refused(hub, monkeypatch):
+    """A page (here a 200 KB text) larger than MAX_READ_BYTES is refused, not buffered."""
+    big = parquet({"text": ["x" * 200_000, "y"]}, compression="none", use_dictionary=False)
+    small = parquet({"text": pa.array(["a", "b"]).dictionary_encode()})
+    dataset(hub, "alice/pages", {"data/test-0.parquet": big, "data/train-0.parquet": small})
+    assert load(hub, "alice/pages", split="train") == (["a", "b"], load(hub, "alice/pages")[1])
+    monkeypatch.setattr(datasets, "MAX_READ_BYTES", 100_000)
+    with pytest.raises(SourceError, match=r"alice/pages, split 'test': data/test-0.parquet at "
+                                          r"\w+ needs a single read of \d+ bytes; the limit "
+                                          r"is 100000"):
+        load(hub, "alice/pages")

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from huggingface_hub import CommitOperationAdd, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import (
+    CommitOperationAdd,
+    HfFileSystem,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    snapshot_download,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -88,6 +95,21 @@ def test_dataset_repo_end_to_end(hub, tmp_path):
     assert api.dataset_info("alice/ds").sha == head
     api.delete_repo("alice/ds", repo_type="dataset")
     assert not api.repo_exists("alice/ds", repo_type="dataset")
+
+
+def test_filesystem_and_snapshot_clients(hub, tmp_path):
+    """HfFileSystem (what `hf://datasets/...` paths use) and snapshot_download."""
+    make_dataset(hub)
+    fs = HfFileSystem(endpoint=hub.url, token=USERS["alice"])
+    assert fs.glob("datasets/alice/ds/**/*.parquet") == [
+        "datasets/alice/ds/data/train-00000-of-00001.parquet"]
+    with fs.open("datasets/alice/ds/data/train-00000-of-00001.parquet", "rb") as f:
+        f.seek(4)
+        assert f.read(8) == PARQUET_LIKE[4:12]
+    folder = Path(snapshot_download("alice/ds", repo_type="dataset", endpoint=hub.url,
+                                    token=USERS["alice"], cache_dir=tmp_path / "c"))
+    assert (folder / "data" / "test.txt").read_bytes() == b"hello\n"
+    assert (folder / "data" / "train-00000-of-00001.parquet").read_bytes() == PARQUET_LIKE
 
 
 def test_branches_and_the_parquet_convert_ref(hub):
@@ -222,3 +244,6 @@ def test_dataset_webhooks_and_pages(hub, receiver):
     page = httpx2.get(f"{hub.url}/datasets/alice/ds")
     assert page.status_code == 200 and "d.txt" in page.text and "m.txt" not in page.text
     assert 'href="/datasets/alice/ds/tree/main"' in page.text
+    user = httpx2.get(f"{hub.url}/alice")
+    assert 'href="/datasets/alice/ds"' in user.text and 'href="/alice/ds"' in user.text
+    assert "Dataset card" in page.text
