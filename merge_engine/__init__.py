@@ -9,7 +9,13 @@ other public module is ``merge_engine.synth`` (tiny generated model families for
 tests and benchmarks).
 """
 
-from merge_engine.api import DEFAULT_SHARD_BYTES, MergeResult, run_merge, validate
+from merge_engine.api import (
+    DEFAULT_SHARD_BYTES,
+    MergeResult,
+    check_adapter_base,
+    run_merge,
+    validate,
+)
 from merge_engine.check import CheckOptions, CheckReport, run_checks
 from merge_engine.errors import (
     CheckError,
@@ -20,6 +26,7 @@ from merge_engine.errors import (
     RecipeError,
     SourceError,
 )
+from merge_engine.extract import AdapterOptions, Extraction, extract_lora
 from merge_engine.io import HubAccess, Source, open_source
 from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
@@ -29,10 +36,12 @@ from merge_engine.recipe import Recipe, RecipeLimits, hub_refs_only, load_recipe
 from merge_engine.version import __version__
 
 __all__ = [
+    "AdapterOptions",
     "CheckError",
     "CheckOptions",
     "CheckReport",
     "DEFAULT_SHARD_BYTES",
+    "Extraction",
     "HubAccess",
     "InputError",
     "MergeEngineError",
@@ -46,7 +55,9 @@ __all__ = [
     "Source",
     "SourceError",
     "__version__",
+    "check_adapter_base",
     "error_causes",
+    "extract_lora",
     "formula",
     "hub_refs_only",
     "is_transient",
