@@ -268,7 +268,10 @@ def _adapter_summary(merged, adapter_dir: Path) -> str:
 
 
 def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n < 10**9 else f"{n / 1e9:.2f} GB"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _adapter_commit(api: HfApi, req: PublishRequest, sibling: str | None,
