@@ -65,7 +65,7 @@ class ModuleResult:
 
 @dataclass
 class Extraction:
-    """What :func:`extract_lora` wrote."""
+    """What an extraction wrote (:func:`extract_lora`, :meth:`LoraExtractor.write`)."""
 
     out_dir: Path
     model: str
@@ -180,7 +180,8 @@ class LoraExtractor:
             files.close()
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Compare one tensor of the model with the base's tensor of that name."""
+        """Compare one tensor of the model with the base's tensor of that name (which the
+        base must have); a float32 ``tensor`` on the device is overwritten."""
         base_meta = self.base.tensors[name]
         try:
             self._compare(name, tensor, base_meta)

@@ -164,6 +164,8 @@ def test_both_publishes_weights_and_the_adapter_beside_them_and_remerges_both(
                                           for f in files)
     assert "adapter_config.json" not in files  # transformers would load it as an adapter
     assert set(api.list_repo_files(sibling)) == ADAPTER_FILES
+    with store.read() as db:  # its pushes are the bot's own: no webhook loop
+        assert store.is_output_repo(db, sibling)
     log = store.log_tail(job_id)
     adapter_sha = api.model_info(sibling).sha
     assert f"committed the adapter {adapter_sha} to {sibling}" in log
@@ -235,13 +237,18 @@ def test_bad_adapter_options_are_422_with_one_sentence(client, body, loc, msg):
     assert (error["loc"], error["msg"]) == (loc, msg)
 
 
-def test_the_api_stores_the_publication_and_a_change_of_it_is_a_new_merge(client):
+def test_the_api_stores_the_publication(client):
     body = {"recipe": RECIPE, "repo_id": f"{BOT}/lr-merged", "publish": "full+adapter",
             "max_rank": 8, "sv_cutoff": 0.01}
     answer = client.post("/api/recipes", json=body, headers=ALICE)
     assert answer.status_code == 201, answer.text
     recipe = client.get(f"/api/recipes/{answer.json()['recipe_id']}").json()
     assert (recipe["publish"], recipe["max_rank"], recipe["sv_cutoff"]) == ("both", 8, 0.01)
+    body = {"recipe": RECIPE, "repo_id": f"{BOT}/lr-merged"}
+    again = client.post("/api/recipes", json=body, headers=ALICE).json()
+    assert again["recipe_id"] == answer.json()["recipe_id"]
+    recipe = client.get(f"/api/recipes/{again['recipe_id']}").json()
+    assert (recipe["publish"], recipe["max_rank"], recipe["sv_cutoff"]) == ("full", None, 0.0)
 
 
 @pytest.mark.parametrize("args, message", [
