@@ -20,12 +20,12 @@ creation (:func:`delete_if_unused`).
 
 Publishing an adapter (``publish``, see :data:`PUBLISH_MODES`): a PEFT LoRA adapter of
 (merge - base_model) is factorized from each output shard as it is written (merge_engine's
-``run_merge(adapter=...)``), after the checks and before any commit. ``adapter``: only the
-adapter (adapter_config.json, adapter_model.safetensors, README.md) is committed to the
-target repo, and the full shards are deleted as soon as they are factorized, never
-uploaded. ``both``: the adapter goes to the sibling repo ``<repo>-lora`` (committed first,
-with the same job marker), then the full weights to the target as above; a retry reuses
-whichever commit is already made.
+``run_merge(adapter=...)``) and committed, like the weights, only after the checks.
+``adapter``: only the adapter (adapter_config.json, adapter_model.safetensors, README.md)
+is committed to the target repo; the full shards are deleted as soon as they are
+factorized, never uploaded. ``both``: the adapter goes to the sibling repo
+``<repo>-lora`` (committed first, with the same job marker), then the full weights to the
+target as above; a retry reuses whichever commit is already made.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from merge_engine import (
     CheckOptions,
     CheckReport,
     HubAccess,
+    MergeResult,
     Plan,
     Source,
     check_adapter_base,
@@ -116,9 +117,10 @@ class PublishRequest:
         if self.publish not in PUBLISH_MODES:
             raise BotError(f"publish must be one of {', '.join(PUBLISH_MODES)}, "
                            f"got {self.publish!r}")
-        if (self.publish != "full") != (self.adapter is not None):
-            raise BotError(f"publish {self.publish} goes with adapter options only for an "
-                           "adapter")
+        if self.publish != "full" and self.adapter is None:
+            raise BotError(f"publish {self.publish} needs the adapter's options (max_rank)")
+        if self.publish == "full" and self.adapter is not None:
+            raise BotError("adapter options need publish adapter or both")
 
     def __repr__(self) -> str:  # never show tokens
         return f"PublishRequest(repo_id={self.repo_id!r}, job_key={self.job_key!r})"
@@ -251,7 +253,7 @@ def _discard(path: Path) -> None:
     path.unlink()
 
 
-def _adapter_summary(merged, adapter_dir: Path) -> str:
+def _adapter_summary(merged: MergeResult, adapter_dir: Path) -> str:
     """One log line: the adapter's ranks and worst error, its upload against the full
     weights' size."""
     extraction = merged.adapter
@@ -277,8 +279,10 @@ def _size(n: int) -> str:
 def _adapter_commit(api: HfApi, req: PublishRequest, sibling: str | None,
                     done: str) -> str | None:
     """The adapter commit of a job whose target commit exists already."""
-    if sibling is None or sibling == req.repo_id:
-        return done if sibling else None
+    if sibling is None:
+        return None
+    if sibling == req.repo_id:
+        return done
     return find_job_commit(api, sibling, req.job_key)
 
 

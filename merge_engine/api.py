@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from merge_engine.card import render_card
+from merge_engine.card import card_license, render_card
 from merge_engine.check import (
     CheckOptions,
     CheckReport,
@@ -190,7 +190,7 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
         extraction = None
         if extractor is not None:
             extraction = extractor.write(adapter_dir, render_adapter_card(
-                extractor.result, recipe=plan.recipe.text,
+                extractor.result, recipe=plan.recipe.text, license=card_license(plan),
                 provenance=(card_options or {}).get("provenance")))
             written_adapter = extraction.out_dir
         if out.exists():

@@ -335,15 +335,19 @@ def _exact(module: str) -> str:
 
 
 def render_adapter_card(result: Extraction, *, recipe: str | None = None,
-                        provenance: str | None = None) -> str:
+                        provenance: str | None = None,
+                        license: tuple[str | None, str | None] = (None, None)) -> str:
     """The adapter's README.md: base model, source model with revisions, rank and the
     relative reconstruction error of every module; for a merge's adapter (``recipe``, its
-    YAML) the recipe it came from and ``provenance`` (Markdown)."""
+    YAML) the recipe it came from, ``provenance`` (Markdown) and ``license`` (the front
+    matter's id, a sentence when the sources disagree)."""
     front = ["---", "library_name: peft", "tags:", "- mergebot", "- lora", "- extracted-lora"]
     if recipe is not None:
         front.append("- merge")
     if "/" in result.base and not Path(result.base).exists():
-        front.append(f"base_model: {result.base}")
+        front += [f"base_model: {result.base}", "base_model_relation: adapter"]
+    if license[0]:
+        front.append(f"license: {license[0]}")
     front.append("---")
     worst = max((m.error for m in result.modules), default=0.0)
     if recipe is None:
@@ -378,6 +382,8 @@ def render_adapter_card(result: Extraction, *, recipe: str | None = None,
               for m in result.modules]
     lines += ["", "Relative error: `||D - D_k||_F / ||D||_F` for `D = W_model - W_base` and its "
               "rank-k approximation `D_k`.", ""]
+    if license[1]:
+        lines += [license[1], ""]
     if recipe is not None:
         lines += ["## Merge recipe", "", "```yaml", recipe.rstrip("\n"), "```", ""]
     if provenance:

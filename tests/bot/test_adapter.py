@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from starlette.testclient import TestClient
 
@@ -64,6 +65,7 @@ def lowrank(bothub, tmp_path: Path) -> dict[str, Path]:
             (tuned / path.name).write_bytes(path.read_bytes())
     api = bothub.api("alice")
     for repo, folder in ((BASE, base), (TUNED, tuned)):
+        (folder / "README.md").write_text(f"---\nlicense: apache-2.0\n---\n# {repo}\n")
         api.create_repo(repo)
         api.upload_folder(repo_id=repo, folder_path=folder, commit_message="weights")
     return {"base": base, "tuned": tuned}
@@ -140,6 +142,9 @@ def test_adapter_only_publishes_a_peft_adapter_and_no_weights(lowrank, settings,
     assert 0 < float(upload.group(1)) < float(upload.group(2)) / 2
     assert f"committed {job.commit_sha} to {repo} (the adapter only)" in log
     card = Path(api.hf_hub_download(repo, "README.md")).read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert (meta["library_name"], meta["base_model"], meta["base_model_relation"],
+            meta["license"]) == ("peft", BASE, "adapter", "apache-2.0")
     base_sha = bothub.api("alice").model_info(BASE).sha
     assert f"- base: `{BASE}` at `{base_sha}`" in card
     assert "largest rank kept: 2" in card and "merge_method: task_arithmetic" in card
