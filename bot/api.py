@@ -261,12 +261,6 @@ class Submission:
     max_rank: int | None = None
     sv_cutoff: float = 0.0
 
-    @property
-    def adapter(self) -> AdapterOptions | None:
-        if self.publish == "full":
-            return None
-        return AdapterOptions(self.max_rank, self.sv_cutoff)
-
 
 def parse_submission(body: dict, settings: Settings) -> Submission:
     """Field types and the recipe size limit."""
