@@ -160,6 +160,8 @@ def test_the_publish_control_publishes_only_an_adapter(client, demo: Demo,
     assert "succeeded" in status, (status, log, demo.logs())
     assert re.search(r"^adapter: \d+ modules, rank <= 4, .* of full weights", log, re.M)
     assert "| module | shape | rank | relative error |" in card
+    assert "Differences LoRA cannot carry" in card  # the donors' norms differ
+    assert "tensor(s) differ that LoRA cannot carry (model." in log
     api = HfApi(endpoint=demo.hub_url, token=DEMO_TOKEN)
     assert set(api.list_repo_files("mergebot/client-adapter")) == {
         ".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors"}
