@@ -1,7 +1,8 @@
 """The REST API under ``/api`` (used by the UI and ``mergebot submit``/``status``).
 
     POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?, "force"?,
-                                     "allow_high_perplexity"?} → 201
+                                     "allow_high_perplexity"?, "publish"?: "full" |
+                                     "adapter" | "both", "max_rank"?, "sv_cutoff"?} → 201
                                     {"recipe_id", "job_id", "repo_id"}; the same recipe
                                     again is merged only if a source moved or force
     GET  /api/recipes?owner=NAME    recipes, newest first
@@ -55,6 +56,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from merge_engine import (
+    AdapterOptions,
     HubAccess,
     InputError,
     MergeEngineError,
@@ -62,6 +64,7 @@ from merge_engine import (
     Recipe,
     RecipeError,
     RecipeLimits,
+    check_adapter_base,
     hub_refs_only,
     parse_recipe,
     validate,
@@ -70,6 +73,7 @@ from merge_engine import (
 from . import queue
 from .backends import Backend, LocalBackend
 from .errors import BotError, public_message
+from .publish import PUBLISH_MODES, adapter_repo
 from .settings import Settings
 from .store import Store
 from .validation import error_item, line_of, source_loc, summary
@@ -252,6 +256,11 @@ class Submission:
     """Publish even when the checks find the merge's perplexity far above its sources'."""
     force: bool = False
     """Merge even when the recipe and its sources' revisions are unchanged."""
+    publish: str = "full"
+    """The full weights, a LoRA adapter of the merge (``max_rank``, ``sv_cutoff``), or both
+    (:mod:`bot.publish`)."""
+    max_rank: int | None = None
+    sv_cutoff: float = 0.0
 
 
 def parse_submission(body: dict, settings: Settings) -> Submission:
@@ -272,7 +281,45 @@ def parse_submission(body: dict, settings: Settings) -> Submission:
         if not isinstance(body.get(flag, False), bool):
             raise recipe_errors((flag, f"'{flag}' must be true or false"))
     return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False),
-                      body.get("allow_high_perplexity", False), body.get("force", False))
+                      body.get("allow_high_perplexity", False), body.get("force", False),
+                      *parse_publish(body))
+
+
+def parse_publish(body: dict) -> tuple[str, int | None, float]:
+    """(publish, max_rank, sv_cutoff) of a submission; 422 at the field in error."""
+    publish = body.get("publish", "full")
+    publish = "both" if publish == "full+adapter" else publish
+    if publish not in PUBLISH_MODES:
+        raise recipe_errors(("publish", "'publish' must be one of 'full', 'adapter' or "
+                                        f"'both', got {publish!r}"))
+    max_rank, cutoff = body.get("max_rank"), body.get("sv_cutoff", 0.0)
+    if publish == "full":
+        extra = "max_rank" if max_rank is not None else "sv_cutoff" if cutoff else None
+        if extra:
+            raise recipe_errors((extra, f"'{extra}' is for an adapter; add \"publish\": "
+                                        "\"adapter\" or \"both\""))
+        return publish, None, 0.0
+    if max_rank is None:
+        raise recipe_errors(("max_rank", f"publishing an adapter ('publish': '{publish}') "
+                                         "needs 'max_rank', its largest rank per module"))
+    try:
+        options = AdapterOptions(max_rank, cutoff)
+    except InputError as exc:
+        raise recipe_errors(("max_rank" if "max_rank" in str(exc) else "sv_cutoff",
+                             str(exc))) from None
+    return publish, options.max_rank, float(options.sv_cutoff)
+
+
+def check_publish(sub: Submission, recipe: Recipe) -> None:
+    """422 when an adapter is asked for and the recipe has no plain base to extract it
+    against."""
+    if sub.publish == "full":
+        return
+    try:
+        check_adapter_base(recipe)
+    except InputError as exc:
+        loc = "base_model" if recipe.base_model is not None else "merge_method"
+        raise recipe_errors((loc, str(exc), line_of(recipe, loc))) from None
 
 
 def hub_sources(recipe: Recipe) -> list[str]:
@@ -387,12 +434,21 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     recipe = parse(sub.recipe_text, settings)
     sources = hub_sources(recipe)
     check_model_count(recipe, settings)
+    check_publish(sub, recipe)
     repo_id = target_repo(sub, recipe, hub)
+    sibling = adapter_repo(repo_id, sub.publish)
+    if sibling is not None and not _REPO_ID.match(sibling):
+        raise recipe_errors(("repo_id", f"{repo_id!r} is too long to name its adapter repo "
+                                        f"{sibling!r}; choose a shorter name"))
     hub.check_writable(repo_id)
     with store.read() as db:
         existing = store.recipe_for_repo(db, repo_id)
+        taken = store.recipe_for_repo(db, sibling) if sibling not in (None, repo_id) else None
     if existing is not None and existing.owner != user:
         raise ApiError(409, f"{repo_id} is already published by another user's recipe")
+    if taken is not None and taken.owner != user:
+        raise ApiError(409, f"{sibling}, where the adapter would go, is already published by "
+                            "another user's recipe")
     preflight(recipe, settings, token)
     check_bot_can_read(recipe, sources, settings)
     with store.write() as db:
@@ -413,6 +469,9 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
             "watch": sub.watch,
             "sources": sources,
             "allow_high_perplexity": sub.allow_high_perplexity,
+            "publish": sub.publish,
+            "max_rank": sub.max_rank,
+            "sv_cutoff": sub.sv_cutoff,
         }
         force = True
         if existing is None:
@@ -437,6 +496,8 @@ def unchanged(existing, sub: Submission) -> bool:
         and not existing.broken
         and existing.yaml == sub.recipe_text
         and existing.private == sub.private
+        and (existing.publish, existing.max_rank, existing.sv_cutoff)
+        == (sub.publish, sub.max_rank, sub.sv_cutoff)
         and existing.last_shas is not None
     )
 
@@ -448,10 +509,11 @@ def check_recipe(services: Services, token: str | None, body: dict) -> dict:
     nothing is stored or queued."""
     settings = services.settings
     user = services.hub.user(token)
-    recipe_text = parse_submission(body, settings).recipe_text
-    recipe = parse(recipe_text, settings)
+    sub = parse_submission(body, settings)
+    recipe = parse(sub.recipe_text, settings)
     hub_sources(recipe)
     check_model_count(recipe, settings)
+    check_publish(sub, recipe)
     with services.checks.hold(user, settings):
         plan = preflight(recipe, settings, token)
     answer = summary(plan)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
 from .backends.job_main import add_job_parser
-from .merge_cli import add_merge_parser
+from .merge_cli import add_merge_parser, add_publish_arguments
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -277,7 +277,12 @@ def _run_submit(args: argparse.Namespace) -> int:
         "watch": args.watch,
         "force": args.force,
         "allow_high_perplexity": args.allow_high_perplexity,
+        "publish": args.publish,
     }
+    if args.publish != "full" or args.max_rank is not None:
+        body["max_rank"] = args.max_rank
+    if args.sv_cutoff:
+        body["sv_cutoff"] = args.sv_cutoff
     try:
         status, answer = _call_api("POST", f"{url}/api/recipes", settings.token, body)
         if status != 201:
@@ -327,6 +332,7 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-high-perplexity", action="store_true",
                         help="publish even when the checks find the merge's perplexity far "
                              "above its sources'")
+    add_publish_arguments(parser)
     parser.add_argument("--wait", action="store_true", help="wait until the job ends")
     parser.add_argument("--url", help="the server (default MERGEBOT_URL or :7860)")
     parser.set_defaults(run=_run_submit)

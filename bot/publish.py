@@ -17,6 +17,15 @@ Order of work, so that nothing is half-published:
 On any failure no commit is made, and a repo this job created (this call, or an earlier
 attempt per ``repo_created_earlier``) is deleted again if it holds nothing beyond its
 creation (:func:`delete_if_unused`).
+
+Publishing an adapter (``publish``, see :data:`PUBLISH_MODES`): a PEFT LoRA adapter of
+(merge - base_model) is factorized from each output shard as it is written (merge_engine's
+``run_merge(adapter=...)``) and committed, like the weights, only after the checks.
+``adapter``: only the adapter (adapter_config.json, adapter_model.safetensors, README.md)
+is committed to the target repo; the full shards are deleted as soon as they are
+factorized, never uploaded. ``both``: the adapter goes to the sibling repo
+``<repo>-lora`` (committed first, with the same job marker), then the full weights to the
+target as above; a retry reuses whichever commit is already made.
 """
 
 from __future__ import annotations
@@ -34,11 +43,14 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from merge_engine import (
     DEFAULT_SHARD_BYTES,
+    AdapterOptions,
     CheckOptions,
     CheckReport,
     HubAccess,
+    MergeResult,
     Plan,
     Source,
+    check_adapter_base,
     formula,
     open_source,
     parse_recipe,
@@ -53,6 +65,16 @@ Progress = Callable[[str, float], None]
 """Called with (stage, fraction done): resolving, merging, uploading, committing."""
 JOB_MARKER = "mergebot-job: "
 DEFAULT_HUB = "https://huggingface.co"
+PUBLISH_MODES = ("full", "adapter", "both")
+"""What a merge publishes: the full weights, only a LoRA adapter of it, or both (the
+adapter in the sibling repo :func:`adapter_repo`)."""
+ADAPTER_SUFFIX = "-lora"
+
+
+def adapter_repo(repo_id: str, publish: str) -> str | None:
+    """Where the adapter goes: the target itself (``adapter``), its sibling
+    ``<repo>-lora`` (``both``), or nowhere (``full``)."""
+    return {"full": None, "adapter": repo_id, "both": repo_id + ADAPTER_SUFFIX}[publish]
 
 
 @dataclass(frozen=True)
@@ -87,6 +109,18 @@ class PublishRequest:
     out_shard_size: int = DEFAULT_SHARD_BYTES
     checks: CheckOptions = field(default_factory=CheckOptions)
     """How the merged model is checked before the commit (the device is the merge's)."""
+    publish: str = "full"
+    """One of :data:`PUBLISH_MODES`; ``adapter``/``both`` need :attr:`adapter`."""
+    adapter: AdapterOptions | None = None
+
+    def __post_init__(self) -> None:
+        if self.publish not in PUBLISH_MODES:
+            raise BotError(f"publish must be one of {', '.join(PUBLISH_MODES)}, "
+                           f"got {self.publish!r}")
+        if self.publish != "full" and self.adapter is None:
+            raise BotError(f"publish {self.publish} needs the adapter's options (max_rank)")
+        if self.publish == "full" and self.adapter is not None:
+            raise BotError("adapter options need publish adapter or both")
 
     def __repr__(self) -> str:  # never show tokens
         return f"PublishRequest(repo_id={self.repo_id!r}, job_key={self.job_key!r})"
@@ -102,6 +136,12 @@ class PublishResult:
     created_repo: bool
     reused_commit: bool
     checks: CheckReport | None = None
+    adapter_repo: str | None = None
+    """Where the adapter was committed (the target itself when only the adapter is)."""
+    adapter_commit: str | None = None
+    adapter_summary: str | None = None
+    """Its ranks and errors, and the upload against the full weights' size, for the log
+    (None when the commits were reused)."""
 
 
 def source_revisions(sources: Iterable[Source]) -> dict[str, str | None]:
@@ -145,47 +185,135 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     access = HubAccess(endpoint=req.endpoint, token=req.read_token or req.token,
                        stream_dir=req.work_dir / "sources")
     plan = validate(req.recipe_text, access=access)
+    if req.adapter is not None:
+        check_adapter_base(plan.recipe)
     revisions = source_revisions(plan.sources)
     api = HfApi(endpoint=req.endpoint, token=req.token)
     hub_url = (req.endpoint or DEFAULT_HUB).rstrip("/")
+    sibling = adapter_repo(req.repo_id, req.publish)
     if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key)):
         return PublishResult(req.repo_id, done, f"{hub_url}/{req.repo_id}", revisions,
-                             created_repo=False, reused_commit=True)
+                             created_repo=False, reused_commit=True, adapter_repo=sibling,
+                             adapter_commit=_adapter_commit(api, req, sibling, done))
     created = _ensure_repo(api, req)
-    uploader = ShardUploader(api, req.repo_id, req.work_dir / "upload")
+    full = req.publish != "adapter"
+    uploader = ShardUploader(api, req.repo_id, req.work_dir / "upload") if full else None
+    sibling_created = False
     try:
         parent = _call(lambda: api.model_info(req.repo_id).sha, f"read {req.repo_id}")
         report("resolving", 1.0)
-        out = req.work_dir / "out"
+        out, adapter_dir = req.work_dir / "out", req.work_dir / "adapter"
         merged = run_merge(
             plan.recipe, out, device=req.device, random_seed=req.random_seed, access=access,
             out_shard_size=req.out_shard_size,
-            plan=plan, on_shard_done=uploader.submit,
+            plan=plan, on_shard_done=uploader.submit if full else _discard,
             card_options={"hub_url": hub_url, "provenance": req.provenance,
                           "repo_id": req.repo_id},
             progress=lambda done, total: report("merging", done / total),
-            checks=req.checks,
+            checks=req.checks, adapter=req.adapter,
+            adapter_dir=adapter_dir if req.adapter is not None else None,
         )
         report("uploading", 0.0)
-        operations = uploader.finish()
+        operations = uploader.finish() if full else []
         report("uploading", 1.0)
+        adapter_commit = summary = None
+        if merged.adapter is not None:
+            summary = _adapter_summary(merged, adapter_dir)
+        if req.publish == "both":
+            report("committing", 0.0)
+            adapter_commit, sibling_created = _commit_adapter(api, req, sibling, adapter_dir)
         uploaded = {op.path_in_repo for op in operations}
+        files = sorted(out.iterdir()) if full else sorted(adapter_dir.iterdir())
         operations += [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
-                       for p in sorted(out.iterdir()) if p.is_file() and p.name not in uploaded]
+                       for p in files if p.is_file() and p.name not in uploaded]
         report("committing", 0.0)
         message = _commit_body(plan, req)
         info = _call(lambda: api.create_commit(
             req.repo_id, operations, commit_message=req.trigger, commit_description=message,
             parent_commit=parent), f"commit to {req.repo_id}")
+        if req.publish == "adapter":
+            adapter_commit = info.oid
         report("committing", 1.0)
     except BaseException:
-        uploader.cancel()
-        if created:
-            with contextlib.suppress(Exception):  # best effort while the error is raised
-                delete_if_unused(api, req.repo_id)
+        if uploader is not None:
+            uploader.cancel()
+        for repo, own in ((req.repo_id, created), (sibling, sibling_created)):
+            if own:
+                with contextlib.suppress(Exception):  # best effort while the error is raised
+                    delete_if_unused(api, repo)
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
-                         created_repo=created, reused_commit=False, checks=merged.checks)
+                         created_repo=created, reused_commit=False, checks=merged.checks,
+                         adapter_repo=sibling, adapter_commit=adapter_commit,
+                         adapter_summary=summary)
+
+
+def _discard(path: Path) -> None:
+    """An output shard of an adapter-only publication: factorized already, not uploaded."""
+    path.unlink()
+
+
+def _adapter_summary(merged: MergeResult, adapter_dir: Path) -> str:
+    """One log line: the adapter's ranks and worst error, its upload against the full
+    weights' size."""
+    extraction = merged.adapter
+    worst = max(m.error for m in extraction.modules)
+    upload = sum(p.stat().st_size for p in adapter_dir.iterdir() if p.is_file())
+    line = (f"adapter: {len(extraction.modules)} modules, rank <= {extraction.rank}, worst "
+            f"relative error {worst:.3g}; upload {_size(upload)} against "
+            f"{_size(merged.output_bytes)} of full weights ({upload / merged.output_bytes:.2%})")
+    if extraction.not_captured:
+        line += (f"; {len(extraction.not_captured)} tensor(s) differ that LoRA cannot carry "
+                 f"({', '.join(sorted(extraction.not_captured)[:3])}"
+                 + (", ..." if len(extraction.not_captured) > 3 else "") + ")")
+    return line
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _adapter_commit(api: HfApi, req: PublishRequest, sibling: str | None,
+                    done: str) -> str | None:
+    """The adapter commit of a job whose target commit exists already."""
+    if sibling is None:
+        return None
+    if sibling == req.repo_id:
+        return done
+    return find_job_commit(api, sibling, req.job_key)
+
+
+def _commit_adapter(api: HfApi, req: PublishRequest, repo_id: str,
+                    adapter_dir: Path) -> tuple[str, bool]:
+    """Commit the adapter to the sibling repo (created, like the target, if missing);
+    (its commit, whether this call created the repo). An earlier attempt's commit of this
+    job is reused."""
+    if req.job_key and (done := find_job_commit(api, repo_id, req.job_key)):
+        return done, False
+    created = not _call(lambda: api.repo_exists(repo_id), f"look up {repo_id}")
+    if created:
+        _call(lambda: api.create_repo(repo_id, private=req.private, exist_ok=True),
+              f"create {repo_id}")
+    try:
+        parent = _call(lambda: api.model_info(repo_id).sha, f"read {repo_id}")
+        operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
+                      for p in sorted(adapter_dir.iterdir()) if p.is_file()]
+        lines = [f"LoRA adapter of the merge published to {req.repo_id}"]
+        if req.job_key:
+            lines += ["", JOB_MARKER + req.job_key]
+        info = _call(lambda: api.create_commit(
+            repo_id, operations, commit_message=req.trigger,
+            commit_description="\n".join(lines), parent_commit=parent),
+            f"commit to {repo_id}")
+    except BaseException:
+        if created:
+            with contextlib.suppress(Exception):
+                delete_if_unused(api, repo_id)
+        raise
+    return info.oid, created
 
 
 def _commit_body(plan: Plan, req: PublishRequest) -> str:

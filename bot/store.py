@@ -138,6 +138,15 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        7,
+        """
+        -- what a merge publishes: full weights, a LoRA adapter of it, or both (bot.publish)
+        ALTER TABLE recipes ADD COLUMN publish TEXT NOT NULL DEFAULT 'full';
+        ALTER TABLE recipes ADD COLUMN max_rank INTEGER;
+        ALTER TABLE recipes ADD COLUMN sv_cutoff REAL NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 
@@ -157,6 +166,11 @@ class Recipe:
     created_at: float
     updated_at: float
     allow_high_perplexity: bool = False
+    publish: str = "full"
+    """``full``, ``adapter`` or ``both`` (:data:`bot.publish.PUBLISH_MODES`)."""
+    max_rank: int | None = None
+    """The adapter's largest rank per module (None with ``full``)."""
+    sv_cutoff: float = 0.0
 
     def to_api(self) -> dict:
         return {
@@ -167,6 +181,9 @@ class Recipe:
             "private": self.private,
             "watch": self.watch,
             "allow_high_perplexity": self.allow_high_perplexity,
+            "publish": self.publish,
+            "max_rank": self.max_rank,
+            "sv_cutoff": self.sv_cutoff,
             "sources": list(self.sources),
             "broken": self.broken,
             "last_shas": self.last_shas,
@@ -236,6 +253,9 @@ def _recipe(row: sqlite3.Row) -> Recipe:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         allow_high_perplexity=bool(row["allow_high_perplexity"]),
+        publish=row["publish"],
+        max_rank=row["max_rank"],
+        sv_cutoff=float(row["sv_cutoff"]),
     )
 
 
@@ -386,13 +406,17 @@ class Store:
         watch: bool,
         sources: list[str],
         allow_high_perplexity: bool = False,
+        publish: str = "full",
+        max_rank: int | None = None,
+        sv_cutoff: float = 0.0,
     ) -> int:
         now = time.time()
         row = db.execute(
             "INSERT INTO recipes (owner, yaml, repo_id, private, watch, sources, created_at,"
-            " updated_at, allow_high_perplexity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            " updated_at, allow_high_perplexity, publish, max_rank, sv_cutoff)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (owner, yaml, repo_id, int(private), int(watch), json.dumps(sources), now, now,
-             int(allow_high_perplexity)),
+             int(allow_high_perplexity), publish, max_rank, float(sv_cutoff)),
         ).fetchone()
         recipe_id = int(row["id"])
         self._set_sources(db, recipe_id, sources)
@@ -408,14 +432,18 @@ class Store:
         watch: bool,
         sources: list[str],
         allow_high_perplexity: bool = False,
+        publish: str = "full",
+        max_rank: int | None = None,
+        sv_cutoff: float = 0.0,
     ) -> None:
-        """New YAML for an existing recipe: forgets the last good SHAs and any breakage."""
+        """New YAML (or publication) for an existing recipe: forgets the last good SHAs
+        and any breakage."""
         db.execute(
             "UPDATE recipes SET yaml = ?, private = ?, watch = ?, sources = ?, broken = NULL,"
-            " last_shas = NULL, deleted = 0, updated_at = ?, allow_high_perplexity = ?"
-            " WHERE id = ?",
+            " last_shas = NULL, deleted = 0, updated_at = ?, allow_high_perplexity = ?,"
+            " publish = ?, max_rank = ?, sv_cutoff = ? WHERE id = ?",
             (yaml, int(private), int(watch), json.dumps(sources), time.time(),
-             int(allow_high_perplexity), recipe_id),
+             int(allow_high_perplexity), publish, max_rank, float(sv_cutoff), recipe_id),
         )
         self._set_sources(db, recipe_id, sources)
 
@@ -472,8 +500,11 @@ class Store:
         return [_recipe(r) for r in rows]
 
     def is_output_repo(self, db: sqlite3.Connection, repo_id: str) -> bool:
-        """Is ``repo_id`` the target of any recipe (the bot's own output)?"""
-        row = db.execute("SELECT 1 FROM recipes WHERE repo_id = ? LIMIT 1", (repo_id,))
+        """Is ``repo_id`` the target of any recipe, or the sibling adapter repo of one
+        that publishes both (the bot's own output)?"""
+        row = db.execute(
+            "SELECT 1 FROM recipes WHERE repo_id = ? OR (publish = 'both' AND"
+            " repo_id || '-lora' = ?) LIMIT 1", (repo_id, repo_id))
         return row.fetchone() is not None
 
     def watched_sources(self) -> set[str]:

@@ -139,6 +139,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        7,
+        """
+        ALTER TABLE recipes ADD COLUMN publish TEXT NOT NULL DEFAULT 'full';
+        ALTER TABLE recipes ADD COLUMN max_rank INTEGER;
+        ALTER TABLE recipes ADD COLUMN sv_cutoff DOUBLE PRECISION NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 """The same versions as :data:`bot.store.MIGRATIONS`, in Postgres types."""
 

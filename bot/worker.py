@@ -46,7 +46,14 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from merge_engine import CheckError, CheckOptions, InputError, SourceError, hub_refs_only
+from merge_engine import (
+    AdapterOptions,
+    CheckError,
+    CheckOptions,
+    InputError,
+    SourceError,
+    hub_refs_only,
+)
 
 from . import cleanup, queue, workdirs
 from .backends import Backend, Cancelled, Dispatch, LocalBackend, make_backend
@@ -224,8 +231,15 @@ class Worker:
                 self.store.append_log(job.id, f"{self.name}: lease was lost during the merge")
             if result.checks is not None:
                 self._log_checks(job, result.checks)
+            if result.adapter_summary is not None:
+                self.store.append_log(job.id, result.adapter_summary)
             verb = "reused existing commit" if result.reused_commit else "committed"
-            self.store.append_log(job.id, f"{verb} {result.commit_sha} to {result.repo_id}")
+            if result.adapter_repo not in (None, result.repo_id):
+                self.store.append_log(job.id, f"{verb} the adapter {result.adapter_commit} "
+                                              f"to {result.adapter_repo}")
+            what = " (the adapter only)" if result.adapter_repo == result.repo_id else ""
+            self.store.append_log(job.id, f"{verb} {result.commit_sha} to {result.repo_id}"
+                                          + what)
             self._finish(
                 job,
                 queue.SUCCEEDED,
@@ -266,6 +280,9 @@ class Worker:
                     allow_high_perplexity=recipe.allow_high_perplexity,
                     cache_dir=settings.home / "perplexities",
                 ),
+                publish=recipe.publish,
+                adapter=(None if recipe.publish == "full"
+                         else AdapterOptions(recipe.max_rank, recipe.sv_cutoff)),
             )
         dispatch = Dispatch(job.id, job.attempts, request, lease.cancelled.is_set)
         return self.backend.run(dispatch, lease.report)

@@ -9,7 +9,13 @@ other public module is ``merge_engine.synth`` (tiny generated model families for
 tests and benchmarks).
 """
 
-from merge_engine.api import DEFAULT_SHARD_BYTES, MergeResult, run_merge, validate
+from merge_engine.api import (
+    DEFAULT_SHARD_BYTES,
+    MergeResult,
+    check_adapter_base,
+    run_merge,
+    validate,
+)
 from merge_engine.check import CheckOptions, CheckReport, run_checks
 from merge_engine.errors import (
     CheckError,
@@ -35,6 +41,7 @@ from merge_engine.evaluate import (
     score_model,
     write_evaluation_plot,
 )
+from merge_engine.extract import AdapterOptions, Extraction, extract_lora
 from merge_engine.io import HubAccess, Source, load_dataset_texts, open_source
 from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
@@ -44,6 +51,7 @@ from merge_engine.recipe import Recipe, RecipeLimits, hub_refs_only, load_recipe
 from merge_engine.version import __version__
 
 __all__ = [
+    "AdapterOptions",
     "CheckError",
     "CheckOptions",
     "CheckReport",
@@ -53,6 +61,7 @@ __all__ = [
     "EvalScore",
     "EvalSet",
     "EvalTable",
+    "Extraction",
     "HubAccess",
     "InputError",
     "MergeEngineError",
@@ -67,9 +76,11 @@ __all__ = [
     "Source",
     "SourceError",
     "__version__",
+    "check_adapter_base",
     "error_causes",
     "evaluate_model",
     "evaluate_sources",
+    "extract_lora",
     "formula",
     "hub_refs_only",
     "is_transient",

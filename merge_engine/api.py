@@ -1,7 +1,11 @@
-"""The engine's Python API: :func:`validate` a recipe, :func:`run_merge` it.
+"""The engine's Python API: :func:`validate` a recipe, :func:`run_merge` it (optionally
+extracting a LoRA adapter of the merge against its base as the shards are written).
 
     result = run_merge("recipe.yml", "out/", device="auto")
     result.sources[1].revision   # the commit SHA each Hub source was pinned to
+    result = run_merge("recipe.yml", "out/", adapter=AdapterOptions(max_rank=64),
+                       adapter_dir="adapter/")
+    result.adapter.modules       # rank and relative error of every module
 
 The output directory appears whole or not at all: everything is written to a hidden
 sibling directory that is renamed into place at the end and removed on any failure.
@@ -15,12 +19,13 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from merge_engine.card import render_card
+from merge_engine.card import card_license, render_card
 from merge_engine.check import (
     CheckOptions,
     CheckReport,
@@ -40,6 +45,7 @@ from merge_engine.evaluate import (
 )
 from merge_engine.execute.executor import Executor, Progress, Timings, resolve_device
 from merge_engine.execute.gates import fill_gates
+from merge_engine.extract import AdapterOptions, Extraction, LoraExtractor, render_adapter_card
 from merge_engine.io.checkpoint import TensorMeta
 from merge_engine.io.headers import read_header
 from merge_engine.io.hub import HubAccess
@@ -75,6 +81,8 @@ class MergeResult:
     """What the check stage found (None: the merge ran without checks)."""
     evaluation: EvalTable | None = None
     """The merge's and each source's scores (None: no evaluation was asked for)."""
+    adapter: Extraction | None = None
+    """The LoRA adapter extracted from the merge (None: none was asked for)."""
 
 
 def load(recipe: Recipe | str | os.PathLike) -> Recipe:
@@ -99,6 +107,32 @@ def validate(recipe: Recipe | str | os.PathLike, *, access: HubAccess | None = N
     return plan(parsed, open_sources(parsed, access))
 
 
+def check_adapter_base(recipe: Recipe) -> None:
+    """Raise ``InputError`` (one sentence) unless a LoRA adapter of the merge can be
+    extracted: the method takes the recipe's ``base_model``, a plain model (no
+    ``+adapter``), and no slice names another base."""
+    base = recipe.base_model
+    if base is None or not recipe.has_base_role:
+        raise InputError(f"merge_method {recipe.merge_method} has no base_model to extract a "
+                         "LoRA adapter against; publish the full weights instead")
+    if base.lora is not None:
+        raise InputError(f"base_model {base} carries a LoRA adapter; an adapter can only be "
+                         "extracted against a plain model")
+    if any(s.base_model is not None and s.base_model != base for s in recipe.slices or ()):
+        raise InputError("slices name different base models; an adapter needs one base_model")
+
+
+def _adapter_base(plan: Plan) -> Source:
+    """The plan's base for the extraction; a streamed base gets its own stream directory
+    (the merge deletes its copies of the files as it goes)."""
+    check_adapter_base(plan.recipe)
+    base = plan.sources[0]
+    if not base.streams_files:
+        return base
+    access = replace(base.access, stream_dir=base.access.stream_dir / ".adapter-base")
+    return replace(base, access=access, _lock=threading.Lock())
+
+
 def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
               device: str = "auto", out_shard_size: int = DEFAULT_SHARD_BYTES,
               random_seed: int | None = None, copy_tokenizer: bool = True,
@@ -106,7 +140,8 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
               plan: Plan | None = None, card_options: dict | None = None,
               on_shard_done: Callable[[Path], None] | None = None,
               checks: CheckOptions | None = None, evaluate: list[EvalSet] | None = None,
-              eval_cache_dir: Path | None = None) -> MergeResult:
+              eval_cache_dir: Path | None = None, adapter: AdapterOptions | None = None,
+              adapter_dir: str | os.PathLike | None = None) -> MergeResult:
     """Merge ``recipe`` into ``out_dir`` (which must not exist, or be empty).
 
     ``plan`` skips resolution when the caller already validated; ``card_options`` go to
@@ -122,13 +157,22 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     (:mod:`merge_engine.evaluate`; dataset texts are read before merging) into
     ``result.evaluation``, shown in the card; ``eval_cache_dir`` keeps the scores of Hub
     sources by repo, commit SHA and set, so they are computed once.
+    ``adapter``: also write a PEFT LoRA adapter of (merge - base_model) into
+    ``adapter_dir``, each output shard factorized as it is finished (before
+    ``on_shard_done`` takes it); both directories appear, or neither.
     """
     started = time.perf_counter()
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MergeEngineError(f"output directory {out} already exists and is not empty")
+    for directory in (out, Path(adapter_dir) if adapter_dir is not None else None):
+        if directory is not None and directory.exists() and (
+                not directory.is_dir() or any(directory.iterdir())):
+            raise MergeEngineError(f"output directory {directory} already exists and is "
+                                   "not empty")
+    if adapter is not None and adapter_dir is None:
+        raise MergeEngineError("an adapter was asked for without a directory to write it to")
     plan = plan or validate(recipe, access=access)
     texts = _eval_texts(plan, evaluate, copy_tokenizer, access)
+    extractor = None
     resolved = time.perf_counter() - started
     seed = random_seed if random_seed is not None else secrets.randbits(31)
     dev = resolve_device(device)
@@ -142,11 +186,18 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     if texts or checks is not None and checks.behaviour and copy_tokenizer and any(
             "tokenizer.json" in s.files for s in plan.sources):
         warm_up()  # the behaviour checks will likely run: import transformers meanwhile
+    written_adapter = None
     try:
         shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer,
                               keep=bool(texts))
+        hook = shards.hook
+        if adapter is not None:
+            extractor = LoraExtractor(_adapter_base(plan), adapter, device=str(dev),
+                                      model=(card_options or {}).get("repo_id") or "the merge",
+                                      expected={t.out.name for t in plan.tasks})
+            hook = _then(extractor.add_file, shards.hook)
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,
-                            progress=progress, on_shard_done=shards.hook)
+                            progress=progress, on_shard_done=hook)
         files = executor.run()
         plan = dataclasses.replace(plan, warnings=[*plan.warnings, *executor.warnings])
         files += write_side_files(plan, work, copy_tokenizer)
@@ -166,23 +217,36 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
                            evaluation=table, **(card_options or {}))
         (work / "README.md").write_text(card)
         files.append(work / "README.md")
+        extraction = None
+        if extractor is not None:
+            extraction = extractor.write(adapter_dir, render_adapter_card(
+                extractor.result, recipe=plan.recipe.text, license=card_license(plan),
+                provenance=(card_options or {}).get("provenance")))
+            written_adapter = extraction.out_dir
         if out.exists():
             out.rmdir()
         work.rename(out)
     except OSError as e:
         shutil.rmtree(work, ignore_errors=True)
+        if written_adapter is not None:
+            shutil.rmtree(written_adapter, ignore_errors=True)
         if e.errno == errno.ENOSPC:
             raise MergeEngineError(f"disk full while writing the merge under {out.parent}") from e
         raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        if written_adapter is not None:
+            shutil.rmtree(written_adapter, ignore_errors=True)
         raise
+    finally:
+        if extractor is not None:
+            extractor.close()
     return MergeResult(
         out_dir=out, files=[out / f.name for f in files], method=plan.recipe.merge_method,
         models=model_rows(plan), formula=formula(plan), seed=seed, warnings=plan.warnings,
         output_bytes=plan.output_bytes, parameter_count=plan.parameter_count,
         device=str(dev), timings=executor.timings, resolve_seconds=resolved, checks=report,
-        evaluation=table,
+        evaluation=table, adapter=extraction,
     )
 
 
@@ -200,6 +264,15 @@ def _eval_texts(plan: Plan, sets: list[EvalSet] | None, copy_tokenizer: bool,
         raise InputError(f"evaluation needs a tokenizer.json, and {plan.sources[0].name} has "
                          "none")
     return read_sets(sets, access)
+
+
+def _then(first: Callable[[Path], None],
+          second: Callable[[Path], None] | None) -> Callable[[Path], None]:
+    def both(path: Path) -> None:
+        first(path)
+        if second is not None:
+            second(path)
+    return both
 
 
 class _ShardKeeper:

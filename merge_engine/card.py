@@ -56,7 +56,7 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
-def _license(plan: Plan) -> tuple[str | None, str | None]:
+def card_license(plan: Plan) -> tuple[str | None, str | None]:
     """(license for the front matter, a sentence when the sources disagree)."""
     found = licenses(plan)
     values = {v for v in found.values() if v}
@@ -171,7 +171,7 @@ def _slice_entry(plan: Plan, row: SliceRow) -> dict:
 def front_matter(plan: Plan, seed: int | None, evaluation: EvalTable | None = None,
                  name: str = "Merged model") -> dict:
     """The card's YAML metadata (``name``: the model's, for ``model-index``)."""
-    license_id, _ = _license(plan)
+    license_id, _ = card_license(plan)
     meta: dict = {}
     hub_ids = _hub_ids(plan)
     if hub_ids:
@@ -356,7 +356,7 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
     ``evaluation.png`` beside the card: :func:`merge_engine.evaluate.write_evaluation_plot`)."""
     hub = (hub_url or DEFAULT_HUB).rstrip("/")
     rows = model_rows(plan)
-    _, license_note = _license(plan)
+    _, license_note = card_license(plan)
     title = repo_id.split("/")[-1] if repo_id else plan.recipe.name or "Merged model"
     donors = [r.name for r in rows if r.role == "donor"]
     base = next((r.name for r in rows if r.role == "base"), None)

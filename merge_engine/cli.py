@@ -34,7 +34,7 @@ from merge_engine.evaluate import (
     run_tasks,
 )
 from merge_engine.execute import resolve_device
-from merge_engine.extract import extract_lora
+from merge_engine.extract import AdapterOptions, Extraction, extract_lora
 from merge_engine.plan.summary import (
     ModelRow,
     fmt,
@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_options(run)
     run.add_argument("--eval-cache", type=Path, default=None,
                      help="directory keeping the Hub sources' scores by repo, SHA and set")
+    run.add_argument("--adapter", metavar="DIR", default=None,
+                     help="also write a PEFT LoRA adapter of (merge - base_model) into DIR")
+    run.add_argument("--max-rank", type=int, default=None,
+                     help="with --adapter: largest rank per module")
+    run.add_argument("--sv-cutoff", type=float, default=0.0,
+                     help="with --adapter: drop singular values below this fraction of each "
+                          "matrix's largest")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     run.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     check = sub.add_parser("validate", help="check RECIPE from headers only and print the plan")
@@ -265,12 +272,18 @@ def _extract_lora(args: argparse.Namespace) -> int:
     result = extract_lora(args.model, args.base, args.out, max_rank=args.max_rank,
                           sv_cutoff=args.sv_cutoff, device=str(resolve_device(args.device)),
                           dtype=args.dtype)
+    _print_extraction(result, sys.stdout)
+    return 0
+
+
+def _print_extraction(result: Extraction, file=None) -> None:
+    file = file or sys.stderr
     worst = max((m.error for m in result.modules), default=0.0)
     print(f"{result.out_dir}: {len(result.modules)} modules, rank <= {result.rank}, "
-          f"worst relative error {worst:.3g}")
+          f"worst relative error {worst:.3g}", file=file)
     for name, change in sorted(result.not_captured.items()):
-        print(f"warning: {name} differs but LoRA cannot carry it (relative change {change:.3g})")
-    return 0
+        print(f"warning: {name} differs but LoRA cannot carry it (relative change {change:.3g})",
+              file=file)
 
 
 def _params(row: ModelRow) -> str:
@@ -294,8 +307,14 @@ def _run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    adapter = None
+    if args.adapter is not None or args.max_rank is not None:
+        if args.adapter is None or args.max_rank is None:
+            raise InputError("--adapter DIR and --max-rank N go together")
+        adapter = AdapterOptions(args.max_rank, args.sv_cutoff)
     try:
         result = run_merge(args.recipe, args.out, device=args.device,
+                           adapter=adapter, adapter_dir=args.adapter,
                            out_shard_size=args.out_shard_size, random_seed=args.random_seed,
                            copy_tokenizer=not args.no_copy_tokenizer,
                            progress=progress if bar else None,
@@ -316,6 +335,8 @@ def _run(args: argparse.Namespace) -> int:
             for score in row.scores.values():
                 print(f"{row.label} on {score.set}: NLL {score.nll:.4f}, perplexity "
                       f"{score.perplexity:.3f}", file=sys.stderr)
+        if result.adapter is not None:
+            _print_extraction(result.adapter)
     print(result.out_dir)
     return 0
 

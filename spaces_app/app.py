@@ -32,6 +32,9 @@ from spaces_app.hub import HubReader
 
 DEFAULT_HUB = "https://huggingface.co"
 WATCH_POLL_SECONDS = 5.0
+PUBLISH_CHOICES = [("full weights", "full"), ("LoRA adapter only", "adapter"),
+                   ("both (the adapter in <repo>-lora)", "both")]
+"""(label, value) of what a merge publishes (bot.publish)."""
 """How often the job view looks for a remerge of a watched recipe whose job is done."""
 MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"
 """What Gradio's local mock login puts in the session instead of a real token."""
@@ -144,10 +147,13 @@ class Handlers:
         watch: bool,
         allow_high_perplexity: bool = False,
         force: bool = False,
+        publish: str = PUBLISH_CHOICES[0][1],
+        max_rank: float | None = None,
         oauth: gr.OAuthToken | None = None,
     ) -> tuple[str, int | None, int | None, gr.Timer]:
         """(message, recipe id, job id, timer) after POST /api/recipes; ``force`` merges
-        even when the recipe and its sources are unchanged since its last merge."""
+        even when the recipe and its sources are unchanged since its last merge;
+        ``publish``/``max_rank``: a LoRA adapter instead of or beside the full weights."""
         token = self.token(oauth)
         if not token:
             return "Sign in with Hugging Face to submit.", None, None, gr.Timer(active=False)
@@ -160,6 +166,8 @@ class Handlers:
                 watch=watch,
                 allow_high_perplexity=allow_high_perplexity,
                 force=bool(force),
+                publish=publish or "full",
+                max_rank=None if max_rank is None else int(max_rank),
             )
         except ApiError as exc:
             if exc.errors:
@@ -308,6 +316,11 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
                         False, label="force a new merge (even if nothing changed)",
                         elem_id="force",
                     )
+                with gr.Row():
+                    publish = gr.Radio(PUBLISH_CHOICES, value="full", label="Publish",
+                                       elem_id="publish")
+                    max_rank = gr.Number(64, label="Adapter max rank", precision=0,
+                                         elem_id="max-rank")
                 submit_btn = gr.Button("Submit", variant="primary", elem_id="submit")
                 submit_out = gr.Markdown(elem_id="submit-result")
             with gr.Column(scale=1):
@@ -343,7 +356,7 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
         submit_btn.click(lambda: "", None, check_out, api_name="clear_check", **hidden)
         submit_btn.click(
             h.submit,
-            [recipe, repo_name, private, watch, allow_high, force],
+            [recipe, repo_name, private, watch, allow_high, force, publish, max_rank],
             [submit_out, recipe_id, job_id, timer],
             api_name="submit",
         ).then(h.job, [recipe_id, job_id], follow_outputs, api_name="after_submit", **hidden)

@@ -57,13 +57,20 @@ class MergebotClient:
         watch: bool = True,
         allow_high_perplexity: bool = False,
         force: bool = False,
+        publish: str = "full",
+        max_rank: int | None = None,
+        sv_cutoff: float = 0.0,
     ) -> dict:
         """POST /api/recipes → ``{"recipe_id", "job_id", "repo_id"}``; ``force``: merge even
-        when the recipe and its sources are unchanged since its last merge."""
+        when the recipe and its sources are unchanged since its last merge; ``publish``
+        ``adapter``/``both`` with ``max_rank`` (and ``sv_cutoff``): a LoRA adapter of the
+        merge instead of / as well as its full weights."""
         body = {"recipe": recipe, "repo_id": repo_id or None, "private": private, "watch": watch,
                 "allow_high_perplexity": allow_high_perplexity}
         if force:
             body["force"] = True
+        if publish != "full":
+            body |= {"publish": publish, "max_rank": max_rank, "sv_cutoff": sv_cutoff}
         return self._call("POST", "/api/recipes", token, body)
 
     def validate(self, recipe: str, token: str | None) -> dict | None:

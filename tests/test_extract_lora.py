@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from merge_engine.api import run_merge
 from merge_engine.cli import main
 from merge_engine.errors import InputError
-from merge_engine.extract import extract_lora
+from merge_engine.extract import AdapterOptions, extract_lora
 from merge_engine.synth import LlamaShape, write_model
 
 SHAPE = LlamaShape(hidden=32, intermediate=48, layers=2, vocab=40, heads=4, kv_heads=2)
@@ -207,3 +208,83 @@ def test_a_missing_model_is_one_line_exit_2(family, tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err.strip() == f"error: model directory {tmp_path / 'nope'} " \
                                               "does not exist"
+
+
+# the recipe form: a merge's adapter against its base_model, shard by shard ----------
+
+MERGE = """\
+merge_method: task_arithmetic
+base_model: {base}
+models:
+  - model: {donor}
+    parameters:
+      weight: 0.5
+dtype: float32
+"""
+
+
+def test_a_merge_s_adapter_is_extracted_as_its_shards_are_written(family, tmp_path):
+    """The merge is base + 0.5 x a rank-3 change: its adapter at rank 3 gives the merged
+    model back, from shards factorized one by one."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    base, donor, _ = family
+    recipe = MERGE.format(base=base, donor=donor)
+    result = run_merge(recipe, tmp_path / "merged", device="cpu", out_shard_size=20_000,
+                       adapter=AdapterOptions(max_rank=RANK), adapter_dir=tmp_path / "ad",
+                       copy_tokenizer=False)
+    assert len([f for f in result.files if f.suffix == ".safetensors"]) > 3  # several shards
+    assert result.adapter.rank == RANK and len(result.adapter.modules) == 16
+    assert max(m.error for m in result.adapter.modules) < 1e-5
+    card = (tmp_path / "ad" / "README.md").read_text()
+    assert "## Merge recipe" in card and "merge_method: task_arithmetic" in card
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = peft.PeftModel.from_pretrained(model, tmp_path / "ad").merge_and_unload()
+    theirs = merged.state_dict()
+    ours = {}
+    for shard in (tmp_path / "merged").glob("*.safetensors"):
+        ours |= load_file(shard)
+    assert set(ours) <= set(theirs)
+    for name, tensor in ours.items():
+        assert torch.allclose(theirs[name], tensor, rtol=1e-5, atol=1e-5), name
+
+
+def test_merge_engine_run_writes_the_adapter_too(family, tmp_path, capsys):
+    base, donor, _ = family
+    (tmp_path / "r.yml").write_text(MERGE.format(base=base, donor=donor))
+    code = main(["run", str(tmp_path / "r.yml"), str(tmp_path / "merged"), "--device", "cpu",
+                 "--adapter", str(tmp_path / "ad"), "--max-rank", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert "16 modules, rank <= 2" in capsys.readouterr().err
+    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["r"] == 2
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("merge_method: linear\nmodels:\n  - model: {donor}\n    parameters: {{weight: 1.0}}\n"
+     "  - model: {base}\n    parameters: {{weight: 1.0}}\n",
+     "merge_method linear has no base_model to extract a LoRA adapter against; publish the "
+     "full weights instead"),
+    (MERGE.replace("base_model: {base}", "base_model: {base}+{lora}"),
+     "base_model {base}+{lora} carries a LoRA adapter; an adapter can only be extracted "
+     "against a plain model"),
+])
+def test_an_adapter_needs_a_plain_base(family, tmp_path, capsys, recipe, message):
+    base, donor, _ = family
+    lora = tmp_path / "lora"
+    extract_lora(str(donor), str(base), lora, max_rank=1)
+    values = {"base": base, "donor": donor, "lora": lora}
+    (tmp_path / "r.yml").write_text(recipe.format(**values))
+    code = main(["run", str(tmp_path / "r.yml"), str(tmp_path / "merged"), "--device", "cpu",
+                 "--adapter", str(tmp_path / "ad"), "--max-rank", "2"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: " + message.format(**values)
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "ad").exists()
+
+
+def test_a_failed_extraction_leaves_neither_directory(family, tmp_path):
+    base, donor, _ = family
+    recipe = MERGE.format(base=base, donor=donor).replace("0.5", "0.0")  # equals its base
+    with pytest.raises(InputError, match="have no differing weight matrix"):
+        run_merge(recipe, tmp_path / "merged", device="cpu", copy_tokenizer=False,
+                  adapter=AdapterOptions(max_rank=2), adapter_dir=tmp_path / "ad")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "donor", "gen"]

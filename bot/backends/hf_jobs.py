@@ -31,7 +31,15 @@ import httpx2
 from huggingface_hub import HfApi, JobInfo
 from huggingface_hub.errors import HfHubHTTPError
 
-from merge_engine import DEFAULT_SHARD_BYTES, HubAccess, InputError, Plan, SourceError, validate
+from merge_engine import (
+    DEFAULT_SHARD_BYTES,
+    HubAccess,
+    InputError,
+    Plan,
+    SourceError,
+    check_adapter_base,
+    validate,
+)
 
 from ..errors import BotError, TransientError
 from ..publish import (
@@ -142,6 +150,8 @@ class HfJobsBackend:
         access = HubAccess(endpoint=req.endpoint, token=req.read_token or req.token,
                            stream_dir=req.work_dir / "sources")
         plan = validate(req.recipe_text, access=access)  # InputError: no Job at all
+        if req.adapter is not None:
+            check_adapter_base(plan.recipe)
         need = sizing.needs(plan, req.out_shard_size)
         hw = sizing.pick(self.hardware(), need, s.jobs_flavor)
         created_earlier = req.repo_created_earlier
@@ -160,6 +170,9 @@ class HfJobsBackend:
         command += ["--perplexity-factor", str(req.checks.perplexity_factor)]
         if req.checks.allow_high_perplexity:
             command.append("--allow-high-perplexity")
+        if req.adapter is not None:
+            command += ["--publish", req.publish, "--max-rank", str(req.adapter.max_rank),
+                        "--sv-cutoff", repr(float(req.adapter.sv_cutoff))]
         info = _hub(lambda: api.run_job(
             image=s.jobs_image, command=command, flavor=hw.name,
             env={"HF_ENDPOINT": s.endpoint} if s.endpoint != DEFAULT_HUB else None,
@@ -197,7 +210,8 @@ class HfJobsBackend:
             if found is not None:
                 out = json.loads(found[len(RESULT):])
                 return self._result(out["repo_id"], out["commit"], out["revisions"],
-                                    reused=out["reused_commit"], created=out["created_repo"])
+                                    reused=out["reused_commit"], created=out["created_repo"],
+                                    adapter=out)
             commit = _hub(lambda: find_job_commit(api, req.repo_id, req.job_key or ""))
             if commit is None:
                 raise TransientError(f"Job {info.id} completed without a commit")
@@ -221,10 +235,15 @@ class HfJobsBackend:
             return []
 
     def _result(self, repo_id: str, commit: str, revisions: dict, *, reused: bool,
-                created: bool = False) -> PublishResult:
+                created: bool = False, adapter: dict | None = None) -> PublishResult:
+        """``adapter``: the Job's result line, with its adapter fields (when any)."""
         hub = (self.settings.endpoint or DEFAULT_HUB).rstrip("/")
+        adapter = adapter or {}
         return PublishResult(repo_id, commit, f"{hub}/{repo_id}", revisions,
-                             created_repo=created, reused_commit=reused)
+                             created_repo=created, reused_commit=reused,
+                             adapter_repo=adapter.get("adapter_repo"),
+                             adapter_commit=adapter.get("adapter_commit"),
+                             adapter_summary=adapter.get("adapter_summary"))
 
 
 def _hub(fn):

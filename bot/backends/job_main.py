@@ -6,7 +6,8 @@ as arguments or plain env (those are shown to anyone who can inspect the Job); t
 
     mergebot-stage: STAGE FRACTION     as the merge goes (on a new stage or every 1 %)
     mergebot-result: {"commit": ..., "repo_id": ..., "revisions": {...}, "reused_commit": ...,
-                      "created_repo": ...}
+                      "created_repo": ..., "adapter_repo": ..., "adapter_commit": ...,
+                      "adapter_summary": ...}
     mergebot-error: KIND: MESSAGE      KIND: input, source (a mistake in the recipe or a
                                        source: fail the job), transient (retry), fatal
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from merge_engine import CheckOptions, InputError, SourceError
 
 from ..errors import is_transient
+from ..merge_cli import adapter_options, add_publish_arguments
 from ..publish import PublishRequest, merge_and_publish
 
 STAGE, RESULT, ERROR = "mergebot-stage: ", "mergebot-result: ", "mergebot-error: "
@@ -47,6 +49,7 @@ def add_job_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--perplexity-factor", type=float, default=CheckOptions.perplexity_factor,
                         help="the check stage's limit: times the worst source's perplexity")
     parser.add_argument("--allow-high-perplexity", action="store_true")
+    add_publish_arguments(parser)
     parser.set_defaults(run=run_job_command)
 
 
@@ -68,6 +71,11 @@ def run_job_command(args: argparse.Namespace) -> int:
     if not token or not recipe:
         print(f"{ERROR}fatal: the Job has no HF_TOKEN or MERGEBOT_RECIPE secret", flush=True)
         return 1
+    try:
+        adapter = adapter_options(args)
+    except InputError as exc:
+        print(f"{ERROR}input: {_line(exc)}", flush=True)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="mergebot-job-"))
     request = PublishRequest(
         recipe_text=recipe, repo_id=args.repo, token=token, work_dir=work,
@@ -75,7 +83,8 @@ def run_job_command(args: argparse.Namespace) -> int:
         trigger=args.trigger, provenance=args.provenance, job_key=args.job_key,
         repo_created_earlier=args.repo_created_earlier, device=args.device,
         checks=CheckOptions(perplexity_factor=args.perplexity_factor,
-                            allow_high_perplexity=args.allow_high_perplexity))
+                            allow_high_perplexity=args.allow_high_perplexity),
+        publish=args.publish, adapter=adapter)
     try:
         result = merge_and_publish(request, _Stages())
     except InputError as exc:
@@ -93,6 +102,8 @@ def run_job_command(args: argparse.Namespace) -> int:
     print(RESULT + json.dumps({
         "commit": result.commit_sha, "repo_id": result.repo_id, "revisions": result.revisions,
         "reused_commit": result.reused_commit, "created_repo": result.created_repo,
+        "adapter_repo": result.adapter_repo, "adapter_commit": result.adapter_commit,
+        "adapter_summary": result.adapter_summary,
     }, sort_keys=True), flush=True)
     return 0
 

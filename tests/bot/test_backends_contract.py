@@ -25,6 +25,7 @@ from bot.errors import TransientError
 from bot.publish import PublishRequest
 from bot.store import Store
 from bot.store_pg import PostgresStore
+from merge_engine import AdapterOptions
 from tests.bot.botutil import BOT, SECRET, recipe_yaml, wait_for
 from tests.bot.test_service import Bot, job_commits
 from tests.hubtools import USERS, Hub
@@ -250,3 +251,33 @@ def test_duplicate_dispatch_makes_one_commit(sources: Hub, make_settings, store,
     assert len(job_commits(sources, f"{BOT}/dup")) == 2, outcomes  # one for each job
     commits = {o for o in outcomes if isinstance(o, str)}
     assert len(commits) == 1 and len(outcomes) == 2, outcomes
+
+
+def test_an_adapter_is_published_beside_the_weights(sources: Hub, make_settings, backend):
+    """``publish: both`` reaches wherever the backend merges (hf-jobs: the Job's flags and
+    its result line): the full weights in the target, the adapter in ``<repo>-lora``."""
+    name, env = backend
+    settings = make_settings(
+        backend=env.get("MERGEBOT_BACKEND", "local"), jobs_image=env.get("MERGEBOT_JOBS_IMAGE"),
+        jobs_poll_seconds=0.2)
+    store = Store(settings.db_path)
+    store.migrate()
+    with store.write() as db:
+        recipe = store.add_recipe(db, owner="alice", yaml=recipe_yaml(), repo_id=f"{BOT}/both",
+                                  private=False, watch=False, sources=[], publish="both",
+                                  max_rank=2)
+        job_id, _ = queue.enqueue(db, recipe, "alice", "test")
+    work = settings.work_root / f"job-{job_id}-attempt-1"
+    work.mkdir(parents=True)
+    request = PublishRequest(recipe_yaml(), f"{BOT}/both", settings.token, work,
+                             endpoint=settings.endpoint, job_key=f"job-{job_id}",
+                             device="cpu", publish="both", adapter=AdapterOptions(max_rank=2))
+    result = make_backend(settings, store).run(Dispatch(job_id, 1, request),
+                                               lambda stage, fraction: None)
+    api = sources.api(BOT)
+    assert result.adapter_repo == f"{BOT}/both-lora"
+    assert result.adapter_commit == api.model_info(f"{BOT}/both-lora").sha
+    assert result.adapter_summary.startswith("adapter: 16 modules, rank <= 2")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(
+        api.list_repo_files(f"{BOT}/both-lora"))
+    assert "config.json" in api.list_repo_files(f"{BOT}/both")

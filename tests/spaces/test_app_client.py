@@ -5,6 +5,7 @@ remerge, and the remerge a donor push triggers."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,20 @@ def test_the_demo_offers_no_mock_sign_in(demo: Demo) -> None:
     with httpx2.Client(base_url=demo.url, follow_redirects=False, timeout=10) as http:
         assert "Sign in with Hugging Face" not in http.get("/").text
         assert http.get("/login/huggingface").status_code == 404
+
+
+def test_the_publish_control_publishes_only_an_adapter(client, demo: Demo,
+                                                       tmp_path: Path) -> None:
+    from huggingface_hub import HfApi
+
+    _, recipe_id, job_id, _ = client.predict(SEED, "client-adapter", False, False, False,
+                                             False, "adapter", 4, api_name="/submit")
+    status, log, card, _ = follow(client, recipe_id, job_id)
+    assert "succeeded" in status, (status, log, demo.logs())
+    assert re.search(r"^adapter: \d+ modules, rank <= 4, .* of full weights", log, re.M)
+    assert "| module | shape | rank | relative error |" in card
+    assert "Differences LoRA cannot carry" in card  # the donors' norms differ
+    assert "tensor(s) differ that LoRA cannot carry (model." in log
+    api = HfApi(endpoint=demo.hub_url, token=DEMO_TOKEN)
+    assert set(api.list_repo_files("mergebot/client-adapter")) == {
+        ".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors"}

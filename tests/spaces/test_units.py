@@ -457,3 +457,15 @@ def test_demo_serves_the_ui_alone_without_the_bot(
     app = demo.build_asgi(tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:10")
     assert isinstance(app, GradioASGI)
     assert "the bot service is not importable" in capsys.readouterr().err
+
+
+def test_the_publish_control_asks_for_an_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = bot_answering(monkeypatch, 201, {"recipe_id": 1, "job_id": 2, "repo_id": "b/m"})
+    handlers = Handlers(MergebotClient("http://bot"), AppConfig(demo_token="hf_user"))
+    message, _, job_id, _ = handlers.submit("x: 1\n", "m", False, True, False, False,
+                                            "adapter", 16.0, None)
+    assert job_id == 2 and message.startswith("Submitted")
+    body = json.loads(seen[-1].content)
+    assert (body["publish"], body["max_rank"], body["sv_cutoff"]) == ("adapter", 16, 0.0)
+    handlers.submit("x: 1\n", "m", False, True, False, False, "full", 16.0, None)
+    assert "publish" not in json.loads(seen[-1].content)  # full weights: no adapter fields
