@@ -23,9 +23,19 @@ from merge_engine.errors import (
 from merge_engine.io import HubAccess, Source, open_source
 from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
+from merge_engine.multistage import StagedResult, StageRun, run_stages, stage_key, validate_stages
 from merge_engine.plan import Plan
 from merge_engine.plan.summary import formula, plan_json
-from merge_engine.recipe import Recipe, RecipeLimits, hub_refs_only, load_recipe, parse_recipe
+from merge_engine.recipe import (
+    Recipe,
+    RecipeLimits,
+    StagedRecipe,
+    hub_refs_only,
+    is_multi_stage,
+    load_recipe,
+    parse_recipe,
+    parse_stages,
+)
 from merge_engine.version import __version__
 
 __all__ = [
@@ -45,17 +55,25 @@ __all__ = [
     "RecipeLimits",
     "Source",
     "SourceError",
+    "StageRun",
+    "StagedRecipe",
+    "StagedResult",
     "__version__",
     "error_causes",
     "formula",
     "hub_refs_only",
+    "is_multi_stage",
     "is_transient",
     "load_recipe",
     "open_source",
     "parse_recipe",
+    "parse_stages",
     "plan_json",
     "retry",
     "run_checks",
     "run_merge",
+    "run_stages",
+    "stage_key",
     "validate",
+    "validate_stages",
 ]

@@ -17,8 +17,6 @@ from pathlib import Path
 from merge_engine.api import (
     DEFAULT_SHARD_BYTES,
     RECIPE_NAME,
-    load,
-    open_sources,
     run_merge,
     validate,
 )
@@ -26,6 +24,8 @@ from merge_engine.check import CheckOptions, run_checks
 from merge_engine.errors import MergeEngineError
 from merge_engine.execute import resolve_device
 from merge_engine.extract import extract_lora
+from merge_engine.io.sources import open_source
+from merge_engine.multistage import StageRun, load_stages, run_stages, validate_stages
 from merge_engine.plan.summary import (
     ModelRow,
     fmt,
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed for random methods (dare, della); recorded in the card")
     run.add_argument("--no-copy-tokenizer", action="store_true",
                      help="do not copy the base model's tokenizer files")
+    run.add_argument("--keep-intermediates", metavar="DIR", default=None,
+                     help="multi-stage recipe: keep each earlier stage's output in DIR/<name>")
     run.add_argument("--check", action="store_true",
                      help="check the merged model before writing it (see 'check')")
     _check_options(run)
@@ -145,7 +147,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    plan = validate(args.recipe)
+    staged = load_stages(args.recipe)
+    if len(staged.stages) == 1:
+        return _print_plan(validate(staged.final.recipe))
+    plans = validate_stages(staged)
+    for i, (stage, plan) in enumerate(zip(staged.stages, plans, strict=True)):
+        print(f"{'' if i == 0 else chr(10)}{stage.label}, {i + 1} of {len(plans)}:")
+        _print_plan(plan)
+    return 0
+
+
+def _print_plan(plan) -> int:
+    """What ``validate`` prints of one plan."""
     print(formula(plan))
     print()
     found = licenses(plan)
@@ -209,12 +222,25 @@ def _run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    def stage_done(run: StageRun, i: int, count: int) -> None:
+        if not args.quiet:
+            how = "reused" if run.reused else "merged"
+            print(f"stage {run.name!r} ({i} of {count}): {how}", file=sys.stderr)
+
+    staged = load_stages(args.recipe)
+    options = dict(device=args.device, out_shard_size=args.out_shard_size,
+                   random_seed=args.random_seed, copy_tokenizer=not args.no_copy_tokenizer,
+                   progress=progress if bar else None,
+                   checks=_options(args) if args.check else None)
     try:
-        result = run_merge(args.recipe, args.out, device=args.device,
-                           out_shard_size=args.out_shard_size, random_seed=args.random_seed,
-                           copy_tokenizer=not args.no_copy_tokenizer,
-                           progress=progress if bar else None,
-                           checks=_options(args) if args.check else None)
+        if len(staged.stages) > 1:
+            result = run_stages(staged, args.out, keep_intermediates=args.keep_intermediates,
+                                on_stage=stage_done, **options).final
+        else:
+            if args.keep_intermediates is not None:
+                raise MergeEngineError("--keep-intermediates needs a multi-stage recipe "
+                                       "(several YAML documents separated by ---)")
+            result = run_merge(staged.final.recipe, args.out, **options)
     finally:
         if bar:
             bar.close()
@@ -235,7 +261,10 @@ def _check(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise MergeEngineError(f"{directory} is not a directory")
     recipe = directory / RECIPE_NAME
-    sources = [] if args.no_sources or not recipe.is_file() else open_sources(load(recipe))
+    sources = []
+    if not args.no_sources and recipe.is_file():  # a multi-stage recipe: the final's own
+        final = load_stages(recipe).final
+        sources = [open_source(m.ref) for m in final.own_inputs()]
     report = run_checks(directory, sources, options=_options(args, args.device))
     for line in report.lines():
         print(line)
