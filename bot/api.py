@@ -61,9 +61,11 @@ from merge_engine import (
     Recipe,
     RecipeError,
     RecipeLimits,
+    StagedRecipe,
     hub_refs_only,
-    parse_recipe,
+    parse_stages,
     validate,
+    validate_stages,
 )
 
 from . import queue
@@ -274,12 +276,13 @@ def parse_submission(body: dict, settings: Settings) -> Submission:
                       body.get("allow_high_perplexity", False), body.get("force", False))
 
 
-def hub_sources(recipe: Recipe) -> list[str]:
-    """The Hub repo ids the recipe reads; 422 for any local path."""
+def hub_sources(recipe: Recipe | StagedRecipe) -> list[str]:
+    """The Hub repo ids the recipe reads (of every stage, those no stage makes); 422 for
+    any local path."""
     found: list[str] = []
     problems = []
     for model in recipe.inputs():
-        loc = model.loc if model.loc == "base_model" else f"{model.loc}.model"
+        loc = model.loc if model.loc.endswith("base_model") else f"{model.loc}.model"
         for ref in (model.ref, model.ref.lora):
             if ref is None:
                 continue
@@ -313,17 +316,19 @@ def target_repo(sub: Submission, recipe: Recipe, hub: HubGate) -> str:
     return name
 
 
-def parse(recipe_text: str, settings: Settings) -> Recipe:
-    """The parsed recipe, within the budgets and never looking at the server's folders;
-    422 at the YAML path (and line) of its first mistake."""
+def parse(recipe_text: str, settings: Settings) -> Recipe | StagedRecipe:
+    """The parsed recipe (a StagedRecipe for one of several stages), within the budgets and
+    never looking at the server's folders; 422 at the YAML path (and line) of its first
+    mistake (prefixed by the stage and its document)."""
     try:
         with hub_refs_only():
-            return parse_recipe(recipe_text, recipe_limits(settings))
+            staged = parse_stages(recipe_text, recipe_limits(settings))
+            return staged if len(staged.stages) > 1 else staged.final.recipe
     except RecipeError as exc:
         raise recipe_errors((exc.loc, exc.msg, getattr(exc, "line", None))) from None
 
 
-def check_model_count(recipe: Recipe, settings: Settings) -> None:
+def check_model_count(recipe: Recipe | StagedRecipe, settings: Settings) -> None:
     count = len(recipe.inputs())
     if count > settings.max_models:
         raise recipe_errors(
@@ -331,15 +336,19 @@ def check_model_count(recipe: Recipe, settings: Settings) -> None:
         )
 
 
-def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
+def preflight(recipe: Recipe | StagedRecipe, settings: Settings, token: str) -> list[Plan]:
     """Headers-only validation with the caller's token (never the bot's), plus the
     parameter limit; configs go to a temporary cache, removed on return. Its errors show
-    no server paths (of that cache, say)."""
+    no server paths (of that cache, say). The plan of each stage (one for an ordinary
+    recipe; a later stage planned from the earlier stages' planned outputs)."""
     try:
         with tempfile.TemporaryDirectory(prefix="mergebot-check-") as cache:
             access = HubAccess(endpoint=settings.endpoint, token=token, cache_dir=Path(cache))
             with hub_refs_only():
-                plan = validate(recipe, access=access)
+                if isinstance(recipe, StagedRecipe):
+                    plans = validate_stages(recipe, access=access, workspace=cache)
+                else:
+                    plans = [validate(recipe, access=access)]
     except RecipeError as exc:
         line = getattr(exc, "line", None) or line_of(recipe, exc.loc)
         raise recipe_errors((exc.loc, public_message(exc.msg), line)) from None
@@ -350,16 +359,16 @@ def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
     except MergeEngineError as exc:
         raise ApiError(502, "could not check the recipe against the Hub: "
                        + public_message(str(exc))) from None
-    total = plan.parameter_count * max(len(plan.sources), 1)
+    total = sum(plan.parameter_count * max(len(plan.sources), 1) for plan in plans)
     if total > settings.max_parameters:
+        plan = plans[-1]
+        what = (f"{len(plan.sources)} models of {plan.parameter_count:,}" if len(plans) == 1
+                else f"over its {len(plans)} stages")
         raise recipe_errors(
-            (
-                "",
-                f"the merge reads {total:,} parameters ({len(plan.sources)} models of "
-                f"{plan.parameter_count:,}); the limit is {settings.max_parameters:,}",
-            )
+            ("", f"the merge reads {total:,} parameters ({what}); the limit is "
+                 f"{settings.max_parameters:,}")
         )
-    return plan
+    return plans
 
 
 def check_bot_can_read(recipe: Recipe, sources: list[str], settings: Settings) -> None:
@@ -451,8 +460,12 @@ def check_recipe(services: Services, token: str | None, body: dict) -> dict:
     hub_sources(recipe)
     check_model_count(recipe, settings)
     with services.checks.hold(user, settings):
-        plan = preflight(recipe, settings, token)
+        plans = preflight(recipe, settings, token)
+    plan = plans[-1]
     answer = summary(plan)
+    if isinstance(recipe, StagedRecipe):
+        answer["stages"] = [{"name": stage.name, "document": stage.document, **summary(p)}
+                            for stage, p in zip(recipe.stages, plans, strict=True)]
     try:
         quote = services.backend.quote(plan)
     except BotError as exc:  # e.g. no flavor fits: the submission would fail to run

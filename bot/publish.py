@@ -17,6 +17,13 @@ Order of work, so that nothing is half-published:
 On any failure no commit is made, and a repo this job created (this call, or an earlier
 attempt per ``repo_created_earlier``) is deleted again if it holds nothing beyond its
 creation (:func:`delete_if_unused`).
+
+A multi-stage recipe (several YAML documents) runs in the same job: step 1 plans every
+stage (merge_engine's ``validate_stages``), step 3 merges the stages in order under the
+work dir (``run_stages``), taking each intermediate from ``stage_cache`` when its key (its
+text and its sources' SHAs, with those of the stages it reads) is there, and uploads only
+the final stage's output; the card pins every stage. :attr:`PublishResult.stages` says
+which stages were merged and which reused.
 """
 
 from __future__ import annotations
@@ -39,15 +46,20 @@ from merge_engine import (
     HubAccess,
     Plan,
     Source,
+    StagedRecipe,
+    StageRun,
     formula,
     open_source,
-    parse_recipe,
+    parse_stages,
     retry,
     run_merge,
+    run_stages,
     validate,
+    validate_stages,
 )
 
 from .errors import BotError, TransientError
+from .stage_cache import StageDirCache
 
 Progress = Callable[[str, float], None]
 """Called with (stage, fraction done): resolving, merging, uploading, committing."""
@@ -87,6 +99,8 @@ class PublishRequest:
     out_shard_size: int = DEFAULT_SHARD_BYTES
     checks: CheckOptions = field(default_factory=CheckOptions)
     """How the merged model is checked before the commit (the device is the merge's)."""
+    stage_cache: StageDirCache | None = None
+    """Multi-stage recipes: where intermediates are kept between jobs (None: none)."""
 
     def __repr__(self) -> str:  # never show tokens
         return f"PublishRequest(repo_id={self.repo_id!r}, job_key={self.job_key!r})"
@@ -102,6 +116,9 @@ class PublishResult:
     created_repo: bool
     reused_commit: bool
     checks: CheckReport | None = None
+    stages: tuple[str, ...] = ()
+    """Multi-stage recipes: a line per stage, ``stage 'mid' (1 of 2): merged`` (or
+    ``reused``, taken from the stage cache)."""
 
 
 def source_revisions(sources: Iterable[Source]) -> dict[str, str | None]:
@@ -119,8 +136,24 @@ def resolve_revisions(recipe_text: str, *, endpoint: str | None,
     """The current commit SHA of every source of a recipe (metadata only), keyed like
     :attr:`PublishResult.revisions`."""
     access = HubAccess(endpoint=endpoint, token=token)
-    recipe = parse_recipe(recipe_text)
+    recipe = parse_stages(recipe_text)
     return source_revisions(open_source(m.ref, access) for m in recipe.inputs())
+
+
+def plan_stages(recipe_text: str, access: HubAccess,
+                workspace: Path | None = None) -> tuple[StagedRecipe, list[Plan]]:
+    """The recipe's stages and a header-only plan of each (one for an ordinary recipe)."""
+    staged = parse_stages(recipe_text)
+    if len(staged.stages) == 1:
+        return staged, [validate(staged.final.recipe, access=access)]
+    return staged, validate_stages(staged, access=access, workspace=workspace)
+
+
+def planned_revisions(staged: StagedRecipe, plans: list[Plan]) -> dict[str, str | None]:
+    """:func:`source_revisions` of every stage's sources that no stage makes."""
+    names = {stage.name for stage in staged.stages} if len(plans) > 1 else set()
+    return source_revisions(s for plan in plans for s in plan.sources
+                            if not (s.ref.is_local and s.ref.path in names))
 
 
 def find_job_commit(api: HfApi, repo_id: str, job_key: str) -> str | None:
@@ -144,8 +177,9 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     report("resolving", 0.0)
     access = HubAccess(endpoint=req.endpoint, token=req.read_token or req.token,
                        stream_dir=req.work_dir / "sources")
-    plan = validate(req.recipe_text, access=access)
-    revisions = source_revisions(plan.sources)
+    staged, plans = plan_stages(req.recipe_text, access, req.work_dir)
+    plan = plans[-1]
+    revisions = planned_revisions(staged, plans)
     api = HfApi(endpoint=req.endpoint, token=req.token)
     hub_url = (req.endpoint or DEFAULT_HUB).rstrip("/")
     if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key)):
@@ -157,15 +191,23 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         parent = _call(lambda: api.model_info(req.repo_id).sha, f"read {req.repo_id}")
         report("resolving", 1.0)
         out = req.work_dir / "out"
-        merged = run_merge(
-            plan.recipe, out, device=req.device, random_seed=req.random_seed, access=access,
-            out_shard_size=req.out_shard_size,
-            plan=plan, on_shard_done=uploader.submit,
+        options = dict(
+            device=req.device, random_seed=req.random_seed, access=access,
+            out_shard_size=req.out_shard_size, on_shard_done=uploader.submit,
             card_options={"hub_url": hub_url, "provenance": req.provenance,
                           "repo_id": req.repo_id},
             progress=lambda done, total: report("merging", done / total),
             checks=req.checks,
         )
+        stages: list[str] = []
+        if len(plans) == 1:
+            merged = run_merge(plan.recipe, out, plan=plan, **options)
+        else:
+            result = run_stages(staged, out, workspace=req.work_dir, cache=req.stage_cache,
+                                on_stage=lambda run, i, n: stages.append(_stage_line(run, i, n)),
+                                **options)
+            merged, revisions = result.final, source_revisions(result.sources)
+            plan = result.stages[-1].plan
         report("uploading", 0.0)
         operations = uploader.finish()
         report("uploading", 1.0)
@@ -173,7 +215,7 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         operations += [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
                        for p in sorted(out.iterdir()) if p.is_file() and p.name not in uploaded]
         report("committing", 0.0)
-        message = _commit_body(plan, req)
+        message = _commit_body(plan, req, stages, revisions)
         info = _call(lambda: api.create_commit(
             req.repo_id, operations, commit_message=req.trigger, commit_description=message,
             parent_commit=parent), f"commit to {req.repo_id}")
@@ -185,12 +227,24 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
                 delete_if_unused(api, req.repo_id)
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
-                         created_repo=created, reused_commit=False, checks=merged.checks)
+                         created_repo=created, reused_commit=False, checks=merged.checks,
+                         stages=tuple(stages))
 
 
-def _commit_body(plan: Plan, req: PublishRequest) -> str:
+def _stage_line(run: StageRun, i: int, count: int) -> str:
+    how = "reused (its sources did not move)" if run.reused else "merged"
+    return f"stage {run.name!r} ({i} of {count}): {how}"
+
+
+def _commit_body(plan: Plan, req: PublishRequest, stages: list[str],
+                 revisions: dict[str, str | None]) -> str:
+    """The formula, every source at its revision (of every stage), the stages, the marker."""
     lines = [formula(plan), ""]
-    lines += [f"{s.name}@{s.revision or 'local'}" for s in plan.sources]
+    if stages:
+        lines += [f"{name}@{revision or 'local'}" for name, revision in revisions.items()]
+        lines += ["", *stages]
+    else:
+        lines += [f"{s.name}@{s.revision or 'local'}" for s in plan.sources]
     if req.job_key:
         lines += ["", JOB_MARKER + req.job_key]
     return "\n".join(lines)

@@ -29,7 +29,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -150,12 +151,21 @@ def validate_stages(recipe: StagedRecipe | str | os.PathLike, *,
 
 def _plan(stage: Stage, dirs: dict[str, str], access: HubAccess | None,
           text: str | None = None) -> Plan:
-    """The plan of one stage reading earlier stages from ``dirs``; its errors name it, and
-    an earlier stage's directory by the stage's name."""
+    """The plan of one stage reading earlier stages from ``dirs``; its errors name it."""
     recipe = stage.bind(dirs, text)
-    try:
+    with _naming(stage, dirs):
         return validate(recipe, access=access)
+
+
+@contextmanager
+def _naming(stage: Stage, dirs: dict[str, str]) -> Iterator[None]:
+    """Errors within say which stage failed, and name an earlier stage's directory by the
+    stage's name."""
+    try:
+        yield
     except RecipeError as e:
+        if e.loc.startswith(stage.label):
+            raise
         raise prefixed(e, stage.label) from None
     except MergeEngineError as e:
         message = str(e)
@@ -235,18 +245,20 @@ def run_stages(recipe: StagedRecipe | str | os.PathLike, out_dir: str | os.PathL
             step = _scaled(progress, i - 1, count)
             if final:
                 cards = [_card(run, dirs) for run in runs]
-                merged = run_merge(
-                    plan.recipe, out, device=device, out_shard_size=out_shard_size,
-                    random_seed=random_seed, copy_tokenizer=copy_tokenizer, progress=step,
-                    access=access, plan=plan, on_shard_done=on_shard_done, checks=checks,
-                    card_options={**(card_options or {}), "stages": [*cards, StageCard(
-                        stage.name or "", stage.document, plan, None, "this model",
-                        stage.source.text)]})
+                with _naming(stage, dirs):
+                    merged = run_merge(
+                        plan.recipe, out, device=device, out_shard_size=out_shard_size,
+                        random_seed=random_seed, copy_tokenizer=copy_tokenizer,
+                        progress=step, access=access, plan=plan, on_shard_done=on_shard_done,
+                        checks=checks, card_options={**(card_options or {}), "stages": [
+                            *cards, StageCard(stage.name or "", stage.document, plan, None,
+                                              "this model", stage.source.text)]})
                 run = StageRun(stage.name or "", stage.document, key, plan, False, merged)
             else:
-                run = _intermediate(stage, plan, key, work / str(stage.name), cache,
-                                    device=device, out_shard_size=out_shard_size,
-                                    random_seed=random_seed, progress=step, access=access)
+                with _naming(stage, dirs):
+                    run = _intermediate(stage, plan, key, work / str(stage.name), cache,
+                                        device=device, out_shard_size=out_shard_size,
+                                        random_seed=random_seed, progress=step, access=access)
                 dirs[run.name], keys[run.name] = str(work / run.name), key
             runs.append(run)
             if on_stage is not None:

@@ -31,7 +31,7 @@ import httpx2
 from huggingface_hub import HfApi, JobInfo
 from huggingface_hub.errors import HfHubHTTPError
 
-from merge_engine import DEFAULT_SHARD_BYTES, HubAccess, InputError, Plan, SourceError, validate
+from merge_engine import DEFAULT_SHARD_BYTES, HubAccess, InputError, Plan, SourceError
 
 from ..errors import BotError, TransientError
 from ..publish import (
@@ -39,6 +39,7 @@ from ..publish import (
     Progress,
     PublishResult,
     find_job_commit,
+    plan_stages,
     resolve_revisions,
 )
 from ..settings import Settings
@@ -141,7 +142,8 @@ class HfJobsBackend:
             raise BotError("the hf-jobs backend needs MERGEBOT_JOBS_IMAGE (the merge image)")
         access = HubAccess(endpoint=req.endpoint, token=req.read_token or req.token,
                            stream_dir=req.work_dir / "sources")
-        plan = validate(req.recipe_text, access=access)  # InputError: no Job at all
+        _, plans = plan_stages(req.recipe_text, access, req.work_dir)  # InputError: no Job
+        plan = max(plans, key=lambda p: p.parameter_count)  # the largest stage sizes the Job
         need = sizing.needs(plan, req.out_shard_size)
         hw = sizing.pick(self.hardware(), need, s.jobs_flavor)
         created_earlier = req.repo_created_earlier
