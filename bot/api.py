@@ -253,6 +253,8 @@ class Submission:
     """Publish even when the checks find the merge's perplexity far above its sources'."""
     force: bool = False
     """Merge even when the recipe and its sources' revisions are unchanged."""
+    publish_intermediates: bool = False
+    """A multi-stage recipe: publish each earlier stage's output on a branch too."""
 
 
 def parse_submission(body: dict, settings: Settings) -> Submission:
@@ -269,11 +271,13 @@ def parse_submission(body: dict, settings: Settings) -> Submission:
     repo_id = body.get("repo_id")
     if repo_id is not None and not isinstance(repo_id, str):
         raise recipe_errors(("repo_id", "'repo_id' must be a string like 'owner/name'"))
-    for flag in ("private", "watch", "allow_high_perplexity", "force"):
+    for flag in ("private", "watch", "allow_high_perplexity", "force",
+                 "publish_intermediates"):
         if not isinstance(body.get(flag, False), bool):
             raise recipe_errors((flag, f"'{flag}' must be true or false"))
     return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False),
-                      body.get("allow_high_perplexity", False), body.get("force", False))
+                      body.get("allow_high_perplexity", False), body.get("force", False),
+                      body.get("publish_intermediates", False))
 
 
 def hub_sources(recipe: Recipe | StagedRecipe) -> list[str]:
@@ -394,6 +398,9 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     recipe = parse(sub.recipe_text, settings)
     sources = hub_sources(recipe)
     check_model_count(recipe, settings)
+    if sub.publish_intermediates and not isinstance(recipe, StagedRecipe):
+        raise recipe_errors(("publish_intermediates", "publishing intermediates needs a "
+                             "multi-stage recipe (several YAML documents separated by ---)"))
     repo_id = target_repo(sub, recipe, hub)
     hub.check_writable(repo_id)
     with store.read() as db:
@@ -420,6 +427,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
             "watch": sub.watch,
             "sources": sources,
             "allow_high_perplexity": sub.allow_high_perplexity,
+            "publish_intermediates": sub.publish_intermediates,
         }
         force = True
         if existing is None:
@@ -444,6 +452,7 @@ def unchanged(existing, sub: Submission) -> bool:
         and not existing.broken
         and existing.yaml == sub.recipe_text
         and existing.private == sub.private
+        and existing.publish_intermediates == sub.publish_intermediates
         and existing.last_shas is not None
     )
 

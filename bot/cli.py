@@ -277,6 +277,7 @@ def _run_submit(args: argparse.Namespace) -> int:
         "watch": args.watch,
         "force": args.force,
         "allow_high_perplexity": args.allow_high_perplexity,
+        "publish_intermediates": args.publish_intermediates,
     }
     try:
         status, answer = _call_api("POST", f"{url}/api/recipes", settings.token, body)
@@ -327,6 +328,9 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-high-perplexity", action="store_true",
                         help="publish even when the checks find the merge's perplexity far "
                              "above its sources'")
+    parser.add_argument("--publish-intermediates", action="store_true",
+                        help="multi-stage recipe: publish each earlier stage's output on a "
+                             "branch stage-<name> of the repo too")
     parser.add_argument("--wait", action="store_true", help="wait until the job ends")
     parser.add_argument("--url", help="the server (default MERGEBOT_URL or :7860)")
     parser.set_defaults(run=_run_submit)

@@ -21,9 +21,11 @@ creation (:func:`delete_if_unused`).
 A multi-stage recipe (several YAML documents) runs in the same job: step 1 plans every
 stage (merge_engine's ``validate_stages``), step 3 merges the stages in order under the
 work dir (``run_stages``), taking each intermediate from ``stage_cache`` when its key (its
-text and its sources' SHAs, with those of the stages it reads) is there, and uploads only
-the final stage's output; the card pins every stage. :attr:`PublishResult.stages` says
-which stages were merged and which reused.
+text and its sources' SHAs, with those of the stages it reads) is there, and streams the
+final stage's output as above; the card pins every stage. With ``publish_intermediates``,
+each earlier stage's output is committed to the branch ``stage-<name>`` of the target
+repo before the main commit (:func:`publish_intermediates`). :attr:`PublishResult.stages`
+says which stages were merged, reused and published.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from merge_engine import (
@@ -64,6 +66,10 @@ from .stage_cache import StageDirCache
 Progress = Callable[[str, float], None]
 """Called with (stage, fraction done): resolving, merging, uploading, committing."""
 JOB_MARKER = "mergebot-job: "
+STAGE_MARKER = "mergebot-stage: "
+"""Followed by the stage key (merge_engine's ``stage_key``) of an intermediate's commit."""
+STAGE_BRANCH = "stage-"
+"""An intermediate is published on the branch ``stage-<name>`` of the target repo."""
 DEFAULT_HUB = "https://huggingface.co"
 
 
@@ -101,6 +107,9 @@ class PublishRequest:
     """How the merged model is checked before the commit (the device is the merge's)."""
     stage_cache: StageDirCache | None = None
     """Multi-stage recipes: where intermediates are kept between jobs (None: none)."""
+    publish_intermediates: bool = False
+    """Multi-stage recipes: also commit each earlier stage's output to a branch
+    ``stage-<name>`` of the target repo (see :func:`publish_intermediates`)."""
 
     def __repr__(self) -> str:  # never show tokens
         return f"PublishRequest(repo_id={self.repo_id!r}, job_key={self.job_key!r})"
@@ -187,6 +196,7 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
                              created_repo=False, reused_commit=True)
     created = _ensure_repo(api, req)
     uploader = ShardUploader(api, req.repo_id, req.work_dir / "upload")
+    made_branches: list[str] = []
     try:
         parent = _call(lambda: api.model_info(req.repo_id).sha, f"read {req.repo_id}")
         report("resolving", 1.0)
@@ -203,11 +213,18 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         if len(plans) == 1:
             merged = run_merge(plan.recipe, out, plan=plan, **options)
         else:
+            branches = req.publish_intermediates
+            kept = req.work_dir / "intermediates" if branches else None
+            outputs = {s.name: f"published on branch `{STAGE_BRANCH}{s.name}`"
+                       for s in staged.stages[:-1]} if branches else None
             result = run_stages(staged, out, workspace=req.work_dir, cache=req.stage_cache,
                                 on_stage=lambda run, i, n: stages.append(_stage_line(run, i, n)),
-                                **options)
+                                keep_intermediates=kept, outputs=outputs, **options)
             merged, revisions = result.final, source_revisions(result.sources)
             plan = result.stages[-1].plan
+            if branches:
+                report("uploading", 0.0)
+                stages += publish_intermediates(api, req, result.stages[:-1], made_branches)
         report("uploading", 0.0)
         operations = uploader.finish()
         report("uploading", 1.0)
@@ -224,11 +241,51 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         uploader.cancel()
         if created:
             with contextlib.suppress(Exception):  # best effort while the error is raised
+                for branch in made_branches:
+                    api.delete_branch(req.repo_id, branch=branch)
                 delete_if_unused(api, req.repo_id)
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
                          created_repo=created, reused_commit=False, checks=merged.checks,
                          stages=tuple(stages))
+
+
+def publish_intermediates(api: HfApi, req: PublishRequest, runs: list[StageRun],
+                          made: list[str]) -> list[str]:
+    """Commit each intermediate (kept by ``run_stages``) to the branch ``stage-<name>`` of
+    the target repo, replacing the branch's files, unless the branch's head already holds
+    the same stage key (a retry, or a reused stage); branches created are added to
+    ``made`` (removed again when the job fails on a repo it created). A log line each."""
+    return [_publish_intermediate(api, req, run, made) for run in runs]
+
+
+def _publish_intermediate(api: HfApi, req: PublishRequest, run: StageRun,
+                          made: list[str]) -> str:
+    branch = STAGE_BRANCH + run.name
+    marker = STAGE_MARKER + run.key
+    where = f"branch {branch} of {req.repo_id}"
+    heads = _call(lambda: api.list_repo_refs(req.repo_id).branches, f"read {req.repo_id}")
+    if branch not in {b.name for b in heads}:
+        _call(lambda: api.create_branch(req.repo_id, branch=branch), f"create {where}")
+        made.append(branch)
+    head = _call(lambda: api.list_repo_commits(req.repo_id, revision=branch)[0],
+                 f"read {where}")
+    if marker in f"{head.title}\n{head.message}".splitlines():
+        return f"stage {run.name!r}: {where} already holds it"
+    files = sorted(p for p in run.kept.iterdir() if p.is_file())
+    names = {p.name for p in files}
+    old = _call(lambda: api.list_repo_files(req.repo_id, revision=branch), f"read {where}")
+    operations = [CommitOperationDelete(path_in_repo=f) for f in old
+                  if f not in names and f != ".gitattributes"]
+    operations += [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
+                   for p in files]
+    body = "\n".join([formula(run.plan), "", marker]
+                     + ([JOB_MARKER + req.job_key] if req.job_key else []))
+    info = _call(lambda: api.create_commit(
+        req.repo_id, operations, commit_message=f"Stage {run.name}: {req.trigger}",
+        commit_description=body, revision=branch, parent_commit=head.commit_id),
+        f"commit to {where}")
+    return f"stage {run.name!r}: committed {info.oid} to {where}"
 
 
 def _stage_line(run: StageRun, i: int, count: int) -> str:

@@ -138,6 +138,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        """
+        -- multi-stage recipes: publish each intermediate on a branch stage-<name> too
+        ALTER TABLE recipes ADD COLUMN publish_intermediates INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 
@@ -157,6 +164,7 @@ class Recipe:
     created_at: float
     updated_at: float
     allow_high_perplexity: bool = False
+    publish_intermediates: bool = False
 
     def to_api(self) -> dict:
         return {
@@ -167,6 +175,7 @@ class Recipe:
             "private": self.private,
             "watch": self.watch,
             "allow_high_perplexity": self.allow_high_perplexity,
+            "publish_intermediates": self.publish_intermediates,
             "sources": list(self.sources),
             "broken": self.broken,
             "last_shas": self.last_shas,
@@ -236,6 +245,7 @@ def _recipe(row: sqlite3.Row) -> Recipe:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         allow_high_perplexity=bool(row["allow_high_perplexity"]),
+        publish_intermediates=bool(row["publish_intermediates"]),
     )
 
 
@@ -386,13 +396,15 @@ class Store:
         watch: bool,
         sources: list[str],
         allow_high_perplexity: bool = False,
+        publish_intermediates: bool = False,
     ) -> int:
         now = time.time()
         row = db.execute(
             "INSERT INTO recipes (owner, yaml, repo_id, private, watch, sources, created_at,"
-            " updated_at, allow_high_perplexity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            " updated_at, allow_high_perplexity, publish_intermediates)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (owner, yaml, repo_id, int(private), int(watch), json.dumps(sources), now, now,
-             int(allow_high_perplexity)),
+             int(allow_high_perplexity), int(publish_intermediates)),
         ).fetchone()
         recipe_id = int(row["id"])
         self._set_sources(db, recipe_id, sources)
@@ -408,14 +420,15 @@ class Store:
         watch: bool,
         sources: list[str],
         allow_high_perplexity: bool = False,
+        publish_intermediates: bool = False,
     ) -> None:
         """New YAML for an existing recipe: forgets the last good SHAs and any breakage."""
         db.execute(
             "UPDATE recipes SET yaml = ?, private = ?, watch = ?, sources = ?, broken = NULL,"
-            " last_shas = NULL, deleted = 0, updated_at = ?, allow_high_perplexity = ?"
-            " WHERE id = ?",
+            " last_shas = NULL, deleted = 0, updated_at = ?, allow_high_perplexity = ?,"
+            " publish_intermediates = ? WHERE id = ?",
             (yaml, int(private), int(watch), json.dumps(sources), time.time(),
-             int(allow_high_perplexity), recipe_id),
+             int(allow_high_perplexity), int(publish_intermediates), recipe_id),
         )
         self._set_sources(db, recipe_id, sources)
 

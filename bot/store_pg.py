@@ -139,6 +139,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        """
+        ALTER TABLE recipes ADD COLUMN publish_intermediates INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 """The same versions as :data:`bot.store.MIGRATIONS`, in Postgres types."""
 

@@ -274,6 +274,7 @@ class Worker:
                     cache_dir=settings.home / "perplexities",
                 ),
                 stage_cache=StageDirCache(settings.stage_cache_dir, settings.stage_cache_bytes),
+                publish_intermediates=recipe.publish_intermediates,
             )
         dispatch = Dispatch(job.id, job.attempts, request, lease.cancelled.is_set)
         return self.backend.run(dispatch, lease.report)

@@ -247,9 +247,9 @@ def _stages_front_matter(meta: dict, stages: Sequence[StageCard]) -> None:
 def _stages_table(stages: Sequence[StageCard], hub: str) -> list[str]:
     """The Stages section: a row per stage, its sources linked at the revision merged."""
     lines = ["## Stages", "",
-             f"This model is the output of stage `{stages[-1].name}`, the last of the "
-             f"{len(stages)} stages of its recipe; each stage is an ordinary merge, run in "
-             "document order, later stages reading earlier stages' outputs.", "",
+             f"This model is the output of stage `{stages[-1].name}` of a multi-stage recipe; "
+             "each stage is an ordinary merge, run in document order, later stages reading "
+             "earlier stages' outputs. The stages up to this one:", "",
              "| stage | document | method | models | output |",
              "| --- | --- | --- | --- | --- |"]
     for card in stages:
@@ -417,8 +417,7 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
     modules = parts(plan)
     intro = f"This model is {what}, made with mergebot."
     if stages:
-        intro += (f" It is stage `{stages[-1].name}` of a recipe of {len(stages)} stages "
-                  "(see Stages).")
+        intro += f" It is stage `{stages[-1].name}` of a multi-stage recipe (see Stages)."
     if modules:
         intro += (f" Each of its modules ({', '.join(part.name for part in modules)}) is merged "
                   "with its own models and parameters, shown below.")

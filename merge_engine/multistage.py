@@ -212,12 +212,14 @@ def run_stages(recipe: StagedRecipe | str | os.PathLike, out_dir: str | os.PathL
                progress: Progress | None = None, access: HubAccess | None = None,
                card_options: dict | None = None,
                on_shard_done: Callable[[Path], None] | None = None,
-               checks: CheckOptions | None = None) -> StagedResult:
+               checks: CheckOptions | None = None,
+               outputs: dict[str, str] | None = None) -> StagedResult:
     """Merge every stage of ``recipe`` in order, the last into ``out_dir``; see the module
     docstring. ``on_stage(run, i, n)`` is called as stage ``i`` of ``n`` (from 1) is done;
-    ``progress(done, total)`` spans all stages; the other options are
-    :func:`merge_engine.api.run_merge`'s (``checks``, ``on_shard_done`` and
-    ``card_options`` apply to the final stage)."""
+    ``progress(done, total)`` spans all stages; ``outputs``: what becomes of an
+    intermediate, by stage name, for the final card (default ``intermediate``); the other
+    options are :func:`merge_engine.api.run_merge`'s (``checks``, ``on_shard_done`` and
+    ``card_options`` apply to the final stage; an intermediate's card gets ``hub_url``)."""
     staged = load_stages(recipe)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -243,8 +245,8 @@ def run_stages(recipe: StagedRecipe | str | os.PathLike, out_dir: str | os.PathL
             plan = _plan(stage, dirs, access, staged.text if final else None)
             key = stage_key(stage, plan, keys, random_seed)
             step = _scaled(progress, i - 1, count)
+            cards = [_card(run, dirs, outputs or {}) for run in runs]
             if final:
-                cards = [_card(run, dirs) for run in runs]
                 with _naming(stage, dirs):
                     merged = run_merge(
                         plan.recipe, out, device=device, out_shard_size=out_shard_size,
@@ -255,10 +257,14 @@ def run_stages(recipe: StagedRecipe | str | os.PathLike, out_dir: str | os.PathL
                                               "this model", stage.source.text)]})
                 run = StageRun(stage.name or "", stage.document, key, plan, False, merged)
             else:
+                own = StageCard(stage.name or "", stage.document, plan, None,
+                                "this model (an intermediate)", stage.source.text)
+                hub = {"hub_url": (card_options or {}).get("hub_url"), "stages": [*cards, own]}
                 with _naming(stage, dirs):
                     run = _intermediate(stage, plan, key, work / str(stage.name), cache,
                                         device=device, out_shard_size=out_shard_size,
-                                        random_seed=random_seed, progress=step, access=access)
+                                        random_seed=random_seed, progress=step, access=access,
+                                        card_options=hub)
                 dirs[run.name], keys[run.name] = str(work / run.name), key
             runs.append(run)
             if on_stage is not None:
@@ -292,9 +298,11 @@ def _intermediate(stage: Stage, plan: Plan, key: str, where: Path,
     return run
 
 
-def _card(run: StageRun, dirs: dict[str, str]) -> StageCard:
-    """The final card's row of an intermediate stage."""
-    output = "intermediate, reused from an earlier run" if run.reused else "intermediate"
+def _card(run: StageRun, dirs: dict[str, str], outputs: dict[str, str]) -> StageCard:
+    """A later card's row of an intermediate stage."""
+    output = outputs.get(run.name, "intermediate")
+    if run.reused:
+        output += ", reused from an earlier run"
     seed = run.result.seed if run.result is not None else None
     return StageCard(run.name, run.document, run.plan, dirs[run.name], output,
                      run.plan.recipe.text, seed)

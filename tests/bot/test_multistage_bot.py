@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from huggingface_hub import CommitOperationAdd
 from safetensors.torch import load_file, save_file
@@ -15,6 +16,7 @@ from starlette.testclient import TestClient
 
 from bot.server import create_app
 from bot.worker import Worker
+from merge_engine import run_merge
 from tests.bot.botutil import BOT, SECRET
 from tests.hubtools import USERS
 
@@ -142,3 +144,47 @@ def test_a_failing_second_stage_publishes_nothing(sources, client, model_dirs, t
     assert "infinite" in failed.error
     assert not sources.api(BOT).repo_exists(TARGET)
     assert not any(settings.work_root.iterdir())
+
+
+def test_intermediates_published_on_branches(sources, client, model_dirs, tmp_path):
+    """With publish_intermediates, mid goes to the branch stage-mid (byte-identical to
+    merging that stage by hand), once per stage key: a remerge that reuses mid leaves the
+    branch as it is."""
+    body = {"recipe": two_stages(), "repo_id": TARGET, "watch": True,
+            "publish_intermediates": True}
+    answer = client.post("/api/recipes", json=body, headers=ALICE)
+    assert answer.status_code == 201, answer.text
+    _, stages = run_job(client)
+    assert stages[:2] == ["stage 'mid' (1 of 2): merged", "stage 'final' (2 of 2): merged"]
+    assert stages[2].startswith("stage 'mid': committed ")
+    assert stages[2].endswith(f" to branch stage-mid of {TARGET}")
+    api = sources.api(BOT)
+    branch = Path(api.snapshot_download(TARGET, revision="stage-mid", cache_dir=tmp_path / "c"))
+    hand = tmp_path / "hand"
+    recipe = two_stages().split("---\n")[0]
+    for repo, path in model_dirs.items():
+        recipe = recipe.replace(f"model: {repo}\n", f"model: {path}\n")
+    run_merge(recipe, hand, device="cpu")
+    mine, want = load_file(branch / "model.safetensors"), load_file(hand / "model.safetensors")
+    assert mine.keys() == want.keys()
+    assert all(torch.equal(mine[k].view(torch.uint8), want[k].view(torch.uint8)) for k in want)
+    mid_card = yaml.safe_load((branch / "README.md").read_text().split("---\n")[1])
+    assert mid_card["merge"]["stage"] == "mid"
+    assert card(sources, TARGET)["merge"]["stages"][0]["output"] == \
+        "published on branch `stage-mid`"
+    before = [c.commit_id for c in api.list_repo_commits(TARGET, revision="stage-mid")]
+
+    push(sources, "alice/base", client, b"v2")
+    _, stages = run_job(client)
+    assert stages == ["stage 'mid' (1 of 2): reused (its sources did not move)",
+                      "stage 'final' (2 of 2): merged",
+                      f"stage 'mid': branch stage-mid of {TARGET} already holds it"]
+    assert [c.commit_id for c in api.list_repo_commits(TARGET, revision="stage-mid")] == before
+
+
+def test_publish_intermediates_needs_several_stages(client):
+    body = {"recipe": two_stages().split("---\n")[1].replace("model: mid", "model: alice/x"),
+            "repo_id": TARGET, "publish_intermediates": True}
+    answer = client.post("/api/recipes", json=body, headers=ALICE)
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["loc"] == "publish_intermediates"
