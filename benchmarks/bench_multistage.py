@@ -26,12 +26,14 @@ from merge_engine.multistage import validate_stages, write_skeleton  # noqa: E40
 from merge_engine.synth import BENCH_0_2B, write_family  # noqa: E402
 
 RUN = """
-import sys
+import sys, time
 from pathlib import Path
 from bot.stage_cache import StageDirCache
 from merge_engine.multistage import run_stages
 cache = StageDirCache(Path(sys.argv[3]), 10**12)
+started = time.perf_counter()
 run_stages(Path(sys.argv[1]).read_text(), sys.argv[2], cache=cache, device="cpu", random_seed=0)
+print(f"  in process: {time.perf_counter() - started:.2f} s", file=sys.stderr)
 """
 
 
@@ -52,16 +54,19 @@ def main() -> None:
         path = root / "multi.yml"
         path.write_text(text)
         py = sys.executable
-        wall, rss = wall_and_peak_rss([py, "-m", "merge_engine", "validate", str(path)])
-        print(f"validate, 2 stages: {wall:.2f} s, peak RSS {rss / 2**20:.0f} MiB")
+        single = root / "single.yml"
+        single.write_text(text.split("---\n")[0])
+        for label, what in (("2 stages", path), ("stage mid alone", single)):
+            wall, rss = wall_and_peak_rss([py, "-m", "merge_engine", "validate", str(what)])
+            print(f"validate, {label}: {wall:.2f} s, peak RSS {rss / 2**20:.0f} MiB")
         started = time.perf_counter()
         plans = validate_stages(text)
+        print(f"  validate_stages in process: {time.perf_counter() - started:.2f} s")
         skeleton = root / "skeleton"
         write_skeleton(plans[0], skeleton)
         st = (skeleton / "model.safetensors").stat()
         print(f"  skeleton of mid: {st.st_size / 1e6:.0f} MB apparent, "
-              f"{st.st_blocks * 512 / 1e6:.2f} MB allocated "
-              f"({time.perf_counter() - started:.2f} s in process with the plans)")
+              f"{st.st_blocks * 512 / 1e6:.2f} MB allocated")
         script = root / "run.py"
         script.write_text(RUN)
         cache = root / "cache"
@@ -69,8 +74,6 @@ def main() -> None:
             wall, rss = wall_and_peak_rss([py, str(script), str(path), str(root / out),
                                            str(cache)])
             print(f"run_stages, {label}: {wall:.2f} s, peak RSS {rss / 2**20:.0f} MiB")
-        single = root / "single.yml"
-        single.write_text(text.split("---\n")[0])
         wall, rss = wall_and_peak_rss([py, "-m", "merge_engine", "run", str(single),
                                        str(root / "c"), "--device", "cpu", "--quiet"])
         print(f"run_merge of stage mid alone: {wall:.2f} s, peak RSS {rss / 2**20:.0f} MiB")

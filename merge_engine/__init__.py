@@ -23,7 +23,7 @@ from merge_engine.errors import (
 from merge_engine.io import HubAccess, Source, open_source
 from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
-from merge_engine.multistage import StagedResult, StageRun, run_stages, stage_key, validate_stages
+from merge_engine.multistage import StagedResult, StageRun, run_stages, validate_stages
 from merge_engine.plan import Plan
 from merge_engine.plan.summary import formula, plan_json
 from merge_engine.recipe import (
@@ -31,7 +31,6 @@ from merge_engine.recipe import (
     RecipeLimits,
     StagedRecipe,
     hub_refs_only,
-    is_multi_stage,
     load_recipe,
     parse_recipe,
     parse_stages,
@@ -62,7 +61,6 @@ __all__ = [
     "error_causes",
     "formula",
     "hub_refs_only",
-    "is_multi_stage",
     "is_transient",
     "load_recipe",
     "open_source",
@@ -73,7 +71,6 @@ __all__ = [
     "run_checks",
     "run_merge",
     "run_stages",
-    "stage_key",
     "validate",
     "validate_stages",
 ]

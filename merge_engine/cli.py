@@ -21,7 +21,7 @@ from merge_engine.api import (
     validate,
 )
 from merge_engine.check import CheckOptions, run_checks
-from merge_engine.errors import MergeEngineError
+from merge_engine.errors import InputError, MergeEngineError
 from merge_engine.execute import resolve_device
 from merge_engine.extract import extract_lora
 from merge_engine.io.sources import open_source
@@ -238,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
                                 on_stage=stage_done, **options).final
         else:
             if args.keep_intermediates is not None:
-                raise MergeEngineError("--keep-intermediates needs a multi-stage recipe "
+                raise InputError("--keep-intermediates needs a multi-stage recipe "
                                        "(several YAML documents separated by ---)")
             result = run_merge(staged.final.recipe, args.out, **options)
     finally:

@@ -224,6 +224,8 @@ def stage(name: str | None, model: str, extra: str = "") -> str:
      "a whole model, not a LoRA adapter"),
     (MID + stage("org/fin", "mid"),
      "document 2, name (line 8): 'org/fin' is not a stage name"),
+    (MID + "---\n- merge_method: linear\n",
+     "document 2 (line 8): expected a mapping of recipe keys, got a list"),
     (MID + stage("fin", "mid") + "    parameters: {weight: x}\n",
      "stage 'fin' (document 2), models[0].parameters.weight (line 13)"),
 ])
@@ -231,6 +233,21 @@ def test_errors_name_the_stage_document_and_path(text, message):
     with pytest.raises(RecipeError) as err:
         parse_stages(text)
     assert message in str(err.value)
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(MID + stage("fin", "mdi"))
+    assert main(["validate", str(recipe)]) == 2
+    assert main(["run", str(recipe), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: stage 'fin' (document 2), models[0].model (line 12): ") == 2
+    single = tmp_path / "one.yml"
+    single.write_text(MID)
+    assert main(["run", str(single), str(tmp_path / "out"), "--keep-intermediates",
+                 str(tmp_path / "k")]) == 2
+    assert "--keep-intermediates needs a multi-stage recipe" in capsys.readouterr().err
+    assert leftovers(tmp_path) == ["one.yml", "r.yml"]
 
 
 def test_budgets_hold_for_the_whole_text():

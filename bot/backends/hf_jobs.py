@@ -159,6 +159,8 @@ class HfJobsBackend:
             command.append("--private")
         if created_earlier:
             command.append("--repo-created-earlier")
+        if req.publish_intermediates:
+            command.append("--publish-intermediates")
         command += ["--perplexity-factor", str(req.checks.perplexity_factor)]
         if req.checks.allow_high_perplexity:
             command.append("--allow-high-perplexity")

@@ -11,8 +11,8 @@ from merge_engine.recipe.locations import RecipeLimits
 from merge_engine.recipe.parse import load_recipe, parse_recipe
 from merge_engine.recipe.refs import hub_refs_only
 from merge_engine.recipe.schema import InputModel, OutputSlice, Recipe, SliceSource, ref_key
-from merge_engine.recipe.stages import Stage, StagedRecipe, is_multi_stage, parse_stages
+from merge_engine.recipe.stages import Stage, StagedRecipe, parse_stages
 
 __all__ = ["InputModel", "OutputSlice", "Recipe", "RecipeLimits", "SliceSource", "Stage",
-           "StagedRecipe", "is_multi_stage", "load_recipe", "hub_refs_only", "parse_recipe",
+           "StagedRecipe", "load_recipe", "hub_refs_only", "parse_recipe",
            "parse_stages", "ref_key"]

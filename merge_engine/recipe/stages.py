@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from merge_engine.errors import RecipeError
+from merge_engine.recipe.inputs import kind_of
 from merge_engine.recipe.locations import (
     Document,
     RecipeLimits,
@@ -87,9 +88,6 @@ class StagedRecipe:
         """The final stage's name (a default name for the output)."""
         return self.final.name
 
-    def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
-
     def inputs(self) -> tuple[InputModel, ...]:
         """Every model the stages read that no stage makes, each once, its loc prefixed by
         its stage's label (``stage 'mid' (document 2), models[0]``)."""
@@ -101,14 +99,6 @@ class StagedRecipe:
                         model.ref, model.parameters, f"{stage.label}, {model.loc}")
         return tuple(seen.values())
 
-    def downstream(self, names: set[str]) -> list[Stage]:
-        """The stages that read any stage of ``names``, directly or through others."""
-        found: set[str] = set()
-        for stage in self.stages:
-            if any(u in names or u in found for u in stage.uses):
-                found.add(stage.name or "")
-        return [s for s in self.stages if s.name in found]
-
     def where(self, loc: str) -> str:
         """``loc`` (prefixed by a stage's label) with its line in the text, when known."""
         for stage in self.stages:
@@ -118,11 +108,6 @@ class StagedRecipe:
                 line = line_of(inner, stage.source.lines)
                 return f"{loc} (line {line})" if line is not None else loc
         return loc
-
-
-def is_multi_stage(recipe: object) -> bool:
-    """True for a :class:`StagedRecipe` of more than one stage."""
-    return isinstance(recipe, StagedRecipe) and len(recipe.stages) > 1
 
 
 def parse_stages(text: str, limits: RecipeLimits | None = None) -> StagedRecipe:
@@ -160,7 +145,10 @@ def _names(documents: list[Document]) -> Mapping[str, int]:
     names: dict[str, int] = {}
     for document in documents:
         data = document.data
-        name = data.get("name") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise located(_label(document), "expected a mapping of recipe keys, got "
+                          f"{kind_of(data)}", _first_line(document))
+        name = data.get("name")
         line = document.lines.get("name")
         if name is None:
             raise located(_label(document), "a recipe of several stages needs a 'name:' in "
