@@ -75,6 +75,7 @@ class StageDirCache:
             _link_tree(src, tmp)
             try:
                 tmp.rename(self.root / key)
+                os.utime(self.root / key)  # used now (copytree copied the source's times)
             except OSError:  # another worker kept the same key first
                 shutil.rmtree(tmp, ignore_errors=True)
             self._evict()

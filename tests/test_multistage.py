@@ -261,6 +261,8 @@ def test_budgets_hold_for_the_whole_text():
         parse_stages("---\n".join(docs), limits)
     with pytest.raises(RecipeError, match="17 stages .* the limit is 16"):
         parse_stages("---\n".join(MID.replace("mid", f"s{i}") for i in range(17)))
+    with pytest.raises(RecipeError, match="more than 32 YAML documents at line 33"):
+        parse_stages("---\n" * 200_000)  # empty documents, 800 kB: refused at the 33rd
 
 
 def test_a_single_document_is_an_ordinary_recipe():

@@ -222,13 +222,18 @@ class Document:
 
 def load_yaml_documents(text: str, limits: RecipeLimits | None = None) -> list[Document]:
     """Every non-empty document of ``text``; the budgets of ``limits`` hold for the whole
-    text (its size, and the YAML nodes of all documents together)."""
+    text (its size, and the YAML nodes of all documents together), and it may have at most
+    twice ``max_stages`` documents, empty ones included."""
+    limits = limits or RecipeLimits()
     loader = _loader(text, limits)
     found = []
     with _yaml_errors(text, loader):
         number = 0
         while loader.check_node():
             number += 1
+            if number > 2 * limits.max_stages:
+                raise _at(loader.peek_event().start_mark, "the recipe has more than "
+                          f"{2 * limits.max_stages} YAML documents")
             node = loader.get_node()
             if node is None or (node.tag == "tag:yaml.org,2002:null" and not node.value):
                 continue
