@@ -113,14 +113,16 @@ def load_stages(recipe: StagedRecipe | str | os.PathLike,
     return parse_stages(text, limits)
 
 
-def stage_key(stage: Stage, plan: Plan, upstream: dict[str, str],
+def stage_key(stage: Stage, plan: Plan, dirs: dict[str, str], keys: dict[str, str],
               seed: int | None) -> str:
     """sha256 of what a stage's output depends on: the engine version, the stage's text,
-    its sources' pinned references (an earlier stage by its key) and the seed."""
-    dirs = {os.path.realpath(path): name for name, path in upstream.items()}
-    inputs = [dirs.get(os.path.realpath(s.ref.path), s.pinned) if s.ref.is_local else s.pinned
+    its sources' pinned references (a Hub repo at its commit SHA; a local directory by its
+    path only), the keys of the earlier stages it reads (``dirs``/``keys``: by name, their
+    output directories and keys) and the seed."""
+    made = {os.path.realpath(path): f"stage {name}" for name, path in dirs.items()}
+    inputs = [made.get(os.path.realpath(s.ref.path), s.pinned) if s.ref.is_local else s.pinned
               for s in plan.sources]
-    stage_keys = {n: upstream[n] for n in stage.uses}
+    stage_keys = {n: keys[n] for n in stage.uses}
     body = json.dumps({"engine": __version__, "text": stage.source.text, "inputs": inputs,
                        "stages": stage_keys, "seed": seed}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
@@ -243,7 +245,7 @@ def run_stages(recipe: StagedRecipe | str | os.PathLike, out_dir: str | os.PathL
         for i, stage in enumerate(staged.stages, 1):
             final = i == count
             plan = _plan(stage, dirs, access, staged.text if final else None)
-            key = stage_key(stage, plan, keys, random_seed)
+            key = stage_key(stage, plan, dirs, keys, random_seed)
             step = _scaled(progress, i - 1, count)
             cards = [_card(run, dirs, outputs or {}) for run in runs]
             if final:

@@ -192,6 +192,15 @@ def test_a_cached_stage_is_not_merged_again(family, tmp_path):
     assert [r.reused for r in changed.stages] == [True, False]
     assert changed.stages[1].key != first.stages[1].key
 
+    # three stages: a change to the last one reuses both earlier ones (the second reads
+    # the first through its key, not through the directory it happened to be in)
+    third = "---\nname: last\nmerge_method: linear\nmodels:\n  - model: final\n" \
+            "    parameters: {weight: 1.0}\n  - model: mid\n    parameters: {weight: %s}\n"
+    runs = [run_stages(two_stages(base, d1, d2) + third % w, tmp_path / f"t{w}", cache=cache,
+                       device="cpu").stages for w in (0.5, 0.25)]
+    assert [r.reused for r in runs[1]] == [True, True, False]
+    assert [r.key for r in runs[0][:2]] == [r.key for r in runs[1][:2]]
+
 
 LINEAR = "merge_method: linear\nparameters: {weight: 1.0}\n"
 MID = "name: mid\n" + LINEAR + "models:\n  - model: org/a\n  - model: org/b\n"
