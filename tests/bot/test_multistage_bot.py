@@ -188,3 +188,17 @@ def test_publish_intermediates_needs_several_stages(client):
     answer = client.post("/api/recipes", json=body, headers=ALICE)
     assert answer.status_code == 422
     assert answer.json()["errors"][0]["loc"] == "publish_intermediates"
+
+
+@pytest.mark.parametrize(("recipe", "loc", "line", "msg"), [
+    (two_stages().replace("alice/donor-1", "final"), "stage 'mid' (document 1), models[0].model",
+     4, "'final' is stage 'final' (document 2), which runs later"),
+    (two_stages().replace("base_model: alice/base", "base_model: ./base"),
+     "stage 'final' (document 2), base_model", 13, "'./base' is a local path"),
+    (two_stages().replace("name: final\n", ""), "document 2", 11, "needs a 'name:'"),
+])
+def test_api_errors_name_the_stage(client, recipe, loc, line, msg):
+    answer = client.post("/api/validate", json={"recipe": recipe}, headers=ALICE)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["errors"][0]
+    assert (error["loc"], error["line"]) == (loc, line) and msg in error["msg"]
