@@ -64,10 +64,12 @@ from merge_engine import (
     Recipe,
     RecipeError,
     RecipeLimits,
+    StagedRecipe,
     check_adapter_base,
     hub_refs_only,
-    parse_recipe,
+    parse_stages,
     validate,
+    validate_stages,
 )
 
 from . import queue
@@ -256,6 +258,8 @@ class Submission:
     """Publish even when the checks find the merge's perplexity far above its sources'."""
     force: bool = False
     """Merge even when the recipe and its sources' revisions are unchanged."""
+    publish_intermediates: bool = False
+    """A multi-stage recipe: publish each earlier stage's output on a branch too."""
     publish: str = "full"
     """The full weights, a LoRA adapter of the merge (``max_rank``, ``sv_cutoff``), or both
     (:mod:`bot.publish`)."""
@@ -277,12 +281,13 @@ def parse_submission(body: dict, settings: Settings) -> Submission:
     repo_id = body.get("repo_id")
     if repo_id is not None and not isinstance(repo_id, str):
         raise recipe_errors(("repo_id", "'repo_id' must be a string like 'owner/name'"))
-    for flag in ("private", "watch", "allow_high_perplexity", "force"):
+    for flag in ("private", "watch", "allow_high_perplexity", "force",
+                 "publish_intermediates"):
         if not isinstance(body.get(flag, False), bool):
             raise recipe_errors((flag, f"'{flag}' must be true or false"))
     return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False),
                       body.get("allow_high_perplexity", False), body.get("force", False),
-                      *parse_publish(body))
+                      body.get("publish_intermediates", False), *parse_publish(body))
 
 
 def parse_publish(body: dict) -> tuple[str, int | None, float]:
@@ -310,11 +315,14 @@ def parse_publish(body: dict) -> tuple[str, int | None, float]:
     return publish, options.max_rank, float(options.sv_cutoff)
 
 
-def check_publish(sub: Submission, recipe: Recipe) -> None:
+def check_publish(sub: Submission, recipe: Recipe | StagedRecipe) -> None:
     """422 when an adapter is asked for and the recipe has no plain base to extract it
-    against."""
+    against (or has several stages)."""
     if sub.publish == "full":
         return
+    if isinstance(recipe, StagedRecipe):
+        raise recipe_errors(("publish", "publishing an adapter of a multi-stage recipe is not "
+                                        "supported; publish its full weights"))
     try:
         check_adapter_base(recipe)
     except InputError as exc:
@@ -322,8 +330,9 @@ def check_publish(sub: Submission, recipe: Recipe) -> None:
         raise recipe_errors((loc, str(exc), line_of(recipe, loc))) from None
 
 
-def hub_sources(recipe: Recipe) -> list[str]:
-    """The Hub repo ids the recipe reads; 422 for any local path."""
+def hub_sources(recipe: Recipe | StagedRecipe) -> list[str]:
+    """The Hub repo ids the recipe reads (of every stage, those no stage makes); 422 for
+    any local path."""
     found: list[str] = []
     problems = []
     for model in recipe.inputs():
@@ -361,17 +370,19 @@ def target_repo(sub: Submission, recipe: Recipe, hub: HubGate) -> str:
     return name
 
 
-def parse(recipe_text: str, settings: Settings) -> Recipe:
-    """The parsed recipe, within the budgets and never looking at the server's folders;
-    422 at the YAML path (and line) of its first mistake."""
+def parse(recipe_text: str, settings: Settings) -> Recipe | StagedRecipe:
+    """The parsed recipe (a StagedRecipe for one of several stages), within the budgets and
+    never looking at the server's folders; 422 at the YAML path (and line) of its first
+    mistake (prefixed by the stage and its document)."""
     try:
         with hub_refs_only():
-            return parse_recipe(recipe_text, recipe_limits(settings))
+            staged = parse_stages(recipe_text, recipe_limits(settings))
+            return staged if len(staged.stages) > 1 else staged.final.recipe
     except RecipeError as exc:
         raise recipe_errors((exc.loc, exc.msg, getattr(exc, "line", None))) from None
 
 
-def check_model_count(recipe: Recipe, settings: Settings) -> None:
+def check_model_count(recipe: Recipe | StagedRecipe, settings: Settings) -> None:
     count = len(recipe.inputs())
     if count > settings.max_models:
         raise recipe_errors(
@@ -380,15 +391,19 @@ def check_model_count(recipe: Recipe, settings: Settings) -> None:
         )
 
 
-def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
+def preflight(recipe: Recipe | StagedRecipe, settings: Settings, token: str) -> list[Plan]:
     """Headers-only validation with the caller's token (never the bot's), plus the
     parameter limit; configs go to a temporary cache, removed on return. Its errors show
-    no server paths (of that cache, say)."""
+    no server paths (of that cache, say). The plan of each stage (one for an ordinary
+    recipe; a later stage planned from the earlier stages' planned outputs)."""
     try:
         with tempfile.TemporaryDirectory(prefix="mergebot-check-") as cache:
             access = HubAccess(endpoint=settings.endpoint, token=token, cache_dir=Path(cache))
             with hub_refs_only():
-                plan = validate(recipe, access=access)
+                if isinstance(recipe, StagedRecipe):
+                    plans = validate_stages(recipe, access=access, workspace=cache)
+                else:
+                    plans = [validate(recipe, access=access)]
     except RecipeError as exc:
         line = getattr(exc, "line", None) or line_of(recipe, exc.loc)
         raise recipe_errors((exc.loc, public_message(exc.msg), line)) from None
@@ -399,16 +414,17 @@ def preflight(recipe: Recipe, settings: Settings, token: str) -> Plan:
     except MergeEngineError as exc:
         raise ApiError(502, "could not check the recipe against the Hub: "
                        + public_message(str(exc))) from None
-    total = sum(math.prod(i.meta.shape) for task in plan.tasks for i in task.inputs)
+    total = sum(math.prod(i.meta.shape) for plan in plans for task in plan.tasks
+                for i in task.inputs)
     if total > settings.max_parameters:
+        plan = plans[-1]
+        what = (f"{len(plan.sources)} models of {plan.parameter_count:,}" if len(plans) == 1
+                else f"over its {len(plans)} stages")
         raise recipe_errors(
-            (
-                "",
-                f"the merge reads {total:,} parameters from {len(plan.sources)} models "
-                f"(output {plan.parameter_count:,}); the limit is {settings.max_parameters:,}",
-            )
+            ("", f"the merge reads {total:,} parameters ({what}); the limit is "
+                 f"{settings.max_parameters:,}")
         )
-    return plan
+    return plans
 
 
 def check_bot_can_read(recipe: Recipe, sources: list[str], settings: Settings) -> None:
@@ -435,6 +451,9 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     sources = hub_sources(recipe)
     check_model_count(recipe, settings)
     check_publish(sub, recipe)
+    if sub.publish_intermediates and not isinstance(recipe, StagedRecipe):
+        raise recipe_errors(("publish_intermediates", "publishing intermediates needs a "
+                             "multi-stage recipe (several YAML documents separated by ---)"))
     repo_id = target_repo(sub, recipe, hub)
     sibling = adapter_repo(repo_id, sub.publish)
     if sibling is not None and not _REPO_ID.match(sibling):
@@ -472,6 +491,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
             "publish": sub.publish,
             "max_rank": sub.max_rank,
             "sv_cutoff": sub.sv_cutoff,
+            "publish_intermediates": sub.publish_intermediates,
         }
         force = True
         if existing is None:
@@ -498,6 +518,7 @@ def unchanged(existing, sub: Submission) -> bool:
         and existing.private == sub.private
         and (existing.publish, existing.max_rank, existing.sv_cutoff)
         == (sub.publish, sub.max_rank, sub.sv_cutoff)
+        and existing.publish_intermediates == sub.publish_intermediates
         and existing.last_shas is not None
     )
 
@@ -515,8 +536,12 @@ def check_recipe(services: Services, token: str | None, body: dict) -> dict:
     check_model_count(recipe, settings)
     check_publish(sub, recipe)
     with services.checks.hold(user, settings):
-        plan = preflight(recipe, settings, token)
+        plans = preflight(recipe, settings, token)
+    plan = plans[-1]
     answer = summary(plan)
+    if isinstance(recipe, StagedRecipe):
+        answer["stages"] = [{"name": stage.name, "document": stage.document, **summary(p)}
+                            for stage, p in zip(recipe.stages, plans, strict=True)]
     try:
         quote = services.backend.quote(plan)
     except BotError as exc:  # e.g. no flavor fits: the submission would fail to run

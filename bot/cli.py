@@ -278,6 +278,7 @@ def _run_submit(args: argparse.Namespace) -> int:
         "force": args.force,
         "allow_high_perplexity": args.allow_high_perplexity,
         "publish": args.publish,
+        "publish_intermediates": args.publish_intermediates,
     }
     if args.publish != "full" or args.max_rank is not None:
         body["max_rank"] = args.max_rank
@@ -333,6 +334,9 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="publish even when the checks find the merge's perplexity far "
                              "above its sources'")
     add_publish_arguments(parser)
+    parser.add_argument("--publish-intermediates", action="store_true",
+                        help="multi-stage recipe: publish each earlier stage's output on a "
+                             "branch stage-<name> of the repo too")
     parser.add_argument("--wait", action="store_true", help="wait until the job ends")
     parser.add_argument("--url", help="the server (default MERGEBOT_URL or :7860)")
     parser.set_defaults(run=_run_submit)

@@ -18,6 +18,14 @@ On any failure no commit is made, and a repo this job created (this call, or an 
 attempt per ``repo_created_earlier``) is deleted again if it holds nothing beyond its
 creation (:func:`delete_if_unused`).
 
+A multi-stage recipe (several YAML documents) runs in the same job: step 1 plans every
+stage (merge_engine's ``validate_stages``), step 3 merges the stages in order under the
+work dir (``run_stages``), taking each intermediate from ``stage_cache`` when its key (its
+text and its sources' SHAs, with those of the stages it reads) is there, and streams the
+final stage's output as above; the card pins every stage. With ``publish_intermediates``,
+each earlier stage's output is committed to the branch ``stage-<name>`` of the target
+repo before the main commit (:func:`publish_intermediates`). :attr:`PublishResult.stages`
+says which stages were merged, reused and published.
 Publishing an adapter (``publish``, see :data:`PUBLISH_MODES`): a PEFT LoRA adapter of
 (merge - base_model) is factorized from each output shard as it is written (merge_engine's
 ``run_merge(adapter=...)``) and committed, like the weights, only after the checks.
@@ -38,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from merge_engine import (
@@ -47,23 +55,33 @@ from merge_engine import (
     CheckOptions,
     CheckReport,
     HubAccess,
+    InputError,
     MergeResult,
     Plan,
     Source,
+    StagedRecipe,
+    StageRun,
     check_adapter_base,
     formula,
     open_source,
-    parse_recipe,
+    parse_stages,
     retry,
     run_merge,
+    run_stages,
     validate,
+    validate_stages,
 )
 
 from .errors import BotError, TransientError
+from .stage_cache import StageDirCache
 
 Progress = Callable[[str, float], None]
 """Called with (stage, fraction done): resolving, merging, uploading, committing."""
 JOB_MARKER = "mergebot-job: "
+STAGE_MARKER = "mergebot-stage: "
+"""Followed by the stage key (merge_engine's ``stage_key``) of an intermediate's commit."""
+STAGE_BRANCH = "stage-"
+"""An intermediate is published on the branch ``stage-<name>`` of the target repo."""
 DEFAULT_HUB = "https://huggingface.co"
 PUBLISH_MODES = ("full", "adapter", "both")
 """What a merge publishes: the full weights, only a LoRA adapter of it, or both (the
@@ -112,6 +130,11 @@ class PublishRequest:
     publish: str = "full"
     """One of :data:`PUBLISH_MODES`; ``adapter``/``both`` need :attr:`adapter`."""
     adapter: AdapterOptions | None = None
+    stage_cache: StageDirCache | None = None
+    """Multi-stage recipes: where intermediates are kept between jobs (None: none)."""
+    publish_intermediates: bool = False
+    """Multi-stage recipes: also commit each earlier stage's output to a branch
+    ``stage-<name>`` of the target repo (see :func:`publish_intermediates`)."""
 
     def __post_init__(self) -> None:
         if self.publish not in PUBLISH_MODES:
@@ -142,6 +165,9 @@ class PublishResult:
     adapter_summary: str | None = None
     """Its ranks and errors, and the upload against the full weights' size, for the log
     (None when the commits were reused)."""
+    stages: tuple[str, ...] = ()
+    """Multi-stage recipes: a line per stage, ``stage 'mid' (1 of 2): merged`` (or
+    ``reused``, taken from the stage cache)."""
 
 
 def source_revisions(sources: Iterable[Source]) -> dict[str, str | None]:
@@ -159,8 +185,24 @@ def resolve_revisions(recipe_text: str, *, endpoint: str | None,
     """The current commit SHA of every source of a recipe (metadata only), keyed like
     :attr:`PublishResult.revisions`."""
     access = HubAccess(endpoint=endpoint, token=token)
-    recipe = parse_recipe(recipe_text)
+    recipe = parse_stages(recipe_text)
     return source_revisions(open_source(m.ref, access) for m in recipe.inputs())
+
+
+def plan_stages(recipe_text: str, access: HubAccess,
+                workspace: Path | None = None) -> tuple[StagedRecipe, list[Plan]]:
+    """The recipe's stages and a header-only plan of each (one for an ordinary recipe)."""
+    staged = parse_stages(recipe_text)
+    if len(staged.stages) == 1:
+        return staged, [validate(staged.final.recipe, access=access)]
+    return staged, validate_stages(staged, access=access, workspace=workspace)
+
+
+def planned_revisions(staged: StagedRecipe, plans: list[Plan]) -> dict[str, str | None]:
+    """:func:`source_revisions` of every stage's sources that no stage makes."""
+    names = {stage.name for stage in staged.stages} if len(plans) > 1 else set()
+    return source_revisions(s for plan in plans for s in plan.sources
+                            if not (s.ref.is_local and s.ref.path in names))
 
 
 def find_job_commit(api: HfApi, repo_id: str, job_key: str) -> str | None:
@@ -184,10 +226,14 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     report("resolving", 0.0)
     access = HubAccess(endpoint=req.endpoint, token=req.read_token or req.token,
                        stream_dir=req.work_dir / "sources")
-    plan = validate(req.recipe_text, access=access)
+    staged, plans = plan_stages(req.recipe_text, access, req.work_dir)
+    plan = plans[-1]
     if req.adapter is not None:
+        if len(plans) > 1:
+            raise InputError("publishing an adapter of a multi-stage recipe is not supported; "
+                             "publish its full weights")
         check_adapter_base(plan.recipe)
-    revisions = source_revisions(plan.sources)
+    revisions = planned_revisions(staged, plans)
     api = HfApi(endpoint=req.endpoint, token=req.token)
     hub_url = (req.endpoint or DEFAULT_HUB).rstrip("/")
     sibling = adapter_repo(req.repo_id, req.publish)
@@ -199,20 +245,38 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     full = req.publish != "adapter"
     uploader = ShardUploader(api, req.repo_id, req.work_dir / "upload") if full else None
     sibling_created = False
+    made_branches: list[str] = []
     try:
         parent = _call(lambda: api.model_info(req.repo_id).sha, f"read {req.repo_id}")
         report("resolving", 1.0)
         out, adapter_dir = req.work_dir / "out", req.work_dir / "adapter"
-        merged = run_merge(
-            plan.recipe, out, device=req.device, random_seed=req.random_seed, access=access,
+        options = dict(
+            device=req.device, random_seed=req.random_seed, access=access,
             out_shard_size=req.out_shard_size,
-            plan=plan, on_shard_done=uploader.submit if full else _discard,
+            on_shard_done=uploader.submit if full else _discard,
             card_options={"hub_url": hub_url, "provenance": req.provenance,
                           "repo_id": req.repo_id},
             progress=lambda done, total: report("merging", done / total),
-            checks=req.checks, adapter=req.adapter,
-            adapter_dir=adapter_dir if req.adapter is not None else None,
+            checks=req.checks,
         )
+        stages: list[str] = []
+        if len(plans) == 1:
+            merged = run_merge(plan.recipe, out, plan=plan, adapter=req.adapter,
+                               adapter_dir=adapter_dir if req.adapter is not None else None,
+                               **options)
+        else:
+            branches = req.publish_intermediates
+            kept = req.work_dir / "intermediates" if branches else None
+            outputs = {s.name: f"published on branch `{STAGE_BRANCH}{s.name}`"
+                       for s in staged.stages[:-1]} if branches else None
+            result = run_stages(staged, out, workspace=req.work_dir, cache=req.stage_cache,
+                                on_stage=lambda run, i, n: stages.append(_stage_line(run, i, n)),
+                                keep_intermediates=kept, outputs=outputs, **options)
+            merged, revisions = result.final, source_revisions(result.sources)
+            plan = result.stages[-1].plan
+            if branches:
+                report("uploading", 0.0)
+                stages += publish_intermediates(api, req, result.stages[:-1], made_branches)
         report("uploading", 0.0)
         operations = uploader.finish() if full else []
         report("uploading", 1.0)
@@ -227,7 +291,7 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         operations += [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
                        for p in files if p.is_file() and p.name not in uploaded]
         report("committing", 0.0)
-        message = _commit_body(plan, req)
+        message = _commit_body(plan, req, stages, revisions)
         info = _call(lambda: api.create_commit(
             req.repo_id, operations, commit_message=req.trigger, commit_description=message,
             parent_commit=parent), f"commit to {req.repo_id}")
@@ -237,15 +301,19 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     except BaseException:
         if uploader is not None:
             uploader.cancel()
+        if created:
+            with contextlib.suppress(Exception):  # best effort while the error is raised
+                for branch in made_branches:
+                    api.delete_branch(req.repo_id, branch=branch)
         for repo, own in ((req.repo_id, created), (sibling, sibling_created)):
             if own:
-                with contextlib.suppress(Exception):  # best effort while the error is raised
+                with contextlib.suppress(Exception):
                     delete_if_unused(api, repo)
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
                          created_repo=created, reused_commit=False, checks=merged.checks,
                          adapter_repo=sibling, adapter_commit=adapter_commit,
-                         adapter_summary=summary)
+                         adapter_summary=summary, stages=tuple(stages))
 
 
 def _discard(path: Path) -> None:
@@ -316,9 +384,58 @@ def _commit_adapter(api: HfApi, req: PublishRequest, repo_id: str,
     return info.oid, created
 
 
-def _commit_body(plan: Plan, req: PublishRequest) -> str:
+def publish_intermediates(api: HfApi, req: PublishRequest, runs: list[StageRun],
+                          made: list[str]) -> list[str]:
+    """Commit each intermediate (kept by ``run_stages``) to the branch ``stage-<name>`` of
+    the target repo, replacing the branch's files, unless the branch's head already holds
+    the same stage key (a retry, or a reused stage); branches created are added to
+    ``made`` (removed again when the job fails on a repo it created). A log line each."""
+    return [_publish_intermediate(api, req, run, made) for run in runs]
+
+
+def _publish_intermediate(api: HfApi, req: PublishRequest, run: StageRun,
+                          made: list[str]) -> str:
+    branch = STAGE_BRANCH + run.name
+    marker = STAGE_MARKER + run.key
+    where = f"branch {branch} of {req.repo_id}"
+    heads = _call(lambda: api.list_repo_refs(req.repo_id).branches, f"read {req.repo_id}")
+    if branch not in {b.name for b in heads}:
+        _call(lambda: api.create_branch(req.repo_id, branch=branch), f"create {where}")
+        made.append(branch)
+    head = _call(lambda: api.list_repo_commits(req.repo_id, revision=branch)[0],
+                 f"read {where}")
+    if marker in f"{head.title}\n{head.message}".splitlines():
+        return f"stage {run.name!r}: {where} already holds it"
+    files = sorted(p for p in run.kept.iterdir() if p.is_file())
+    names = {p.name for p in files}
+    old = _call(lambda: api.list_repo_files(req.repo_id, revision=branch), f"read {where}")
+    operations = [CommitOperationDelete(path_in_repo=f) for f in old
+                  if f not in names and f != ".gitattributes"]
+    operations += [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
+                   for p in files]
+    body = "\n".join([formula(run.plan), "", marker]
+                     + ([JOB_MARKER + req.job_key] if req.job_key else []))
+    info = _call(lambda: api.create_commit(
+        req.repo_id, operations, commit_message=f"Stage {run.name}: {req.trigger}",
+        commit_description=body, revision=branch, parent_commit=head.commit_id),
+        f"commit to {where}")
+    return f"stage {run.name!r}: committed {info.oid} to {where}"
+
+
+def _stage_line(run: StageRun, i: int, count: int) -> str:
+    how = "reused (its sources did not move)" if run.reused else "merged"
+    return f"stage {run.name!r} ({i} of {count}): {how}"
+
+
+def _commit_body(plan: Plan, req: PublishRequest, stages: list[str],
+                 revisions: dict[str, str | None]) -> str:
+    """The formula, every source at its revision (of every stage), the stages, the marker."""
     lines = [formula(plan), ""]
-    lines += [f"{s.name}@{s.revision or 'local'}" for s in plan.sources]
+    if stages:
+        lines += [f"{name}@{revision or 'local'}" for name, revision in revisions.items()]
+        lines += ["", *stages]
+    else:
+        lines += [f"{s.name}@{s.revision or 'local'}" for s in plan.sources]
     if req.job_key:
         lines += ["", JOB_MARKER + req.job_key]
     return "\n".join(lines)

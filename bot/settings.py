@@ -17,7 +17,7 @@ Variables (all optional; limits have defaults):
     MERGEBOT_MAX_QUEUED_PER_OWNER, MERGEBOT_MAX_CHECKS_PER_OWNER, MERGEBOT_MAX_CHECKS,
     MERGEBOT_LEASE_SECONDS, MERGEBOT_MAX_ATTEMPTS,
     MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
-    MERGEBOT_PERPLEXITY_FACTOR,
+    MERGEBOT_PERPLEXITY_FACTOR, MERGEBOT_STAGE_CACHE_BYTES,
     MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
     MERGEBOT_BACKEND         where merges run: local (worker processes; default) or hf-jobs
     MERGEBOT_JOBS_IMAGE      hf-jobs: the Docker image with mergebot and CUDA torch
@@ -91,6 +91,10 @@ class Settings:
     """How often the bot looks at a running Job (stage, logs, cancellation)."""
     jobs_mbps: float = 100.0
     """Transfer speed (MB/s) a Job's download and upload are estimated at."""
+    stage_cache_bytes: int = 200_000_000_000
+    """Multi-stage recipes: the intermediates kept under ``home/stage-cache`` (least
+    recently used dropped first), so a webhook remerges only the stages downstream of the
+    source that moved (:mod:`bot.stage_cache`)."""
 
     @property
     def db_path(self) -> Path:
@@ -99,6 +103,10 @@ class Settings:
     @property
     def work_root(self) -> Path:
         return self.home / "work"
+
+    @property
+    def stage_cache_dir(self) -> Path:
+        return self.home / "stage-cache"
 
     @property
     def webhook_url(self) -> str | None:

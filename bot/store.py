@@ -139,6 +139,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (
+        6,
+        """
+        -- multi-stage recipes: publish each intermediate on a branch stage-<name> too
+        ALTER TABLE recipes ADD COLUMN publish_intermediates INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
+    (
         7,
         """
         -- what a merge publishes: full weights, a LoRA adapter of it, or both (bot.publish)
@@ -166,6 +173,7 @@ class Recipe:
     created_at: float
     updated_at: float
     allow_high_perplexity: bool = False
+    publish_intermediates: bool = False
     publish: str = "full"
     """``full``, ``adapter`` or ``both`` (:data:`bot.publish.PUBLISH_MODES`)."""
     max_rank: int | None = None
@@ -181,6 +189,7 @@ class Recipe:
             "private": self.private,
             "watch": self.watch,
             "allow_high_perplexity": self.allow_high_perplexity,
+            "publish_intermediates": self.publish_intermediates,
             "publish": self.publish,
             "max_rank": self.max_rank,
             "sv_cutoff": self.sv_cutoff,
@@ -253,6 +262,7 @@ def _recipe(row: sqlite3.Row) -> Recipe:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         allow_high_perplexity=bool(row["allow_high_perplexity"]),
+        publish_intermediates=bool(row["publish_intermediates"]),
         publish=row["publish"],
         max_rank=row["max_rank"],
         sv_cutoff=float(row["sv_cutoff"]),
@@ -409,14 +419,17 @@ class Store:
         publish: str = "full",
         max_rank: int | None = None,
         sv_cutoff: float = 0.0,
+        publish_intermediates: bool = False,
     ) -> int:
         now = time.time()
         row = db.execute(
             "INSERT INTO recipes (owner, yaml, repo_id, private, watch, sources, created_at,"
-            " updated_at, allow_high_perplexity, publish, max_rank, sv_cutoff)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            " updated_at, allow_high_perplexity, publish, max_rank, sv_cutoff,"
+            " publish_intermediates)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (owner, yaml, repo_id, int(private), int(watch), json.dumps(sources), now, now,
-             int(allow_high_perplexity), publish, max_rank, float(sv_cutoff)),
+             int(allow_high_perplexity), publish, max_rank, float(sv_cutoff),
+             int(publish_intermediates)),
         ).fetchone()
         recipe_id = int(row["id"])
         self._set_sources(db, recipe_id, sources)
@@ -435,15 +448,17 @@ class Store:
         publish: str = "full",
         max_rank: int | None = None,
         sv_cutoff: float = 0.0,
+        publish_intermediates: bool = False,
     ) -> None:
         """New YAML (or publication) for an existing recipe: forgets the last good SHAs
         and any breakage."""
         db.execute(
             "UPDATE recipes SET yaml = ?, private = ?, watch = ?, sources = ?, broken = NULL,"
             " last_shas = NULL, deleted = 0, updated_at = ?, allow_high_perplexity = ?,"
-            " publish = ?, max_rank = ?, sv_cutoff = ? WHERE id = ?",
+            " publish = ?, max_rank = ?, sv_cutoff = ?, publish_intermediates = ? WHERE id = ?",
             (yaml, int(private), int(watch), json.dumps(sources), time.time(),
-             int(allow_high_perplexity), publish, max_rank, float(sv_cutoff), recipe_id),
+             int(allow_high_perplexity), publish, max_rank, float(sv_cutoff),
+             int(publish_intermediates), recipe_id),
         )
         self._set_sources(db, recipe_id, sources)
 

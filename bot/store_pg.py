@@ -140,6 +140,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (
+        6,
+        """
+        ALTER TABLE recipes ADD COLUMN publish_intermediates INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
+    (
         7,
         """
         ALTER TABLE recipes ADD COLUMN publish TEXT NOT NULL DEFAULT 'full';

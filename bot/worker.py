@@ -17,6 +17,10 @@ Contracts of :meth:`Worker.process`:
   whatever the outcome. A killed worker's dir is removed by the job's next attempt as it
   starts, or, when no attempt is left, by the worker that gives the job up before its
   next claim; a worker also sweeps the dirs no live lease owns when it starts.
+- A multi-stage recipe runs all its stages in the job (:mod:`bot.publish`); intermediates
+  are kept in the stage cache (:mod:`bot.stage_cache`), so a job started by a source's
+  webhook merges again only the stages downstream of that source, and its log says, a
+  line per stage, which were merged and which reused.
 - Where the merge runs is the backend's business (:mod:`bot.backends`: in this process,
   or a Hugging Face Job); the worker keeps the lease, the outcome and the retries. A
   recipe deleted while its job runs cancels it (the job ends ``skipped``), unless the
@@ -61,6 +65,7 @@ from .database import open_store
 from .errors import BotError, is_transient, public_message
 from .publish import PublishRequest, PublishResult, merge_and_publish, resolve_revisions
 from .settings import Settings
+from .stage_cache import StageDirCache
 from .store import Job, Recipe, Store
 
 log = logging.getLogger(__name__)
@@ -231,6 +236,8 @@ class Worker:
                 self.store.append_log(job.id, f"{self.name}: lease was lost during the merge")
             if result.checks is not None:
                 self._log_checks(job, result.checks)
+            for line in result.stages:
+                self.store.append_log(job.id, line)
             if result.adapter_summary is not None:
                 self.store.append_log(job.id, result.adapter_summary)
             verb = "reused existing commit" if result.reused_commit else "committed"
@@ -283,6 +290,8 @@ class Worker:
                 publish=recipe.publish,
                 adapter=(None if recipe.publish == "full"
                          else AdapterOptions(recipe.max_rank, recipe.sv_cutoff)),
+                stage_cache=StageDirCache(settings.stage_cache_dir, settings.stage_cache_bytes),
+                publish_intermediates=recipe.publish_intermediates,
             )
         dispatch = Dispatch(job.id, job.attempts, request, lease.cancelled.is_set)
         return self.backend.run(dispatch, lease.report)

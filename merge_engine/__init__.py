@@ -45,9 +45,18 @@ from merge_engine.extract import AdapterOptions, Extraction, extract_lora
 from merge_engine.io import HubAccess, Source, load_dataset_texts, open_source
 from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
+from merge_engine.multistage import StagedResult, StageRun, run_stages, validate_stages
 from merge_engine.plan import Plan
 from merge_engine.plan.summary import formula, plan_json
-from merge_engine.recipe import Recipe, RecipeLimits, hub_refs_only, load_recipe, parse_recipe
+from merge_engine.recipe import (
+    Recipe,
+    RecipeLimits,
+    StagedRecipe,
+    hub_refs_only,
+    load_recipe,
+    parse_recipe,
+    parse_stages,
+)
 from merge_engine.version import __version__
 
 __all__ = [
@@ -75,6 +84,9 @@ __all__ = [
     "SetTexts",
     "Source",
     "SourceError",
+    "StageRun",
+    "StagedRecipe",
+    "StagedResult",
     "__version__",
     "check_adapter_base",
     "error_causes",
@@ -89,13 +101,16 @@ __all__ = [
     "open_source",
     "parse_eval_sets",
     "parse_recipe",
+    "parse_stages",
     "plan_json",
     "read_sets",
     "retry",
     "run_checks",
     "run_merge",
+    "run_stages",
     "run_tasks",
     "score_model",
     "validate",
+    "validate_stages",
     "write_evaluation_plot",
 ]

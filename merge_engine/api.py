@@ -145,7 +145,8 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     """Merge ``recipe`` into ``out_dir`` (which must not exist, or be empty).
 
     ``plan`` skips resolution when the caller already validated; ``card_options`` go to
-    :func:`merge_engine.card.render_card` (``hub_url``, ``provenance``, ``repo_id``);
+    :func:`merge_engine.card.render_card` (``hub_url``, ``provenance``, ``repo_id``,
+    ``stages``);
     ``on_shard_done(path)`` is called (from the writer thread) as each output shard is
     complete, e.g. to start uploading it while the merge goes on.
     ``checks``: run the check stage (:mod:`merge_engine.check`) on the output before it

@@ -10,11 +10,19 @@ says the same in tables (a section per module), then gives the recipe pinned to 
 revisions merged. With an evaluation (:mod:`merge_engine.evaluate`), an "Evaluation"
 section gives every model's scores (and the plot of a sweep), and ``model-index`` in the
 front matter the published model's perplexity on each Hub dataset, with its revision.
+
+The final model of a multi-stage recipe (:class:`StageCard` rows given) also records every
+stage: ``merge.stages`` in the front matter and a Stages table, each stage with its
+method, its sources at the exact revisions merged and what became of its output; the
+Recipe section shows the whole recipe and Reproduce every stage pinned. The directory a
+stage's output was read from appears under the stage's name.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import yaml
 
@@ -54,6 +62,23 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 
 
 _Dumper.add_representer(list, _represent_list)
+
+
+@dataclass(frozen=True)
+class StageCard:
+    """One stage of a multi-stage recipe, as the final model's card records it."""
+
+    name: str
+    document: int
+    plan: Plan
+    """The stage's plan (its sources pinned)."""
+    directory: str | None
+    """Where later stages read its output (None: the final stage)."""
+    output: str
+    """What became of its output: ``this model``, ``intermediate (not kept)``..."""
+    text: str
+    """The stage's own document."""
+    seed: int | None = None
 
 
 def card_license(plan: Plan) -> tuple[str | None, str | None]:
@@ -205,9 +230,67 @@ def front_matter(plan: Plan, seed: int | None, evaluation: EvalTable | None = No
     return meta
 
 
-def pinned_recipe(plan: Plan) -> str:
-    """The recipe with every Hub reference pinned to the commit SHA that was merged."""
-    text = plan.recipe.text
+def _stage_sources(card: StageCard, stages: Sequence[StageCard]) -> list[dict]:
+    """``{model, revision}`` of each input of one stage; an earlier stage as ``{stage}``."""
+    dirs = {s.directory: s.name for s in stages if s.directory}
+    return [{"stage": dirs[source.ref.path]} if source.ref.path in dirs else _entry(source)
+            for source in card.plan.sources]
+
+
+def _stages_front_matter(meta: dict, stages: Sequence[StageCard]) -> None:
+    """Every stage in ``merge.stages``; ``base_model``: the Hub repos of all stages."""
+    ids = [i for card in stages for i in _hub_ids(card.plan)]
+    if ids:
+        meta["base_model"] = list(dict.fromkeys(ids))
+        meta["base_model_relation"] = "merge"
+    entries = []
+    for card in stages:
+        entry = {"name": card.name, "document": card.document,
+                 "method": card.plan.recipe.merge_method,
+                 "models": _stage_sources(card, stages), "output": card.output}
+        if card.seed is not None:
+            entry["random_seed"] = card.seed
+        entries.append(entry)
+    meta["merge"]["stage"] = stages[-1].name
+    meta["merge"]["stages"] = entries
+
+
+def _stages_table(stages: Sequence[StageCard], hub: str) -> list[str]:
+    """The Stages section: a row per stage, its sources linked at the revision merged."""
+    lines = ["## Stages", "",
+             f"This model is the output of stage `{stages[-1].name}` of a multi-stage recipe; "
+             "each stage is an ordinary merge, run in document order, later stages reading "
+             "earlier stages' outputs. The stages up to this one:", "",
+             "| stage | document | method | models | output |",
+             "| --- | --- | --- | --- | --- |"]
+    for card in stages:
+        cells = []
+        for entry, source in zip(_stage_sources(card, stages), card.plan.sources, strict=True):
+            if "stage" in entry:
+                cells.append(f"stage `{entry['stage']}`")
+                continue
+            cell = _at_revision(source.ref.path, source.revision, hub)
+            if source.revision:
+                cell += f" @ `{source.revision[:12]}`"
+            if source.adapter is not None:
+                cell += " + LoRA " + _at_revision(source.adapter.name,
+                                                   source.adapter_revision, hub)
+            cells.append(cell)
+        lines.append(f"| `{card.name}` | {card.document} | {card.plan.recipe.merge_method} | "
+                     f"{'<br>'.join(cells)} | {card.output} |")
+    return lines
+
+
+def pinned_stages(stages: Sequence[StageCard]) -> str:
+    """The multi-stage recipe with every stage's Hub references pinned."""
+    return "---\n".join(pinned_recipe(card.plan, card.text).rstrip() + "\n"
+                         for card in stages)
+
+
+def pinned_recipe(plan: Plan, text: str | None = None) -> str:
+    """The recipe (or ``text``, e.g. one stage's document) with every Hub reference of the
+    plan's sources pinned to the commit SHA that was merged."""
+    text = plan.recipe.text if text is None else text
     for source in plan.sources:
         if source.revision or source.adapter_revision:
             written = re.escape(str(source.ref))
@@ -350,10 +433,11 @@ def _checks_section(report: CheckReport) -> list[str]:
 def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = None,
                 provenance: str | None = None, repo_id: str | None = None,
                 checks: CheckReport | None = None, tokenizer: bool = True,
-                evaluation: EvalTable | None = None) -> str:
+                evaluation: EvalTable | None = None, stages: Sequence[StageCard] = ()) -> str:
     """The whole README.md; ``tokenizer``: the output has tokenizer files (the usage
     snippet loads one); ``evaluation``: the scores to show (its plot, when it has one, is
-    ``evaluation.png`` beside the card: :func:`merge_engine.evaluate.write_evaluation_plot`)."""
+    ``evaluation.png`` beside the card: :func:`merge_engine.evaluate.write_evaluation_plot`);
+    ``stages``: every stage of a multi-stage recipe, the last one this model's (``plan``)."""
     hub = (hub_url or DEFAULT_HUB).rstrip("/")
     rows = model_rows(plan)
     _, license_note = card_license(plan)
@@ -366,10 +450,14 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
     if moe is not None:
         what = (f"a mixture of experts ({moe['architecture']}, {len(moe['experts'])} experts) "
                 f"built on {base}")
-    meta = yaml.dump(front_matter(plan, seed, evaluation, title), Dumper=_Dumper,
-                     sort_keys=False).rstrip()
+    matter = front_matter(plan, seed, evaluation, title)
+    if stages:
+        _stages_front_matter(matter, stages)
+    meta = yaml.dump(matter, Dumper=_Dumper, sort_keys=False).rstrip()
     modules = parts(plan)
     intro = f"This model is {what}, made with mergebot."
+    if stages:
+        intro += f" It is stage `{stages[-1].name}` of a multi-stage recipe (see Stages)."
     if modules:
         intro += (f" Each of its modules ({', '.join(part.name for part in modules)}) is merged "
                   "with its own models and parameters, shown below.")
@@ -391,16 +479,19 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
         lines += ["", *_experts_section(moe, hub)]
     for part in modules:
         lines += ["", *_module_section(part, hub)]
+    if stages:
+        lines += ["", *_stages_table(stages, hub)]
     if checks is not None:
         lines += ["", *_checks_section(checks)]
     if evaluation is not None:
         lines += ["", *evaluation_section(evaluation, hub)]
     seed_flag = f" --random-seed {seed}" if seed is not None else ""
+    pinned = pinned_stages(stages) if stages else pinned_recipe(plan)
     lines += [
         "", "## Recipe", "", "```yaml", plan.recipe.text.rstrip(), "```", "",
         "## Reproduce", "",
         "With every source pinned to the revision merged above:", "",
-        "```yaml", pinned_recipe(plan).rstrip(), "```", "",
+        "```yaml", pinned.rstrip(), "```", "",
         "```bash", f"merge-engine run recipe.yml ./merged{seed_flag}", "```", "",
         "## Use", "", "```python",
         *_use_snippet(plan, repo_id or "path/to/this/model", tokenizer),
@@ -408,4 +499,10 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
     ]
     if provenance:
         lines += ["", "## Provenance", "", provenance]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    for card in stages:  # an earlier stage's output directory is that stage, by name
+        if card.directory:
+            text = text.replace(f"{card.directory} | local files",
+                                f"{card.name} | stage `{card.name}` of this recipe")
+            text = text.replace(card.directory, card.name)
+    return text

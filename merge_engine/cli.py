@@ -19,8 +19,6 @@ from pathlib import Path
 from merge_engine.api import (
     DEFAULT_SHARD_BYTES,
     RECIPE_NAME,
-    load,
-    open_sources,
     run_merge,
     validate,
 )
@@ -35,6 +33,8 @@ from merge_engine.evaluate import (
 )
 from merge_engine.execute import resolve_device
 from merge_engine.extract import AdapterOptions, Extraction, extract_lora
+from merge_engine.io.sources import open_source
+from merge_engine.multistage import StageRun, load_stages, run_stages, validate_stages
 from merge_engine.plan.summary import (
     ModelRow,
     fmt,
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed for random methods (dare, della); recorded in the card")
     run.add_argument("--no-copy-tokenizer", action="store_true",
                      help="do not copy the base model's tokenizer files")
+    run.add_argument("--keep-intermediates", metavar="DIR", default=None,
+                     help="multi-stage recipe: keep each earlier stage's output in DIR/<name>")
     run.add_argument("--check", action="store_true",
                      help="check the merged model before writing it (see 'check')")
     _check_options(run)
@@ -227,7 +229,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    plan = validate(args.recipe)
+    staged = load_stages(args.recipe)
+    if len(staged.stages) == 1:
+        return _print_plan(validate(staged.final.recipe))
+    plans = validate_stages(staged)
+    for i, (stage, plan) in enumerate(zip(staged.stages, plans, strict=True)):
+        print(f"{'' if i == 0 else chr(10)}{stage.label}, {i + 1} of {len(plans)}:")
+        _print_plan(plan)
+    return 0
+
+
+def _print_plan(plan) -> int:
+    """What ``validate`` prints of one plan."""
     print(formula(plan))
     print()
     found = licenses(plan)
@@ -312,14 +325,28 @@ def _run(args: argparse.Namespace) -> int:
         if args.adapter is None or args.max_rank is None:
             raise InputError("--adapter DIR and --max-rank N go together")
         adapter = AdapterOptions(args.max_rank, args.sv_cutoff)
+
+    def stage_done(run: StageRun, i: int, count: int) -> None:
+        if not args.quiet:
+            how = "reused" if run.reused else "merged"
+            print(f"stage {run.name!r} ({i} of {count}): {how}", file=sys.stderr)
+
+    staged = load_stages(args.recipe)
+    options = dict(device=args.device, out_shard_size=args.out_shard_size,
+                   random_seed=args.random_seed, copy_tokenizer=not args.no_copy_tokenizer,
+                   progress=progress if bar else None,
+                   checks=_options(args) if args.check else None)
+    final = dict(adapter=adapter, adapter_dir=args.adapter,
+                 evaluate=eval_sets(args) or None, eval_cache_dir=args.eval_cache)
     try:
-        result = run_merge(args.recipe, args.out, device=args.device,
-                           adapter=adapter, adapter_dir=args.adapter,
-                           out_shard_size=args.out_shard_size, random_seed=args.random_seed,
-                           copy_tokenizer=not args.no_copy_tokenizer,
-                           progress=progress if bar else None,
-                           checks=_options(args) if args.check else None,
-                           evaluate=eval_sets(args) or None, eval_cache_dir=args.eval_cache)
+        if len(staged.stages) > 1:
+            result = run_stages(staged, args.out, keep_intermediates=args.keep_intermediates,
+                                on_stage=stage_done, final_options=final, **options).final
+        else:
+            if args.keep_intermediates is not None:
+                raise InputError("--keep-intermediates needs a multi-stage recipe "
+                                 "(several YAML documents separated by ---)")
+            result = run_merge(staged.final.recipe, args.out, **options, **final)
     finally:
         if bar:
             bar.close()
@@ -346,7 +373,10 @@ def _check(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise MergeEngineError(f"{directory} is not a directory")
     recipe = directory / RECIPE_NAME
-    sources = [] if args.no_sources or not recipe.is_file() else open_sources(load(recipe))
+    sources = []
+    if not args.no_sources and recipe.is_file():  # a multi-stage recipe: the final's own
+        final = load_stages(recipe).final
+        sources = [open_source(m.ref) for m in final.own_inputs()]
     report = run_checks(directory, sources, options=_options(args, args.device))
     for line in report.lines():
         print(line)

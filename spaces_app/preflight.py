@@ -6,7 +6,8 @@
 
 The UI's Check asks the bot (``POST /api/validate``); this is its fallback for when no bot
 answers. The answer is the same JSON as the bot's (:func:`merge_engine.plan.summary.plan_json`).
-It calls the engine's pure ``merge_engine.api.validate`` with the *user's* token,
+It calls the engine's ``validate_stages`` (every stage of a multi-stage recipe; the one
+plan of an ordinary recipe) with the *user's* token,
 so a user only sees models they can read. No weight byte is downloaded.
 """
 
@@ -17,9 +18,9 @@ from merge_engine import (
     InputError,
     MergeEngineError,
     RecipeError,
-    parse_recipe,
+    parse_stages,
     plan_json,
-    validate,
+    validate_stages,
 )
 
 
@@ -28,7 +29,8 @@ def check(recipe_text: str, *, endpoint: str | None, token: str | None) -> dict:
     if not recipe_text.strip():
         return failed("", "the recipe is empty; start from an example")
     try:
-        plan = validate(recipe_text, access=HubAccess(endpoint=endpoint, token=token or None))
+        plans = validate_stages(recipe_text, access=HubAccess(endpoint=endpoint,
+                                                              token=token or None))
     except RecipeError as exc:
         return failed(exc.loc, exc.msg, getattr(exc, "line", None))
     except InputError as exc:
@@ -37,7 +39,7 @@ def check(recipe_text: str, *, endpoint: str | None, token: str | None) -> dict:
         return failed("", f"could not check the recipe against the Hub: {exc}")
     except OSError as exc:
         return failed("", f"could not reach the Hub at {endpoint}: {exc}")
-    return plan_json(plan)
+    return plan_json(plans[-1])
 
 
 def failed(loc: str, msg: str, line: int | None = None) -> dict:
@@ -49,10 +51,10 @@ def line_of(recipe_text: str, loc: str) -> int | None:
     if not loc:
         return None
     try:
-        recipe = parse_recipe(recipe_text)
+        staged = parse_stages(recipe_text)
     except RecipeError as exc:
         return getattr(exc, "line", None) if exc.loc == loc else None
-    where = recipe.where(loc)
+    where = (staged.final.recipe if len(staged.stages) == 1 else staged).where(loc)
     if where.endswith(")") and "(line " in where:
         return int(where.rsplit("(line ", 1)[1][:-1])
     return None

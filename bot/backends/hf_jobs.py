@@ -38,7 +38,6 @@ from merge_engine import (
     Plan,
     SourceError,
     check_adapter_base,
-    validate,
 )
 
 from ..errors import BotError, TransientError
@@ -47,6 +46,7 @@ from ..publish import (
     Progress,
     PublishResult,
     find_job_commit,
+    plan_stages,
     resolve_revisions,
 )
 from ..settings import Settings
@@ -149,8 +149,12 @@ class HfJobsBackend:
             raise BotError("the hf-jobs backend needs MERGEBOT_JOBS_IMAGE (the merge image)")
         access = HubAccess(endpoint=req.endpoint, token=req.read_token or req.token,
                            stream_dir=req.work_dir / "sources")
-        plan = validate(req.recipe_text, access=access)  # InputError: no Job at all
+        _, plans = plan_stages(req.recipe_text, access, req.work_dir)  # InputError: no Job
+        plan = max(plans, key=lambda p: p.parameter_count)  # the largest stage sizes the Job
         if req.adapter is not None:
+            if len(plans) > 1:
+                raise InputError("publishing an adapter of a multi-stage recipe is not "
+                                 "supported; publish its full weights")
             check_adapter_base(plan.recipe)
         need = sizing.needs(plan, req.out_shard_size)
         hw = sizing.pick(self.hardware(), need, s.jobs_flavor)
@@ -167,6 +171,8 @@ class HfJobsBackend:
             command.append("--private")
         if created_earlier:
             command.append("--repo-created-earlier")
+        if req.publish_intermediates:
+            command.append("--publish-intermediates")
         command += ["--perplexity-factor", str(req.checks.perplexity_factor)]
         if req.checks.allow_high_perplexity:
             command.append("--allow-high-perplexity")

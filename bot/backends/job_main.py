@@ -50,6 +50,7 @@ def add_job_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="the check stage's limit: times the worst source's perplexity")
     parser.add_argument("--allow-high-perplexity", action="store_true")
     add_publish_arguments(parser)
+    parser.add_argument("--publish-intermediates", action="store_true")
     parser.set_defaults(run=run_job_command)
 
 
@@ -82,6 +83,7 @@ def run_job_command(args: argparse.Namespace) -> int:
         endpoint=os.environ.get("HF_ENDPOINT") or None, private=args.private,
         trigger=args.trigger, provenance=args.provenance, job_key=args.job_key,
         repo_created_earlier=args.repo_created_earlier, device=args.device,
+        publish_intermediates=args.publish_intermediates,
         checks=CheckOptions(perplexity_factor=args.perplexity_factor,
                             allow_high_perplexity=args.allow_high_perplexity),
         publish=args.publish, adapter=adapter)

@@ -11,7 +11,8 @@ length of every number (Python refuses to convert ints of more than 4300 digits)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import yaml
@@ -36,6 +37,8 @@ class RecipeLimits:
     on a busy 2-core machine; an 80-slice frankenmerge has ~1,400)."""
     max_number_chars: int = 64
     """Characters of one int or float."""
+    max_stages: int = 16
+    """Documents (stages) of a multi-stage recipe."""
 
     def check_size(self, text: str) -> None:
         """RecipeError when ``text`` is larger than ``max_bytes`` in UTF-8."""
@@ -198,19 +201,70 @@ def _check_characters(text: str) -> None:
 def load_yaml(text: str, limits: RecipeLimits | None = None) -> tuple[object, dict[str, int]]:
     """The document and the line of every YAML path, within ``limits`` (default
     :class:`RecipeLimits`); RecipeError at a line for anything else."""
+    loader = _loader(text, limits)
+    with _yaml_errors(text, loader):
+        node = loader.get_single_node()
+        return _document(loader, node)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document of a multi-document text (``---`` between documents)."""
+
+    number: int
+    """1-based, counting every document of the text, empty ones too."""
+    data: object
+    lines: dict[str, int]
+    """The line of each YAML path, counted in the whole text."""
+    text: str
+    """The document's own text (from its first node to its last)."""
+
+
+def load_yaml_documents(text: str, limits: RecipeLimits | None = None) -> list[Document]:
+    """Every non-empty document of ``text``; the budgets of ``limits`` hold for the whole
+    text (its size, and the YAML nodes of all documents together), and it may have at most
+    twice ``max_stages`` documents, empty ones included."""
+    limits = limits or RecipeLimits()
+    loader = _loader(text, limits)
+    found = []
+    with _yaml_errors(text, loader):
+        number = 0
+        while loader.check_node():
+            number += 1
+            if number > 2 * limits.max_stages:
+                raise _at(loader.peek_event().start_mark, "the recipe has more than "
+                          f"{2 * limits.max_stages} YAML documents")
+            node = loader.get_node()
+            if node is None or (node.tag == "tag:yaml.org,2002:null" and not node.value):
+                continue
+            data, lines = _document(loader, node)
+            own = text[node.start_mark.index:node.end_mark.index].rstrip() + "\n"
+            found.append(Document(number, data, lines, own))
+    return found
+
+
+def _loader(text: str, limits: RecipeLimits | None) -> _BudgetLoader:
     if not isinstance(text, str):
         raise RecipeError("", f"expected recipe text, got {type(text).__name__}")
     limits = limits or RecipeLimits()
     limits.check_size(text)
     _check_characters(text)
+    return _BudgetLoader(text, limits)
+
+
+def _document(loader: _BudgetLoader, node: yaml.Node | None) -> tuple[object, dict[str, int]]:
     lines: dict[str, int] = {}
-    loader = _BudgetLoader(text, limits)
+    if node is None:
+        return None, lines
+    _index(node, "", lines, set())
+    return loader.construct_document(node), lines
+
+
+@contextmanager
+def _yaml_errors(text: str, loader: _BudgetLoader) -> Iterator[None]:
+    """PyYAML's errors as one RecipeError at a line; the loader disposed of at the end."""
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, lines
-        _index(node, "", lines, set())
-        return loader.construct_document(node), lines
+        yield
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         context, problem = getattr(e, "context", None), getattr(e, "problem", None)

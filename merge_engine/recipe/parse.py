@@ -93,10 +93,16 @@ def parse_recipe(text: str, limits: RecipeLimits | None = None) -> Recipe:
     """Parse and validate recipe YAML within ``limits`` (default :class:`RecipeLimits`);
     RecipeError at the YAML path of the first mistake."""
     doc, lines = load_yaml(text, limits)
+    return build_recipe(doc, text, lines)
+
+
+def build_recipe(doc: object, text: str, lines: Mapping[str, int] = EMPTY) -> Recipe:
+    """The recipe of one YAML document already loaded (``text`` is kept as its text;
+    ``lines`` maps its YAML paths to lines); RecipeError at the path of the first mistake."""
     try:
         return _build(doc, text, lines)
     except RecipeError as e:
-        raise with_line(e, lines) from None
+        raise with_line(e, dict(lines)) from None
 
 
 def _build(doc: object, text: str, lines: Mapping[str, int] = EMPTY) -> Recipe:

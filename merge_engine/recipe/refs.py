@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ _MAX_NAME = 96
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]|\\")
 """``D:\\models\\x``, ``C:/x``, ``\\\\server\\share``: a drive letter or a backslash."""
 _LOCAL_DIRS: ContextVar[bool] = ContextVar("local_dirs", default=True)
+_STAGES: ContextVar[StageScope | None] = ContextVar("stages", default=None)
 
 
 @contextmanager
@@ -41,6 +42,62 @@ def hub_refs_only() -> Iterator[None]:
         yield
     finally:
         _LOCAL_DIRS.reset(token)
+
+
+@dataclass(frozen=True)
+class StageScope:
+    """The stages one document of a multi-stage recipe may name as models: a bare name
+    (``model: mid``) of an earlier stage is its output directory; ``used`` collects the
+    names met, in order."""
+
+    dirs: Mapping[str, str]
+    """Earlier stages: name -> the directory that holds (or will hold) its output."""
+    others: Mapping[str, str]
+    """This stage and the later ones: name -> its label, ``stage 'x' (document 3)``."""
+    own: str | None
+    """This stage's name."""
+    used: list[str] = field(default_factory=list)
+
+    def knows(self, text: str) -> bool:
+        """Does ``text`` name a stage (a stage's name shadows a directory of that name)?"""
+        name = text.partition("@")[0]
+        return name in self.dirs or name in self.others
+
+    def resolve(self, text: str, loc: str, revision: str | None, lora: bool) -> ModelRef | None:
+        """The output directory of the stage ``text`` names; None when it names none."""
+        name, at, _ = text.partition("@")
+        if name in self.dirs:
+            if at or revision is not None:
+                raise RecipeError(loc, f"{name!r} is a stage of this recipe; a stage's output "
+                                       "has no revision")
+            if lora:
+                raise RecipeError(loc, f"{name!r} is a stage of this recipe, a whole model, "
+                                       "not a LoRA adapter")
+            if name not in self.used:
+                self.used.append(name)
+            return ModelRef(self.dirs[name], local=True)
+        if name == self.own:
+            raise RecipeError(loc, f"{name!r} is this stage itself; a stage cannot read its "
+                                   "own output")
+        if name in self.others:
+            raise RecipeError(loc, f"{name!r} is {self.others[name]}, which runs later; stages "
+                                   "run in document order, so a stage can use only those above "
+                                   "it (this also rules out cycles)")
+        if "/" not in name and not _looks_local(text):
+            known = ", ".join(repr(n) for n in self.dirs) or "none"
+            raise RecipeError(loc, f"{name!r} is not a stage above this one (those are: "
+                                   f"{known}); a Hub repo needs its owner, as in 'owner/{name}'")
+        return None
+
+
+@contextmanager
+def stage_scope(scope: StageScope) -> Iterator[StageScope]:
+    """Within: references are read as in one document of a multi-stage recipe."""
+    token = _STAGES.set(scope)
+    try:
+        yield scope
+    finally:
+        _STAGES.reset(token)
 
 
 def _is_dir(path: str) -> bool:
@@ -99,10 +156,14 @@ def _neither(text: str, loc: str) -> RecipeError:
     return RecipeError(loc, f"{text!r} is neither a local directory nor a Hub repo id (org/name)")
 
 
-def _parse_part(text: str, loc: str, revision: str | None = None) -> ModelRef:
+def _parse_part(text: str, loc: str, revision: str | None = None,
+                lora: bool = False) -> ModelRef:
     """One side of ``model+lora``; ``revision`` comes from the mapping form."""
     if not text:
         raise RecipeError(loc, "empty model reference")
+    scope = _STAGES.get()
+    if scope is not None and (stage := scope.resolve(text, loc, revision, lora)) is not None:
+        return stage
     if _looks_local(text):
         if revision is not None:
             raise RecipeError(loc, f"local directory {text!r} cannot have a revision")
@@ -127,7 +188,8 @@ def parse_ref(text: str, loc: str = "") -> ModelRef:
     """Parse ``org/name[@rev][+lora[@rev]]`` or a local directory; RecipeError at ``loc``."""
     if not isinstance(text, str):
         raise RecipeError(loc, f"expected a model reference string, got {text!r}")
-    if _is_dir(text):
+    scope = _STAGES.get()
+    if _is_dir(text) and not (scope is not None and scope.knows(text)):
         return ModelRef(text)
     parts = text.split("+")
     if len(parts) > 2:
@@ -135,13 +197,13 @@ def parse_ref(text: str, loc: str = "") -> ModelRef:
     model = _parse_part(parts[0], loc)
     if len(parts) == 1:
         return model
-    return ModelRef(model.path, model.revision, _parse_part(parts[1], loc))
+    return ModelRef(model.path, model.revision, _parse_part(parts[1], loc, lora=True))
 
 
-def _parse_path_value(raw: object, loc: str) -> ModelRef:
+def _parse_path_value(raw: object, loc: str, lora: bool = False) -> ModelRef:
     """mergekit's ModelPath: ``"name[@rev]"`` or ``{path: ..., revision: ...}``."""
     if isinstance(raw, str):
-        return _parse_part(raw, loc)
+        return _parse_part(raw, loc, lora=lora)
     if isinstance(raw, dict):
         for key in raw:
             if key not in ("path", "revision"):
@@ -151,7 +213,7 @@ def _parse_path_value(raw: object, loc: str) -> ModelRef:
             raise RecipeError(f"{loc}.path", "expected a model path or Hub repo id string")
         if rev is not None and not isinstance(rev, str):
             raise RecipeError(f"{loc}.revision", f"expected a string, got {rev!r}")
-        return _parse_part(path, f"{loc}.path", rev)
+        return _parse_part(path, f"{loc}.path", rev, lora)
     raise RecipeError(loc, f"expected a model reference, got {raw!r}")
 
 
@@ -171,4 +233,5 @@ def parse_ref_value(raw: object, loc: str = "") -> ModelRef:
     model = _parse_path_value(raw["model"], f"{loc}.model")
     if raw.get("lora") is None:
         return model
-    return ModelRef(model.path, model.revision, _parse_path_value(raw["lora"], f"{loc}.lora"))
+    return ModelRef(model.path, model.revision, _parse_path_value(raw["lora"], f"{loc}.lora",
+                                                                      lora=True))

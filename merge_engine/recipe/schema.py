@@ -44,8 +44,9 @@ class InputModel:
     @property
     def ref_loc(self) -> str:
         """The YAML path of the reference itself: ``base_model``, ``models[1].model``,
-        ``slices[0].sources[1].model`` or, in an MoE recipe, ``experts[2].source_model``."""
-        if self.loc == "base_model" or self.loc.endswith(".source_model"):
+        ``slices[0].sources[1].model`` or, in an MoE recipe, ``experts[2].source_model`` (a
+        stage's label may come first: ``stage 'mid' (document 2), base_model``)."""
+        if self.loc.endswith(("base_model", ".source_model")):
             return self.loc
         return f"{self.loc}.model"
 
