@@ -418,10 +418,10 @@ def preflight(recipe: Recipe | StagedRecipe, settings: Settings, token: str) -> 
                 for i in task.inputs)
     if total > settings.max_parameters:
         plan = plans[-1]
-        what = (f"{len(plan.sources)} models of {plan.parameter_count:,}" if len(plans) == 1
-                else f"over its {len(plans)} stages")
+        what = (f"from {len(plan.sources)} models (output {plan.parameter_count:,})"
+                if len(plans) == 1 else f"over its {len(plans)} stages")
         raise recipe_errors(
-            ("", f"the merge reads {total:,} parameters ({what}); the limit is "
+            ("", f"the merge reads {total:,} parameters {what}; the limit is "
                  f"{settings.max_parameters:,}")
         )
     return plans
