@@ -25,7 +25,16 @@ from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
 from merge_engine.plan import Plan
 from merge_engine.plan.summary import formula, plan_json
-from merge_engine.recipe import Recipe, RecipeLimits, hub_refs_only, load_recipe, parse_recipe
+from merge_engine.recipe import (
+    Recipe,
+    RecipeLimits,
+    SweepLimits,
+    Variant,
+    expand_sweep,
+    hub_refs_only,
+    load_recipe,
+    parse_recipe,
+)
 from merge_engine.version import __version__
 
 __all__ = [
@@ -45,8 +54,11 @@ __all__ = [
     "RecipeLimits",
     "Source",
     "SourceError",
+    "SweepLimits",
+    "Variant",
     "__version__",
     "error_causes",
+    "expand_sweep",
     "formula",
     "hub_refs_only",
     "is_transient",

@@ -3,13 +3,15 @@
 ``parse_recipe``/``load_recipe`` give a :class:`Recipe` (``schema``); the pieces: YAML line
 bookkeeping and budgets (``locations``), model references (``refs``), parameter values (``params``),
 the models and slices (``inputs``), method checks (``checks``), the ``tokenizer:`` block
-(``tokenizer_block``) and chat-template names (``chat_templates``).
+(``tokenizer_block``), chat-template names (``chat_templates``) and sweeps of a recipe
+(``sweep``).
 """
 
 from merge_engine.recipe.locations import RecipeLimits
 from merge_engine.recipe.parse import load_recipe, parse_recipe
 from merge_engine.recipe.refs import hub_refs_only
 from merge_engine.recipe.schema import InputModel, OutputSlice, Recipe, SliceSource, ref_key
+from merge_engine.recipe.sweep import SweepLimits, Variant, expand_sweep
 
-__all__ = ["InputModel", "OutputSlice", "Recipe", "RecipeLimits", "SliceSource", "load_recipe",
-           "hub_refs_only", "parse_recipe", "ref_key"]
+__all__ = ["InputModel", "OutputSlice", "Recipe", "RecipeLimits", "SliceSource", "SweepLimits",
+           "Variant", "expand_sweep", "hub_refs_only", "load_recipe", "parse_recipe", "ref_key"]
