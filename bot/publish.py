@@ -30,12 +30,18 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from merge_engine import (
     DEFAULT_SHARD_BYTES,
     CheckOptions,
     CheckReport,
+    EvalSet,
+    EvalTable,
     HubAccess,
     Plan,
     Source,
@@ -45,6 +51,7 @@ from merge_engine import (
     retry,
     run_merge,
     validate,
+    write_evaluation_plot,
 )
 
 from .errors import BotError, TransientError
@@ -87,6 +94,16 @@ class PublishRequest:
     out_shard_size: int = DEFAULT_SHARD_BYTES
     checks: CheckOptions = field(default_factory=CheckOptions)
     """How the merged model is checked before the commit (the device is the merge's)."""
+    evaluate: tuple[EvalSet, ...] = ()
+    """Score the merged model (and its sources) on these sets before the commit."""
+    evaluation: EvalTable | None = None
+    """A table for the card instead (a sweep's: every variant's scores, the chosen one
+    marked), with its plot."""
+    revision: str | None = None
+    """Commit to this branch (created from ``main`` when missing) instead of ``main``."""
+    commit: bool = True
+    """False: merge, check and evaluate only; nothing is created or committed (the
+    result has no commit)."""
 
     def __repr__(self) -> str:  # never show tokens
         return f"PublishRequest(repo_id={self.repo_id!r}, job_key={self.job_key!r})"
@@ -95,13 +112,18 @@ class PublishRequest:
 @dataclass(frozen=True)
 class PublishResult:
     repo_id: str
-    commit_sha: str
+    commit_sha: str | None
+    """None when the request asked for no commit."""
     url: str
     revisions: dict[str, str | None]
     """Repo id (or local path) of every model and adapter -> the commit SHA merged."""
     created_repo: bool
     reused_commit: bool
     checks: CheckReport | None = None
+    evaluation: EvalTable | None = None
+    """The merged model's scores (and its sources'), when the request asked for them."""
+    revision: str | None = None
+    """The branch committed to (None: ``main``)."""
 
 
 def source_revisions(sources: Iterable[Source]) -> dict[str, str | None]:
@@ -123,11 +145,13 @@ def resolve_revisions(recipe_text: str, *, endpoint: str | None,
     return source_revisions(open_source(m.ref, access) for m in recipe.inputs())
 
 
-def find_job_commit(api: HfApi, repo_id: str, job_key: str) -> str | None:
-    """The commit on ``repo_id`` made for ``job_key``, if any."""
+def find_job_commit(api: HfApi, repo_id: str, job_key: str,
+                    revision: str | None = None) -> str | None:
+    """The commit on ``repo_id`` (at ``revision``, default ``main``) made for ``job_key``,
+    if any."""
     try:
-        commits = retry(lambda: api.list_repo_commits(repo_id))
-    except RepositoryNotFoundError:
+        commits = retry(lambda: api.list_repo_commits(repo_id, revision=revision))
+    except (RepositoryNotFoundError, RevisionNotFoundError):
         return None
     marker = JOB_MARKER + job_key
     return next((c.commit_id for c in commits
@@ -146,26 +170,24 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
                        stream_dir=req.work_dir / "sources")
     plan = validate(req.recipe_text, access=access)
     revisions = source_revisions(plan.sources)
-    api = HfApi(endpoint=req.endpoint, token=req.token)
     hub_url = (req.endpoint or DEFAULT_HUB).rstrip("/")
-    if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key)):
+    if not req.commit:
+        merged = _merge(req, plan, access, hub_url, None, report)
+        return PublishResult(req.repo_id, None, f"{hub_url}/{req.repo_id}", revisions,
+                             created_repo=False, reused_commit=False, checks=merged.checks,
+                             evaluation=merged.evaluation)
+    api = HfApi(endpoint=req.endpoint, token=req.token)
+    if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key, req.revision)):
         return PublishResult(req.repo_id, done, f"{hub_url}/{req.repo_id}", revisions,
-                             created_repo=False, reused_commit=True)
+                             created_repo=False, reused_commit=True, revision=req.revision)
     created = _ensure_repo(api, req)
     uploader = ShardUploader(api, req.repo_id, req.work_dir / "upload")
+    new_branch: list[str] = []
     try:
-        parent = _call(lambda: api.model_info(req.repo_id).sha, f"read {req.repo_id}")
+        parent = _call(lambda: _head(api, req, new_branch), f"read {req.repo_id}")
         report("resolving", 1.0)
-        out = req.work_dir / "out"
-        merged = run_merge(
-            plan.recipe, out, device=req.device, random_seed=req.random_seed, access=access,
-            out_shard_size=req.out_shard_size,
-            plan=plan, on_shard_done=uploader.submit,
-            card_options={"hub_url": hub_url, "provenance": req.provenance,
-                          "repo_id": req.repo_id},
-            progress=lambda done, total: report("merging", done / total),
-            checks=req.checks,
-        )
+        merged = _merge(req, plan, access, hub_url, uploader.submit, report)
+        out = merged.out_dir
         report("uploading", 0.0)
         operations = uploader.finish()
         report("uploading", 1.0)
@@ -176,16 +198,53 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         message = _commit_body(plan, req)
         info = _call(lambda: api.create_commit(
             req.repo_id, operations, commit_message=req.trigger, commit_description=message,
-            parent_commit=parent), f"commit to {req.repo_id}")
+            parent_commit=parent, revision=req.revision), f"commit to {req.repo_id}")
         report("committing", 1.0)
     except BaseException:
         uploader.cancel()
+        for branch in new_branch:  # an empty branch of a failed variant goes again
+            with contextlib.suppress(Exception):
+                api.delete_branch(req.repo_id, branch=branch)
         if created:
             with contextlib.suppress(Exception):  # best effort while the error is raised
                 delete_if_unused(api, req.repo_id)
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
-                         created_repo=created, reused_commit=False, checks=merged.checks)
+                         created_repo=created, reused_commit=False, checks=merged.checks,
+                         evaluation=merged.evaluation, revision=req.revision)
+
+
+def _merge(req: PublishRequest, plan: Plan, access: HubAccess, hub_url: str,
+           on_shard_done, report: Progress):
+    """``run_merge`` into ``work_dir/out`` with the request's checks, evaluation and card;
+    the evaluation plot, when the card carries a sweep's table, beside the card."""
+    out = req.work_dir / "out"
+    card = {"hub_url": hub_url, "provenance": req.provenance, "repo_id": req.repo_id}
+    if req.evaluation is not None:
+        card["evaluation"] = req.evaluation
+    merged = run_merge(
+        plan.recipe, out, device=req.device, random_seed=req.random_seed, access=access,
+        out_shard_size=req.out_shard_size, plan=plan, on_shard_done=on_shard_done,
+        card_options=card, progress=lambda done, total: report("merging", done / total),
+        checks=req.checks, evaluate=list(req.evaluate) or None,
+    )
+    if req.evaluation is not None and not (out / "evaluation.png").exists():
+        write_evaluation_plot(req.evaluation, out / "evaluation.png")
+    return merged
+
+
+def _head(api: HfApi, req: PublishRequest, new_branch: list[str]) -> str:
+    """The commit the new one goes on: ``main``'s, or the branch's (created from ``main``
+    when it does not exist yet, and then added to ``new_branch``)."""
+    if req.revision is None:
+        return api.model_info(req.repo_id).sha
+    refs = api.list_repo_refs(req.repo_id)
+    for branch in refs.branches:
+        if branch.name == req.revision:
+            return branch.target_commit
+    api.create_branch(req.repo_id, branch=req.revision, exist_ok=True)
+    new_branch.append(req.revision)
+    return api.model_info(req.repo_id, revision=req.revision).sha
 
 
 def _commit_body(plan: Plan, req: PublishRequest) -> str:
