@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from merge_engine.synth import LlamaShape, write_family
+from merge_engine.trained import write_trained_family
 from tests import pgserver
 
 TINY = LlamaShape(hidden=32, intermediate=64, layers=3, vocab=96, heads=4, kv_heads=2)
@@ -64,3 +65,10 @@ def recipe_text(method: str, base: Path | None, models: list[tuple[Path, dict]],
             lines.append("    parameters:")
             lines += [f"      {k}: {v}" for k, v in params.items()]
     return "\n".join(lines) + "\n" + extra
+
+
+@pytest.fixture(scope="session")
+def trained_family(tmp_path_factory) -> list[Path]:
+    """[base, donor-1, donor-2] of :mod:`merge_engine.trained`: trained once per session
+    (seconds), donor 1 on the ``north`` language and donor 2 on ``south``."""
+    return write_trained_family(tmp_path_factory.mktemp("trained"))
