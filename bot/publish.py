@@ -51,7 +51,6 @@ from merge_engine import (
     retry,
     run_merge,
     validate,
-    write_evaluation_plot,
 )
 
 from .errors import BotError, TransientError
@@ -216,21 +215,20 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
 
 def _merge(req: PublishRequest, plan: Plan, access: HubAccess, hub_url: str,
            on_shard_done, report: Progress):
-    """``run_merge`` into ``work_dir/out`` with the request's checks, evaluation and card;
-    the evaluation plot, when the card carries a sweep's table, beside the card."""
-    out = req.work_dir / "out"
+    """``run_merge`` into ``work_dir/out`` with the request's checks, evaluation and card."""
     card = {"hub_url": hub_url, "provenance": req.provenance, "repo_id": req.repo_id}
+    extra = {}
     if req.evaluation is not None:
         card["evaluation"] = req.evaluation
-    merged = run_merge(
-        plan.recipe, out, device=req.device, random_seed=req.random_seed, access=access,
-        out_shard_size=req.out_shard_size, plan=plan, on_shard_done=on_shard_done,
-        card_options=card, progress=lambda done, total: report("merging", done / total),
-        checks=req.checks, evaluate=list(req.evaluate) or None,
+    if req.evaluate:
+        extra["evaluate"] = list(req.evaluate)
+    return run_merge(
+        plan.recipe, req.work_dir / "out", device=req.device, random_seed=req.random_seed,
+        access=access, out_shard_size=req.out_shard_size, plan=plan,
+        on_shard_done=on_shard_done, card_options=card,
+        progress=lambda done, total: report("merging", done / total), checks=req.checks,
+        **extra,
     )
-    if req.evaluation is not None and not (out / "evaluation.png").exists():
-        write_evaluation_plot(req.evaluation, out / "evaluation.png")
-    return merged
 
 
 def _head(api: HfApi, req: PublishRequest, new_branch: list[str]) -> str:
