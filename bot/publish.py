@@ -174,7 +174,7 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         merged = _merge(req, plan, access, hub_url, None, report)
         return PublishResult(req.repo_id, None, f"{hub_url}/{req.repo_id}", revisions,
                              created_repo=False, reused_commit=False, checks=merged.checks,
-                             evaluation=merged.evaluation)
+                             evaluation=getattr(merged, "evaluation", None))
     api = HfApi(endpoint=req.endpoint, token=req.token)
     if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key, req.revision)):
         return PublishResult(req.repo_id, done, f"{hub_url}/{req.repo_id}", revisions,
@@ -210,7 +210,7 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
                          created_repo=created, reused_commit=False, checks=merged.checks,
-                         evaluation=merged.evaluation, revision=req.revision)
+                         evaluation=getattr(merged, "evaluation", None), revision=req.revision)
 
 
 def _merge(req: PublishRequest, plan: Plan, access: HubAccess, hub_url: str,
