@@ -31,8 +31,9 @@ from merge_engine.evaluate import (
     parse_eval_sets,
     read_sets,
     run_tasks,
+    write_evaluation_plot,
 )
-from merge_engine.io import HubAccess, Source, open_source
+from merge_engine.io import HubAccess, Source, load_dataset_texts, open_source
 from merge_engine.io.retry import causes as error_causes
 from merge_engine.io.retry import is_transient, retry
 from merge_engine.plan import Plan
@@ -81,6 +82,7 @@ __all__ = [
     "formula",
     "hub_refs_only",
     "is_transient",
+    "load_dataset_texts",
     "load_recipe",
     "open_source",
     "parse_eval_sets",
@@ -92,4 +94,5 @@ __all__ = [
     "run_merge",
     "run_tasks",
     "validate",
+    "write_evaluation_plot",
 ]

@@ -28,7 +28,16 @@ from merge_engine.check import (
     run_checks,
     warm_up,
 )
-from merge_engine.errors import MergeEngineError
+from merge_engine.errors import InputError, MergeEngineError
+from merge_engine.evaluate import (
+    EvalRow,
+    EvalSet,
+    EvalTable,
+    evaluate_sources,
+    parse_eval_sets,
+    read_sets,
+    score_model,
+)
 from merge_engine.execute.executor import Executor, Progress, Timings, resolve_device
 from merge_engine.io.checkpoint import TensorMeta
 from merge_engine.io.headers import read_header
@@ -62,6 +71,8 @@ class MergeResult:
     resolve_seconds: float = 0.0
     checks: CheckReport | None = None
     """What the check stage found (None: the merge ran without checks)."""
+    evaluation: EvalTable | None = None
+    """The merge's and each source's scores (None: no evaluation was asked for)."""
 
 
 def load(recipe: Recipe | str | os.PathLike) -> Recipe:
@@ -90,7 +101,8 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
               progress: Progress | None = None, access: HubAccess | None = None,
               plan: Plan | None = None, card_options: dict | None = None,
               on_shard_done: Callable[[Path], None] | None = None,
-              checks: CheckOptions | None = None) -> MergeResult:
+              checks: CheckOptions | None = None, evaluate: list[EvalSet] | None = None,
+              eval_cache_dir: Path | None = None) -> MergeResult:
     """Merge ``recipe`` into ``out_dir`` (which must not exist, or be empty).
 
     ``plan`` skips resolution when the caller already validated; ``card_options`` go to
@@ -102,12 +114,17 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     nothing is written. Shards handed to ``on_shard_done`` stay readable for the checks
     (hard links) when the behaviour checks will run; otherwise only their headers are
     checked.
+    ``evaluate``: score the output and each source on these sets
+    (:mod:`merge_engine.evaluate`; dataset texts are read before merging) into
+    ``result.evaluation``, shown in the card; ``eval_cache_dir`` keeps the scores of Hub
+    sources by repo, commit SHA and set, so they are computed once.
     """
     started = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MergeEngineError(f"output directory {out} already exists and is not empty")
     plan = plan or validate(recipe, access=access)
+    texts = _eval_texts(plan, evaluate, copy_tokenizer, access)
     resolved = time.perf_counter() - started
     seed = random_seed if random_seed is not None else secrets.randbits(31)
     dev = resolve_device(device)
@@ -115,12 +132,13 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    report = None
-    if checks is not None and checks.behaviour and copy_tokenizer and any(
+    report = table = None
+    if texts or checks is not None and checks.behaviour and copy_tokenizer and any(
             "tokenizer.json" in s.files for s in plan.sources):
         warm_up()  # the behaviour checks will likely run: import transformers meanwhile
     try:
-        shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer)
+        shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer,
+                              keep=bool(texts))
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,
                             progress=progress, on_shard_done=shards.hook)
         files = executor.run()
@@ -131,9 +149,15 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
             report = run_checks(work, plan.sources, metas=shards.metas, finite_checked=True,
                                 options=replace(checks, device=str(dev),
                                                 side_files=copy_tokenizer))
+        if texts:
+            shards.restore()
+            table = EvalTable(sets=[t.set for t in texts], rows=[EvalRow("merge", "merge", scores={
+                s.set: s for s in score_model(work, texts, device=str(dev))})])
+            table.rows += evaluate_sources(plan.sources, texts, device=str(dev),
+                                           cache_dir=eval_cache_dir)
         tokenizer = any(path.name in TOKENIZER_FILES for path in files)
         card = render_card(plan, seed=seed, checks=report, tokenizer=tokenizer,
-                           **(card_options or {}))
+                           evaluation=table, **(card_options or {}))
         (work / "README.md").write_text(card)
         files.append(work / "README.md")
         if out.exists():
@@ -152,20 +176,38 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
         models=model_rows(plan), formula=formula(plan), seed=seed, warnings=plan.warnings,
         output_bytes=plan.output_bytes, parameter_count=plan.parameter_count,
         device=str(dev), timings=executor.timings, resolve_seconds=resolved, checks=report,
+        evaluation=table,
     )
+
+
+def _eval_texts(plan: Plan, sets: list[EvalSet] | None, copy_tokenizer: bool,
+                access: HubAccess | None):
+    """The evaluation sets' texts, read before merging (a missing dataset fails early);
+    the output must get a tokenizer to be scored with."""
+    if not sets:
+        return []
+    sets = parse_eval_sets(list(sets), "evaluate")
+    if not copy_tokenizer:
+        raise InputError("evaluation needs the tokenizer files in the output, and copying "
+                         "them was turned off")
+    if "tokenizer.json" not in plan.sources[0].files:
+        raise InputError(f"evaluation needs a tokenizer.json, and {plan.sources[0].name} has "
+                         "none")
+    return read_sets(sets, access)
 
 
 class _ShardKeeper:
     """Sees each finished shard before ``on_shard_done`` takes it away: keeps a hard link
-    to it when the behaviour checks will need the weights, else records its header."""
+    to it when the evaluation (``keep``) or the behaviour checks will need the weights, else
+    records its header."""
 
     def __init__(self, work: Path, on_shard_done: Callable[[Path], None] | None, plan: Plan,
-                 checks: CheckOptions | None, device, copy_tokenizer: bool):
+                 checks: CheckOptions | None, device, copy_tokenizer: bool, keep: bool):
         self.on_shard_done = on_shard_done
         self.kept = work / ".kept"
         self.metas: dict[str, TensorMeta] | None = None
-        self.keep = False
-        if checks is not None and on_shard_done is not None:
+        self.keep = keep and on_shard_done is not None
+        if checks is not None and on_shard_done is not None and not self.keep:
             has_tokenizer = copy_tokenizer and any(
                 "tokenizer.json" in s.files for s in plan.sources)
             config = plan.out_config if plan.out_config is not None else plan.sources[0].config

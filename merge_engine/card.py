@@ -7,7 +7,9 @@ its exact revision (and LoRA adapter), the recipe-wide ``parameters``, for a ``s
 recipe every slice with each source's ``layer_range`` and parameters and, for a multi-part
 ``modules:`` recipe, every module with its own models, parameters and slices. The body
 says the same in tables (a section per module), then gives the recipe pinned to the
-revisions merged.
+revisions merged. With an evaluation (:mod:`merge_engine.evaluate`), an "Evaluation"
+section gives every model's scores (and the plot of a sweep), and ``model-index`` in the
+front matter the published model's perplexity on each Hub dataset, with its revision.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import yaml
 
 from merge_engine.check import CheckReport
 from merge_engine.check.behaviour import TEXT
+from merge_engine.evaluate import EvalTable, evaluation_section, model_index
 from merge_engine.io.sources import Source
 from merge_engine.plan.build import Plan
 from merge_engine.plan.summary import (
@@ -164,8 +167,9 @@ def _slice_entry(plan: Plan, row: SliceRow) -> dict:
     return entry
 
 
-def front_matter(plan: Plan, seed: int | None) -> dict:
-    """The card's YAML metadata."""
+def front_matter(plan: Plan, seed: int | None, evaluation: EvalTable | None = None,
+                 name: str = "Merged model") -> dict:
+    """The card's YAML metadata (``name``: the model's, for ``model-index``)."""
     license_id, _ = _license(plan)
     meta: dict = {}
     hub_ids = _hub_ids(plan)
@@ -191,6 +195,9 @@ def front_matter(plan: Plan, seed: int | None) -> dict:
     if seed is not None:
         block["random_seed"] = seed
     meta["merge"] = block
+    index = model_index(evaluation, name) if evaluation is not None else None
+    if index:
+        meta["model-index"] = index
     return meta
 
 
@@ -314,9 +321,11 @@ def _checks_section(report: CheckReport) -> list[str]:
 
 def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = None,
                 provenance: str | None = None, repo_id: str | None = None,
-                checks: CheckReport | None = None, tokenizer: bool = True) -> str:
+                checks: CheckReport | None = None, tokenizer: bool = True,
+                evaluation: EvalTable | None = None) -> str:
     """The whole README.md; ``tokenizer``: the output has tokenizer files (the usage
-    snippet loads one)."""
+    snippet loads one); ``evaluation``: the scores to show (its plot, when it has one, is
+    ``evaluation.png`` beside the card: :func:`merge_engine.evaluate.write_evaluation_plot`)."""
     hub = (hub_url or DEFAULT_HUB).rstrip("/")
     rows = model_rows(plan)
     _, license_note = _license(plan)
@@ -325,7 +334,8 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
     base = next((r.name for r in rows if r.role == "base"), None)
     what = (f"a `{plan.recipe.merge_method}` merge of {', '.join(donors)}"
             + (f" onto {base}" if base else ""))
-    meta = yaml.dump(front_matter(plan, seed), Dumper=_Dumper, sort_keys=False).rstrip()
+    meta = yaml.dump(front_matter(plan, seed, evaluation, title), Dumper=_Dumper,
+                     sort_keys=False).rstrip()
     modules = parts(plan)
     intro = f"This model is {what}, made with mergebot."
     if modules:
@@ -349,6 +359,8 @@ def render_card(plan: Plan, *, seed: int | None = None, hub_url: str | None = No
         lines += ["", *_module_section(part, hub)]
     if checks is not None:
         lines += ["", *_checks_section(checks)]
+    if evaluation is not None:
+        lines += ["", *evaluation_section(evaluation, hub)]
     seed_flag = f" --random-seed {seed}" if seed is not None else ""
     lines += [
         "", "## Recipe", "", "```yaml", plan.recipe.text.rstrip(), "```", "",

@@ -6,6 +6,7 @@ Flow the client follows (`HfApi.create_commit` / `preupload_lfs_files`):
    PUT URL on this server (`/_lfs/upload/...`, no auth needed) and a verify URL.
 3. `POST /api/models/{repo}/commit/{rev}` (ndjson: header, file, lfsFile, deletedFile,
    deletedFolder) makes ONE commit; 412 when `parentCommit` is not the branch head.
+Datasets use the same paths with `/api/datasets/` and a `datasets/` prefix before `{repo}`.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def _parse_commit(call: Call, meta: RepoMeta,
             if not storage.repo_has_lfs(meta, oid):
                 raise errors.bad_request(
                     f"LFS object {oid} for {value.get('path')} was never uploaded to "
-                    f"{meta.repo_id}: upload it through the LFS batch API before committing."
+                    f"{meta.key}: upload it through the LFS batch API before committing."
                 )
             size = storage.blob_path(oid).stat().st_size
             if value.get("size") not in (None, size):
@@ -143,7 +144,7 @@ async def commit(call: Call) -> Response:
     header, operations = await run_in_threadpool(_parse_commit, call, meta, raw)
     result = await run_in_threadpool(
         lambda: call.ctx.storage.commit(
-            meta.repo_id,
+            meta.key,
             call.params["rev"],
             operations,
             title=str(header["summary"]),
@@ -153,14 +154,14 @@ async def commit(call: Call) -> Response:
         )
     )
     call.ctx.stats.incr("commits")
-    fresh = call.ctx.storage.get_repo(meta.repo_id) or meta
+    fresh = call.ctx.storage.get_repo(meta.key) or meta
     event = content_event(fresh, call.base_url, result.ref, result.old_sha, result.commit.id)
     call.ctx.emit(fresh, event)
     return JSONResponse(
         {
             "success": True,
             "commitOid": result.commit.id,
-            "commitUrl": f"{call.base_url}/{meta.repo_id}/commit/{result.commit.id}",
+            "commitUrl": f"{call.base_url}/{meta.key}/commit/{result.commit.id}",
             "hookOutput": "",
             "pullRequestUrl": None,
         }
@@ -169,9 +170,9 @@ async def commit(call: Call) -> Response:
 
 def _upload_url(call: Call, oid: str, size: int) -> str:
     expires = str(int(time.time()) + UPLOAD_URL_TTL)
-    sig = lfs.sign(call.ctx.secret, call.repo_id, oid, str(size), expires)
+    sig = lfs.sign(call.ctx.secret, call.repo_key, oid, str(size), expires)
     query = urlencode({"size": size, "expires": expires, "sig": sig})
-    return f"{call.base_url}/_lfs/upload/{call.repo_id}/{oid}?{query}"
+    return f"{call.base_url}/_lfs/upload/{call.repo_key}/{oid}?{query}"
 
 
 async def lfs_batch(call: Call) -> Response:
@@ -191,7 +192,7 @@ async def lfs_batch(call: Call) -> Response:
         if not call.ctx.storage.repo_has_lfs(meta, oid):
             answer["actions"] = {
                 "upload": {"href": _upload_url(call, oid, size), "expires_in": UPLOAD_URL_TTL},
-                "verify": {"href": f"{call.base_url}/{call.repo_id}.git/info/lfs/objects/verify"},
+                "verify": {"href": f"{call.base_url}/{call.repo_key}.git/info/lfs/objects/verify"},
             }
         objects.append(answer)
     payload = {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
@@ -203,7 +204,7 @@ async def lfs_upload(call: Call) -> Response:
     query = call.request.query_params
     oid, size, expires = call.params["oid"], query.get("size", ""), query.get("expires", "")
     sig_ok = lfs.verify_signature(
-        call.ctx.secret, query.get("sig", ""), call.repo_id, oid, size, expires
+        call.ctx.secret, query.get("sig", ""), call.repo_key, oid, size, expires
     )
     if not sig_ok or not expires.isdigit() or int(expires) < time.time():
         raise errors.forbidden("Invalid or expired upload URL.")
@@ -221,7 +222,7 @@ async def lfs_upload(call: Call) -> Response:
     except BaseException:
         writer.abort()
         raise
-    await run_in_threadpool(call.ctx.storage.add_lfs_object, call.repo_id, oid)
+    await run_in_threadpool(call.ctx.storage.add_lfs_object, call.repo_key, oid)
     return Response(status_code=200)
 
 
@@ -237,9 +238,9 @@ async def lfs_verify(call: Call) -> Response:
 
 
 ROUTES = (
-    ("POST", r"/api/models/{repo}/preupload/{rev}", preupload),
-    ("POST", r"/api/models/{repo}/commit/{rev}", commit),
-    ("POST", r"/{repo}\.git/info/lfs/objects/batch", lfs_batch),
-    ("POST", r"/{repo}\.git/info/lfs/objects/verify", lfs_verify),
-    ("PUT", r"/_lfs/upload/{repo}/(?P<oid>[0-9a-f]{64})", lfs_upload),
+    ("POST", r"/api/{kind}/{repo}/preupload/{rev}", preupload),
+    ("POST", r"/api/{kind}/{repo}/commit/{rev}", commit),
+    ("POST", r"/{prefix}{repo}\.git/info/lfs/objects/batch", lfs_batch),
+    ("POST", r"/{prefix}{repo}\.git/info/lfs/objects/verify", lfs_verify),
+    ("PUT", r"/_lfs/upload/{prefix}{repo}/(?P<oid>[0-9a-f]{64})", lfs_upload),
 )

@@ -1,4 +1,4 @@
-"""`GET/HEAD /{repo_id}/resolve/{revision}/{path}`: file downloads with HTTP Range.
+"""`GET/HEAD /[datasets/]{repo_id}/resolve/{revision}/{path}`: file downloads with HTTP Range.
 
 Answers like the Hub (minus the CDN redirect): `X-Repo-Commit` (the resolved commit),
 `ETag` (git oid, or sha256 for LFS files), `X-Linked-Etag`/`X-Linked-Size` for LFS files,
@@ -95,7 +95,7 @@ async def _body(
 
 
 async def resolve(call: Call) -> Response:
-    meta = check_files(call.user, call.ctx.storage.get_repo(call.repo_id))
+    meta = check_files(call.user, call.ctx.storage.get_repo(call.repo_key))
     commit = call.ctx.storage.resolve(meta, call.params["rev"])
     path = call.params["path"]
     entry = commit.tree.get(path)
@@ -115,9 +115,9 @@ async def resolve(call: Call) -> Response:
     if path.endswith(".safetensors"):
         header_end = safetensors_header_end(blob, entry.size)
         call.ctx.stats.incr("safetensors", "range_requests" if span else "full_requests")
-    name = f"{meta.repo_id}/{path}"
+    name = f"{meta.key}/{path}"
     body = _body(call.ctx, blob, start, end - start + 1, name, header_end)
     return StreamingResponse(body, status_code=status, headers=headers)
 
 
-ROUTES = (("GET HEAD", r"/{repo}/resolve/{rev}/{path}", resolve),)
+ROUTES = (("GET HEAD", r"/{prefix}{repo}/resolve/{rev}/{path}", resolve),)

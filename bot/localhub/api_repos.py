@@ -1,4 +1,7 @@
-"""Repo and account endpoints: whoami, create/delete/settings, info, tree, commits, refs."""
+"""Repo and account endpoints: whoami, create/delete/settings, info, tree, commits, refs.
+
+Repo endpoints serve models (`/api/models/...`) and datasets (`/api/datasets/...`) alike.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from . import errors, views
 from .auth import check_write, require_user
 from .context import Call
-from .storage import DEFAULT_BRANCH, Commit, ref_name
+from .storage import DEFAULT_BRANCH, REPO_TYPES, Commit, ref_name, repo_key
 from .webhooks import repo_event
 
 JSON_BODY_LIMIT = 2 * 1024 * 1024
@@ -47,32 +50,42 @@ async def whoami(call: Call) -> Response:
     return JSONResponse(views.whoami(user.name, user.uid))
 
 
+def body_repo_key(body: dict, user_name: str) -> tuple[str, str]:
+    """(repo type, storage key) of a create/delete body: ``type``, ``organization``,
+    ``name``; 400 for a repo type localhub does not serve."""
+    repo_type = body.get("type") or "model"
+    if repo_type not in REPO_TYPES:
+        raise errors.bad_request(f"localhub serves model and dataset repos, not {repo_type!r}.")
+    repo_id = f"{body.get('organization') or user_name}/{body.get('name')}"
+    return repo_type, repo_key(repo_type, repo_id)
+
+
 async def create_repo(call: Call) -> Response:
     user = require_user(call.user)
     body = await json_body(call)
-    if body.get("type") not in (None, "model"):
-        raise errors.bad_request("localhub serves model repos only.")
+    repo_type, key = body_repo_key(body, user.name)
     namespace = body.get("organization") or user.name
-    repo_id = f"{namespace}/{body.get('name')}"
     if namespace != user.name:
-        raise errors.forbidden(f"You don't have the rights to create a model under {namespace}")
+        raise errors.forbidden(
+            f"You don't have the rights to create a {repo_type} under {namespace}"
+        )
     private = body.get("visibility") == "private" or body.get("private") is True
-    url = f"{call.base_url}/{repo_id}"
+    url = f"{call.base_url}/{key}"
     try:
-        meta = await run_in_threadpool(call.ctx.storage.create_repo, repo_id, private, user.name)
+        meta = await run_in_threadpool(call.ctx.storage.create_repo, key, private, user.name)
     except errors.HubError as exc:
         exc.extra["url"] = url  # the client reads it back when exist_ok=True
         raise
     call.ctx.emit(meta, repo_event(meta, call.base_url, "create"))
-    return JSONResponse({"url": url, "name": repo_id, "id": meta.uid})
+    return JSONResponse({"url": url, "name": meta.repo_id, "id": meta.uid})
 
 
 async def delete_repo(call: Call) -> Response:
     user = require_user(call.user)
     body = await json_body(call)
-    repo_id = f"{body.get('organization') or user.name}/{body.get('name')}"
-    check_write(user, call.ctx.storage.get_repo(repo_id))
-    meta = await run_in_threadpool(call.ctx.storage.delete_repo, repo_id)
+    _, key = body_repo_key(body, user.name)
+    check_write(user, call.ctx.storage.get_repo(key))
+    meta = await run_in_threadpool(call.ctx.storage.delete_repo, key)
     call.ctx.emit(meta, repo_event(meta, call.base_url, "delete"))
     return Response(status_code=200)
 
@@ -86,7 +99,7 @@ async def update_settings(call: Call) -> Response:
     if gated not in (None, False, "auto", "manual"):
         raise errors.bad_request("'gated' must be false, 'auto' or 'manual'.")
     await run_in_threadpool(
-        lambda: call.ctx.storage.update_settings(call.repo_id, private=private, gated=gated)
+        lambda: call.ctx.storage.update_settings(call.repo_key, private=private, gated=gated)
     )
     return JSONResponse({})
 
@@ -101,10 +114,10 @@ async def validate_yaml(call: Call) -> Response:
     return JSONResponse({"errors": [], "warnings": []})
 
 
-async def model_info(call: Call) -> Response:
+async def repo_info(call: Call) -> Response:
     meta = call.read_repo()
     commit = call.ctx.storage.resolve(meta, call.params.get("rev"))
-    info = views.model_info(meta, commit, read_card(call, commit), blobs=call.flag("blobs"))
+    info = views.repo_info(meta, commit, read_card(call, commit), blobs=call.flag("blobs"))
     expand = call.request.query_params.getlist("expand") + call.request.query_params.getlist(
         "expand[]"
     )
@@ -139,7 +152,7 @@ async def paths_info(call: Call) -> Response:
 async def commits(call: Call) -> Response:
     meta = call.read_repo()
     head = call.ctx.storage.resolve(meta, call.params["rev"])
-    history = call.ctx.storage.history(meta.repo_id, head)
+    history = call.ctx.storage.history(meta.key, head)
     return JSONResponse([views.commit_item(c) for c in history])
 
 
@@ -149,13 +162,17 @@ async def refs(call: Call) -> Response:
 
 
 async def create_branch(call: Call) -> Response:
+    """A branch, or for a dataset the `refs/convert/parquet` ref the Hub's converter writes
+    (here its owner writes the converted files there, as the converter would)."""
     meta = call.write_repo()
     body = await json_body(call)
     ref = ref_name(call.params["rev"])
+    if ref.startswith("refs/convert/") and meta.repo_type != "dataset":
+        raise errors.bad_request(f"Only dataset repos have {ref}.")
     if ref in meta.refs:
         raise errors.HubError(409, "Reference already exists")
     start = call.ctx.storage.resolve(meta, body.get("startingPoint") or DEFAULT_BRANCH)
-    await run_in_threadpool(call.ctx.storage.set_ref, meta.repo_id, ref, start.id)
+    await run_in_threadpool(call.ctx.storage.set_ref, meta.key, ref, start.id)
     return JSONResponse({})
 
 
@@ -166,7 +183,7 @@ async def delete_branch(call: Call) -> Response:
         raise errors.forbidden("Cannot delete the default branch.")
     if ref not in meta.refs:
         raise errors.revision_not_found(call.params["rev"])
-    await run_in_threadpool(call.ctx.storage.set_ref, meta.repo_id, ref, None)
+    await run_in_threadpool(call.ctx.storage.set_ref, meta.key, ref, None)
     return JSONResponse({})
 
 
@@ -180,14 +197,14 @@ ROUTES = (
     ("POST", r"/api/repos/create", create_repo),
     ("DELETE", r"/api/repos/delete", delete_repo),
     ("POST", r"/api/validate-yaml", validate_yaml),
-    ("PUT", r"/api/models/{repo}/settings", update_settings),
-    ("GET", r"/api/models/{repo}", model_info),
-    ("GET", r"/api/models/{repo}/revision/{rev}", model_info),
-    ("GET", r"/api/models/{repo}/tree/{rev}(?:/{path})?", tree),
-    ("POST", r"/api/models/{repo}/paths-info/{rev}", paths_info),
-    ("GET", r"/api/models/{repo}/commits/{rev}", commits),
-    ("GET", r"/api/models/{repo}/refs", refs),
-    ("POST", r"/api/models/{repo}/branch/{rev}", create_branch),
-    ("DELETE", r"/api/models/{repo}/branch/{rev}", delete_branch),
-    ("GET", r"/api/models/[^/]+(?:/revision/[^/]+)?", legacy_repo),
+    ("PUT", r"/api/{kind}/{repo}/settings", update_settings),
+    ("GET", r"/api/{kind}/{repo}", repo_info),
+    ("GET", r"/api/{kind}/{repo}/revision/{rev}", repo_info),
+    ("GET", r"/api/{kind}/{repo}/tree/{rev}(?:/{path})?", tree),
+    ("POST", r"/api/{kind}/{repo}/paths-info/{rev}", paths_info),
+    ("GET", r"/api/{kind}/{repo}/commits/{rev}", commits),
+    ("GET", r"/api/{kind}/{repo}/refs", refs),
+    ("POST", r"/api/{kind}/{repo}/branch/{rev}", create_branch),
+    ("DELETE", r"/api/{kind}/{repo}/branch/{rev}", delete_branch),
+    ("GET", r"/api/{kind}/[^/]+(?:/revision/[^/]+)?", legacy_repo),
 )

@@ -88,8 +88,8 @@ def check_files(user: User | None, meta: RepoMeta | None) -> RepoMeta:
     if meta.gated and (user is None or user.name != meta.namespace):
         raise errors.HubError(
             401 if user is None else 403,
-            f"Access to model {meta.repo_id} is restricted and you are not in the authorized "
-            "list. Ask its owner for access.",
+            f"Access to {meta.repo_type} {meta.repo_id} is restricted and you are not in the "
+            "authorized list. Ask its owner for access.",
             "GatedRepo",
         )
     return meta

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from . import errors
 from .auth import User, Users, check_read, check_write
 from .jobs import JobRunner
-from .storage import RepoMeta, Storage
+from .storage import RepoMeta, Storage, repo_key
 from .testhooks import Faults, Stats
 from .throttle import TokenBucket
 from .webhooks import Dispatcher, WebhookStore
@@ -92,13 +92,24 @@ class Call:
     def repo_id(self) -> str:
         return f"{self.params['ns']}/{self.params['name']}"
 
+    @property
+    def repo_type(self) -> str:
+        """"dataset" when the path says so (``/api/datasets/...``, ``/datasets/...``)."""
+        kind = self.params.get("kind") or self.params.get("prefix")
+        return "dataset" if kind == "datasets" else "model"
+
+    @property
+    def repo_key(self) -> str:
+        """The addressed repo's storage key (``alice/x`` or ``datasets/alice/x``)."""
+        return repo_key(self.repo_type, self.repo_id)
+
     def read_repo(self) -> RepoMeta:
         """The addressed repo if the caller may see it; RepoNotFound otherwise."""
-        return check_read(self.user, self.ctx.storage.get_repo(self.repo_id))
+        return check_read(self.user, self.ctx.storage.get_repo(self.repo_key))
 
     def write_repo(self) -> RepoMeta:
         """The addressed repo if the caller owns it; RepoNotFound/401/403 otherwise."""
-        return check_write(self.user, self.ctx.storage.get_repo(self.repo_id))
+        return check_write(self.user, self.ctx.storage.get_repo(self.repo_key))
 
     async def body(self, limit: int) -> bytes:
         """The request body; 413 as soon as it is known to be over ``limit`` bytes."""

@@ -3,6 +3,7 @@
     GET /                                     the namespaces
     GET /{namespace}                          a user's repos
     GET /{repo}                               model card, files, branches, commits
+                                              (a dataset's pages: /datasets/{repo}/...)
     GET /{repo}/commits/{rev}                 the commit list of a branch
     GET /{repo}/commit/{rev}                  a commit: message, parent, changed files
     GET /{repo}/tree/{rev}[/{folder}]         files at a revision
@@ -98,16 +99,16 @@ def _repo_title(meta: RepoMeta) -> str:
     ns, name = meta.repo_id.split("/", 1)
     badge = ' <span class="muted">(private)</span>' if meta.private else ""
     return (
-        f'<h1><a href="{_url(ns)}">{_e(ns)}</a> / <a href="{_url(meta.repo_id)}">{_e(name)}'
+        f'<h1><a href="{_url(ns)}">{_e(ns)}</a> / <a href="{_url(meta.key)}">{_e(name)}'
         f"</a>{badge}</h1>"
     )
 
 
 def _nav(meta: RepoMeta, rev: str) -> str:
     return (
-        f'<nav><a href="{_url(meta.repo_id)}">Model card</a>'
-        f'<a href="{_url(meta.repo_id, "tree", rev)}">Files</a>'
-        f'<a href="{_url(meta.repo_id, "commits", rev)}">Commits</a></nav>'
+        f'<nav><a href="{_url(meta.key)}">Model card</a>'
+        f'<a href="{_url(meta.key, "tree", rev)}">Files</a>'
+        f'<a href="{_url(meta.key, "commits", rev)}">Commits</a></nav>'
     )
 
 
@@ -137,16 +138,16 @@ def _files_table(meta: RepoMeta, rev: str, commit: Commit, folder: str) -> str:
     rows = []
     if folder:
         parent = folder.rsplit("/", 1)[0] if "/" in folder else ""
-        rows.append(f'<tr><td><a href="{_url(meta.repo_id, "tree", rev, parent)}">..</a></td>'
+        rows.append(f'<tr><td><a href="{_url(meta.key, "tree", rev, parent)}">..</a></td>'
                     "<td></td><td></td></tr>")
     for item in listing:
         path = item["path"]
         name = path.rsplit("/", 1)[-1]
         if item["type"] == "directory":
-            link, size, kind = _url(meta.repo_id, "tree", rev, path), "", "folder"
+            link, size, kind = _url(meta.key, "tree", rev, path), "", "folder"
         else:
             entry = commit.tree[path]
-            link, size = _url(meta.repo_id, "blob", rev, path), _size(entry.size)
+            link, size = _url(meta.key, "blob", rev, path), _size(entry.size)
             kind = "LFS" if entry.lfs else ""
         rows.append(f'<tr><td><a href="{link}">{_e(name)}</a></td><td>{size}</td>'
                     f"<td>{kind}</td></tr>")
@@ -164,7 +165,7 @@ def _size(nbytes: int) -> str:
 
 def _commit_rows(meta: RepoMeta, history: list[Commit]) -> str:
     rows = [
-        f'<tr><td><a href="{_url(meta.repo_id, "commit", c.id)}"><code>{c.id[:12]}</code></a>'
+        f'<tr><td><a href="{_url(meta.key, "commit", c.id)}"><code>{c.id[:12]}</code></a>'
         f"</td><td>{_e(c.title)}</td><td>{_e(c.author)}</td><td>{_when(c.date)}</td></tr>"
         for c in history[:MAX_COMMITS]
     ]
@@ -174,7 +175,7 @@ def _commit_rows(meta: RepoMeta, history: list[Commit]) -> str:
 
 
 def _read(call: Call) -> RepoMeta:
-    return check_read(call.user, call.ctx.storage.get_repo(call.repo_id))
+    return check_read(call.user, call.ctx.storage.get_repo(call.repo_key))
 
 
 def repo_page(call: Call) -> Response:
@@ -184,20 +185,20 @@ def repo_page(call: Call) -> Response:
     readme = _readme(call, head) if check_files_ok(call, meta) else None
     card = render_card(readme) if readme else '<p class="muted">This repo has no model card.</p>'
     branches = "".join(
-        f'<li><a href="{_url(meta.repo_id, "tree", ref.removeprefix("refs/heads/"))}">'
+        f'<li><a href="{_url(meta.key, "tree", ref.removeprefix("refs/heads/"))}">'
         f"{_e(ref.removeprefix('refs/heads/'))}</a> at <a href=\""
-        f'{_url(meta.repo_id, "commit", sha)}"><code>{sha[:12]}</code></a></li>'
+        f'{_url(meta.key, "commit", sha)}"><code>{sha[:12]}</code></a></li>'
         for ref, sha in sorted(meta.refs.items())
         if ref.startswith("refs/heads/")
     )
     body = (
         _repo_title(meta) + _nav(meta, DEFAULT_BRANCH)
-        + f'<p class="muted">main at <a href="{_url(meta.repo_id, "commit", head.id)}">'
+        + f'<p class="muted">main at <a href="{_url(meta.key, "commit", head.id)}">'
         f"<code>{head.id}</code></a>, {_when(head.date)}</p>"
         + f'<h2>Model card</h2><div class="card">{card}</div>'
         + "<h2>Files</h2>" + _files_table(meta, DEFAULT_BRANCH, head, "")
         + f"<h2>Branches</h2><ul>{branches}</ul>"
-        + "<h2>Commits</h2>" + _commit_rows(meta, storage.history(meta.repo_id, head))
+        + "<h2>Commits</h2>" + _commit_rows(meta, storage.history(meta.key, head))
     )
     return _page(meta.repo_id, body)
 
@@ -216,7 +217,7 @@ def commits_page(call: Call) -> Response:
     rev = call.params["rev"]
     head = call.ctx.storage.resolve(meta, rev)
     body = (_repo_title(meta) + _nav(meta, rev) + f"<h2>Commits on <code>{_e(rev)}</code></h2>"
-            + _commit_rows(meta, call.ctx.storage.history(meta.repo_id, head)))
+            + _commit_rows(meta, call.ctx.storage.history(meta.key, head)))
     return _page(f"Commits · {meta.repo_id}", body)
 
 
@@ -237,19 +238,19 @@ def commit_page(call: Call) -> Response:
     meta = _read(call)
     storage = call.ctx.storage
     commit = storage.resolve(meta, call.params["rev"])
-    parent = storage.read_commit(meta.repo_id, commit.parents[0]) if commit.parents else None
+    parent = storage.read_commit(meta.key, commit.parents[0]) if commit.parents else None
     changed = _changes(parent.tree if parent else {}, commit.tree)
     rows = []
     for change, path in changed:
         link = _e(path)
         if change != "deleted":
-            link = f'<a href="{_url(meta.repo_id, "blob", commit.id, path)}">{_e(path)}</a>'
+            link = f'<a href="{_url(meta.key, "blob", commit.id, path)}">{_e(path)}</a>'
             size = _size(commit.tree[path].size)
         else:
             size = ""
         rows.append(f"<tr><td>{change}</td><td>{link}</td><td>{size}</td></tr>")
     parent_link = (
-        f'<a href="{_url(meta.repo_id, "commit", parent.id)}"><code>{parent.id[:12]}</code></a>'
+        f'<a href="{_url(meta.key, "commit", parent.id)}"><code>{parent.id[:12]}</code></a>'
         if parent else "none"
     )
     message = f"<pre>{_e(commit.message)}</pre>" if commit.message.strip() else ""
@@ -258,7 +259,7 @@ def commit_page(call: Call) -> Response:
         + f"<h2>{_e(commit.title)}</h2>{message}"
         + f"<p>Commit <code>{commit.id}</code> by {_e(commit.author or 'unknown')}, "
         f"{_when(commit.date)} · parent {parent_link} · "
-        f'<a href="{_url(meta.repo_id, "tree", commit.id)}">browse files</a></p>'
+        f'<a href="{_url(meta.key, "tree", commit.id)}">browse files</a></p>'
         + f"<h3>{len(changed)} changed files</h3><table><tr><th>change</th><th>file</th>"
         f"<th>size</th></tr>{''.join(rows)}</table>"
     )
@@ -273,20 +274,20 @@ def tree_page(call: Call) -> Response:
     where = f"<code>{_e(rev)}</code>" + (f" / <code>{_e(folder)}</code>" if folder else "")
     body = (_repo_title(meta) + _nav(meta, rev)
             + f"<h2>Files at {where}</h2>"
-            + f'<p class="muted">commit <a href="{_url(meta.repo_id, "commit", commit.id)}">'
+            + f'<p class="muted">commit <a href="{_url(meta.key, "commit", commit.id)}">'
             f"<code>{commit.id}</code></a></p>"
             + _files_table(meta, rev, commit, folder))
     return _page(f"Files · {meta.repo_id}", body)
 
 
 def blob_page(call: Call) -> Response:
-    meta = check_files(call.user, call.ctx.storage.get_repo(call.repo_id))
+    meta = check_files(call.user, call.ctx.storage.get_repo(call.repo_key))
     rev, path = call.params["rev"], call.params["path"]
     commit = call.ctx.storage.resolve(meta, rev)
     entry = commit.tree.get(path)
     if entry is None:
         raise errors.entry_not_found(path, commit.id)
-    download = _url(meta.repo_id, "resolve", rev, path)
+    download = _url(meta.key, "resolve", rev, path)
     facts = (f"<p>{_size(entry.size)}" + (" · stored with LFS" if entry.lfs else "")
              + f" · sha256 <code>{entry.sha256}</code> · <a href=\"{download}\">download</a>"
              f"</p>")
@@ -347,9 +348,9 @@ _NS = r"(?P<ns>(?!api$|_localhub$)[^/]+)"
 ROUTES = (
     ("GET HEAD", r"/", html_route(index_page)),
     ("GET HEAD", rf"/{_NS}/?", html_route(user_page)),
-    ("GET HEAD", r"/{repo}/?", html_route(repo_page)),
-    ("GET HEAD", r"/{repo}/commits/{rev}", html_route(commits_page)),
-    ("GET HEAD", r"/{repo}/commit/{rev}", html_route(commit_page)),
-    ("GET HEAD", r"/{repo}/tree/{rev}(?:/{path})?", html_route(tree_page)),
-    ("GET HEAD", r"/{repo}/blob/{rev}/{path}", html_route(blob_page)),
+    ("GET HEAD", r"/{prefix}{repo}/?", html_route(repo_page)),
+    ("GET HEAD", r"/{prefix}{repo}/commits/{rev}", html_route(commits_page)),
+    ("GET HEAD", r"/{prefix}{repo}/commit/{rev}", html_route(commit_page)),
+    ("GET HEAD", r"/{prefix}{repo}/tree/{rev}(?:/{path})?", html_route(tree_page)),
+    ("GET HEAD", r"/{prefix}{repo}/blob/{rev}/{path}", html_route(blob_page)),
 )

@@ -20,8 +20,10 @@ Handler = Callable[[Call], Awaitable[Response]]
 RouteSpec = tuple[str, str, Handler]  # ("GET HEAD", pattern, handler)
 
 PLACEHOLDERS = {
+    "{kind}": r"(?P<kind>models|datasets)",  # /api/{kind}/...: the repo type, plural
+    "{prefix}": r"(?:(?P<prefix>datasets)/)?",  # /{prefix}{repo}/...: "datasets/" or nothing
     "{repo}": r"(?P<ns>[^/]+)/(?P<name>[^/]+?)",
-    "{rev}": r"(?P<rev>refs/pr/\d+|[^/]+)",
+    "{rev}": r"(?P<rev>refs/pr/\d+|refs/convert/\w+|[^/]+)",
     "{path}": r"(?P<path>.+)",
     "{id}": r"(?P<id>[^/]+)",
 }

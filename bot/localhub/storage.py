@@ -3,10 +3,18 @@
 Layout under the data directory (everything survives a restart):
 
     blobs/<sha256[:2]>/<sha256>            file contents, regular and LFS alike
-    repos/<namespace>/<name>/repo.json     metadata + refs ({"refs/heads/main": sha, ...})
+    repos/<namespace>/<name>/repo.json     a model repo: metadata + refs ({"refs/heads/main":
+                                           sha, ...}) and its repo type
     repos/<namespace>/<name>/commits/<sha>.json
     repos/<namespace>/<name>/lfs/<sha256>  empty: this LFS object was uploaded to this repo
+    datasets/<namespace>/<name>/...        a dataset repo, laid out like a model repo
     tmp/                                   partial uploads and atomic-write staging
+
+A repo is addressed by its key, the path the Hub's web URLs give it: ``alice/x`` for a
+model, ``datasets/alice/x`` for a dataset (``repo_key``). Models and datasets live in
+separate folders, so a model and a dataset of the same name never share refs, commits or
+LFS objects; the namespaces ``datasets``, ``spaces`` and ``models`` are reserved, as on the
+Hub, so a key is never ambiguous.
 
 Contracts:
 - Every file is written to a temporary name, fsynced and renamed, so a crash leaves either
@@ -37,6 +45,11 @@ from . import errors
 from .lfs import DEFAULT_GITATTRIBUTES, git_blob_oid, lfs_pointer
 
 DEFAULT_BRANCH = "main"
+REPO_TYPES = ("model", "dataset")
+URL_PREFIXES = {"model": "", "dataset": "datasets/"}
+"""What the Hub's URLs put before a repo id (huggingface_hub's REPO_TYPES_URL_PREFIXES)."""
+_TYPE_DIRS = {"model": "repos", "dataset": "datasets"}
+_RESERVED_NAMESPACES = ("datasets", "spaces", "models")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _PR_RE = re.compile(r"^refs/pr/\d+$")
@@ -113,10 +126,16 @@ class RepoMeta:
     created_at: float
     refs: dict[str, str] = field(default_factory=dict)
     gated: str | bool = False  # False, "auto" or "manual": files need the owner's token
+    repo_type: str = "model"  # "model" or "dataset"
 
     @property
     def namespace(self) -> str:
         return self.repo_id.split("/", 1)[0]
+
+    @property
+    def key(self) -> str:
+        """``repo_key(repo_type, repo_id)``: where storage and the web URLs find the repo."""
+        return repo_key(self.repo_type, self.repo_id)
 
 
 @dataclass(frozen=True)
@@ -149,10 +168,24 @@ def ref_name(revision: str) -> str:
     return f"refs/heads/{revision}"
 
 
+def repo_key(repo_type: str, repo_id: str) -> str:
+    """The key of a repo: its id behind the Hub's URL prefix (``datasets/alice/x``)."""
+    return URL_PREFIXES[repo_type] + repo_id
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(repo type, repo id) of a repo key."""
+    for repo_type, prefix in URL_PREFIXES.items():
+        if prefix and key.startswith(prefix):
+            return repo_type, key[len(prefix) :]
+    return "model", key
+
+
 def validate_repo_id(repo_id: str) -> None:
-    """Raise 400 unless `repo_id` is `namespace/name` with Hub-valid parts."""
+    """Raise 400 unless `repo_id` is `namespace/name` with Hub-valid parts and a namespace
+    that is not a reserved URL prefix."""
     parts = repo_id.split("/")
-    ok = len(parts) == 2 and all(
+    ok = len(parts) == 2 and parts[0] not in _RESERVED_NAMESPACES and all(
         _NAME_RE.match(p) and "--" not in p and ".." not in p and not p.endswith(".git")
         for p in parts
     )
@@ -236,93 +269,97 @@ class Storage:
     def blob_writer(self) -> BlobWriter:
         return BlobWriter(self)
 
-    def _lfs_marker(self, repo_id: str, sha256: str) -> Path:
-        return self._repo_dir(repo_id) / "lfs" / sha256
+    def _lfs_marker(self, key: str, sha256: str) -> Path:
+        return self._repo_dir(key) / "lfs" / sha256
 
-    def add_lfs_object(self, repo_id: str, sha256: str) -> None:
-        """Record that LFS object ``sha256`` was uploaded to ``repo_id`` (if it still exists)."""
-        with self.lock(repo_id):
-            if self.get_repo(repo_id) is not None and self.has_blob(sha256):
-                write_atomic(self._lfs_marker(repo_id, sha256), b"", self.tmp_dir)
+    def add_lfs_object(self, key: str, sha256: str) -> None:
+        """Record that LFS object ``sha256`` was uploaded to repo ``key`` (if it still exists)."""
+        with self.lock(key):
+            if self.get_repo(key) is not None and self.has_blob(sha256):
+                write_atomic(self._lfs_marker(key, sha256), b"", self.tmp_dir)
 
     def repo_has_lfs(self, meta: RepoMeta, sha256: str) -> bool:
         """Whether ``meta``'s repo may use LFS object ``sha256``: uploaded to it, or in one of
         its branches (e.g. a copy of one of its own files)."""
         if not self.has_blob(sha256):
             return False
-        if self._lfs_marker(meta.repo_id, sha256).is_file():
+        if self._lfs_marker(meta.key, sha256).is_file():
             return True
         for sha in meta.refs.values():
-            commit = self.read_commit(meta.repo_id, sha)
+            commit = self.read_commit(meta.key, sha)
             if commit and any(e.lfs and e.sha256 == sha256 for e in commit.tree.values()):
                 return True
         return False
 
     # -- repos ---------------------------------------------------------------------------
-    def _repo_dir(self, repo_id: str) -> Path:
-        return self.root / "repos" / repo_id
+    def _repo_dir(self, key: str) -> Path:
+        repo_type, repo_id = split_key(key)
+        return self.root / _TYPE_DIRS[repo_type] / repo_id
 
-    def lock(self, repo_id: str) -> threading.Lock:
+    def lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
-            return self._locks.setdefault(repo_id, threading.Lock())
+            return self._locks.setdefault(key, threading.Lock())
 
-    def get_repo(self, repo_id: str) -> RepoMeta | None:
-        """The repo's metadata; None when missing or when `repo_id` is not a valid id."""
+    def get_repo(self, key: str) -> RepoMeta | None:
+        """The repo's metadata; None when missing or when `key` holds no valid repo id."""
+        repo_type, repo_id = split_key(key)
         try:
             validate_repo_id(repo_id)
         except errors.HubError:
             return None
-        path = self._repo_dir(repo_id) / "repo.json"
+        path = self._repo_dir(key) / "repo.json"
         try:
             data = json.loads(path.read_text())
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return RepoMeta(**data)
+        return RepoMeta(**{**data, "repo_type": repo_type})
 
-    def list_repos(self, namespace: str) -> list[RepoMeta]:
-        """The repos of ``namespace``, sorted by name (none for an invalid namespace)."""
+    def list_repos(self, namespace: str, repo_type: str = "model") -> list[RepoMeta]:
+        """The repos of one type in ``namespace``, sorted by name (none for an invalid
+        namespace)."""
         if not _NAME_RE.match(namespace):
             return []
-        folder = self.root / "repos" / namespace
+        folder = self.root / _TYPE_DIRS[repo_type] / namespace
         names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        found = (self.get_repo(f"{namespace}/{name}") for name in names)
+        found = (self.get_repo(repo_key(repo_type, f"{namespace}/{name}")) for name in names)
         return [meta for meta in found if meta is not None]
 
     def _save_repo(self, meta: RepoMeta) -> None:
         data = json.dumps(meta.__dict__, indent=1).encode()
-        write_atomic(self._repo_dir(meta.repo_id) / "repo.json", data, self.tmp_dir)
+        write_atomic(self._repo_dir(meta.key) / "repo.json", data, self.tmp_dir)
 
-    def create_repo(self, repo_id: str, private: bool, author: str) -> RepoMeta:
+    def create_repo(self, key: str, private: bool, author: str) -> RepoMeta:
         """Create a repo with the Hub's initial `.gitattributes` commit; 409 if it exists."""
+        repo_type, repo_id = split_key(key)
         validate_repo_id(repo_id)
-        with self.lock(repo_id):
-            if self.get_repo(repo_id) is not None:
-                raise errors.HubError(409, "You already created this model repo")
+        with self.lock(key):
+            if self.get_repo(key) is not None:
+                raise errors.HubError(409, f"You already created this {repo_type} repo")
             now = time.time()
-            uid = hashlib.sha1(f"{repo_id}:{now}:{uuid.uuid4()}".encode()).hexdigest()[:24]
-            meta = RepoMeta(repo_id, uid, private, now)
+            uid = hashlib.sha1(f"{key}:{now}:{uuid.uuid4()}".encode()).hexdigest()[:24]
+            meta = RepoMeta(repo_id, uid, private, now, repo_type=repo_type)
             entry = self.put_blob(DEFAULT_GITATTRIBUTES.encode())
             commit = self._new_commit([], {".gitattributes": entry}, "initial commit", "", author)
-            self._write_commit(repo_id, commit)
+            self._write_commit(key, commit)
             meta.refs = {ref_name(DEFAULT_BRANCH): commit.id}
             self._save_repo(meta)
             return meta
 
-    def delete_repo(self, repo_id: str) -> RepoMeta:
+    def delete_repo(self, key: str) -> RepoMeta:
         """Delete a repo (its blobs stay: they are shared and content-addressed)."""
-        with self.lock(repo_id):
-            meta = self.get_repo(repo_id)
+        with self.lock(key):
+            meta = self.get_repo(key)
             if meta is None:
                 raise errors.repo_not_found()
             trash = self.tmp_dir / f"deleted-{uuid.uuid4().hex}"
-            os.replace(self._repo_dir(repo_id), trash)
+            os.replace(self._repo_dir(key), trash)
             shutil.rmtree(trash, ignore_errors=True)
             return meta
 
-    def update_settings(self, repo_id: str, **settings) -> None:
+    def update_settings(self, key: str, **settings) -> None:
         """Set `private` and/or `gated` (keys with value None are left alone)."""
-        with self.lock(repo_id):
-            meta = self.get_repo(repo_id)
+        with self.lock(key):
+            meta = self.get_repo(key)
             if meta is None:
                 raise errors.repo_not_found()
             for key in ("private", "gated"):
@@ -330,10 +367,10 @@ class Storage:
                     setattr(meta, key, settings[key])
             self._save_repo(meta)
 
-    def set_ref(self, repo_id: str, ref: str, sha: str | None) -> None:
+    def set_ref(self, key: str, ref: str, sha: str | None) -> None:
         """Point `ref` at commit `sha` (None deletes the ref)."""
-        with self.lock(repo_id):
-            meta = self.get_repo(repo_id)
+        with self.lock(key):
+            meta = self.get_repo(key)
             if meta is None:
                 raise errors.repo_not_found()
             if sha is None:
@@ -343,18 +380,18 @@ class Storage:
             self._save_repo(meta)
 
     # -- commits -------------------------------------------------------------------------
-    def _commit_path(self, repo_id: str, sha: str) -> Path:
-        return self._repo_dir(repo_id) / "commits" / f"{sha}.json"
+    def _commit_path(self, key: str, sha: str) -> Path:
+        return self._repo_dir(key) / "commits" / f"{sha}.json"
 
-    def _write_commit(self, repo_id: str, commit: Commit) -> None:
+    def _write_commit(self, key: str, commit: Commit) -> None:
         data = json.dumps(commit.to_json()).encode()
-        write_atomic(self._commit_path(repo_id, commit.id), data, self.tmp_dir)
+        write_atomic(self._commit_path(key, commit.id), data, self.tmp_dir)
 
-    def read_commit(self, repo_id: str, sha: str) -> Commit | None:
+    def read_commit(self, key: str, sha: str) -> Commit | None:
         if not _SHA_RE.match(sha):
             return None
         try:
-            return Commit.from_json(json.loads(self._commit_path(repo_id, sha).read_text()))
+            return Commit.from_json(json.loads(self._commit_path(key, sha).read_text()))
         except FileNotFoundError:
             return None
 
@@ -364,7 +401,7 @@ class Storage:
         sha = meta.refs.get(ref_name(revision))
         if sha is None and _SHA_RE.match(revision.lower()):
             sha = revision.lower()
-        commit = self.read_commit(meta.repo_id, sha) if sha else None
+        commit = self.read_commit(meta.key, sha) if sha else None
         if commit is None:
             raise errors.revision_not_found(revision)
         return commit
@@ -380,16 +417,16 @@ class Storage:
         sha = meta.refs.get(ref)
         if sha is None and _PR_RE.match(ref):
             sha = meta.refs.get(ref_name(DEFAULT_BRANCH))
-        commit = self.read_commit(meta.repo_id, sha) if sha else None
+        commit = self.read_commit(meta.key, sha) if sha else None
         if commit is None:
             raise errors.revision_not_found(revision)
         return commit
 
-    def history(self, repo_id: str, head: Commit) -> list[Commit]:
+    def history(self, key: str, head: Commit) -> list[Commit]:
         """Commits reachable from `head` by first parents, newest first."""
         commits = [head]
         while commits[-1].parents:
-            parent = self.read_commit(repo_id, commits[-1].parents[0])
+            parent = self.read_commit(key, commits[-1].parents[0])
             if parent is None:
                 break
             commits.append(parent)
@@ -416,7 +453,7 @@ class Storage:
 
     def commit(
         self,
-        repo_id: str,
+        key: str,
         revision: str,
         operations: Iterable[AddFile | DeletePath],
         *,
@@ -430,8 +467,8 @@ class Storage:
         A `refs/pr/N` ref that does not exist yet is created from main. 412 when
         `parent_commit` is given and is not (a prefix of) the current head.
         """
-        with self.lock(repo_id):
-            meta = self.get_repo(repo_id)
+        with self.lock(key):
+            meta = self.get_repo(key)
             if meta is None:
                 raise errors.repo_not_found()
             ref = ref_name(revision)
@@ -445,7 +482,7 @@ class Storage:
                 )
             tree = _apply(dict(base.tree), operations)
             commit = self._new_commit([base.id], tree, title, message, author)
-            self._write_commit(repo_id, commit)
+            self._write_commit(key, commit)
             meta.refs[ref] = commit.id
             self._save_repo(meta)
             return CommitResult(commit, ref, old_sha)

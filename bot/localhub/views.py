@@ -1,6 +1,7 @@
 """JSON shapes of Hub API answers, built from storage objects (no I/O here).
 
-Each function mirrors what `huggingface_hub` parses: `ModelInfo`, `RepoFile`/`RepoFolder`,
+Each function mirrors what `huggingface_hub` parses: `ModelInfo`/`DatasetInfo`,
+`RepoFile`/`RepoFolder`,
 `GitCommitInfo`, `GitRefs`, `whoami`.
 """
 
@@ -114,8 +115,9 @@ def paths_info(tree: dict[str, FileEntry], paths: list[str]) -> list[dict]:
     return out
 
 
-def model_info(meta: RepoMeta, commit: Commit, card: dict | None, blobs: bool) -> dict:
-    """`/api/models/{repo_id}[/revision/{rev}]` answer."""
+def repo_info(meta: RepoMeta, commit: Commit, card: dict | None, blobs: bool) -> dict:
+    """`/api/models|datasets/{repo_id}[/revision/{rev}]` answer (a model's has `modelId`,
+    `library_name` and `pipeline_tag`)."""
     siblings = []
     for path, entry in sorted(commit.tree.items()):
         sibling: dict = {"rfilename": path}
@@ -127,7 +129,6 @@ def model_info(meta: RepoMeta, commit: Commit, card: dict | None, blobs: bool) -
     info = {
         "_id": meta.uid,
         "id": meta.repo_id,
-        "modelId": meta.repo_id,
         "author": meta.namespace,
         "sha": commit.id,
         "lastModified": iso(commit.date),
@@ -142,10 +143,12 @@ def model_info(meta: RepoMeta, commit: Commit, card: dict | None, blobs: bool) -
         "spaces": [],
         "usedStorage": sum(e.size for e in commit.tree.values()),
     }
+    if meta.repo_type == "model":
+        info["modelId"] = meta.repo_id
     if card is not None:
         info["cardData"] = card
         for key in ("library_name", "pipeline_tag"):
-            if isinstance(card.get(key), str):
+            if meta.repo_type == "model" and isinstance(card.get(key), str):
                 info[key] = card[key]
     return info
 
@@ -163,14 +166,15 @@ def commit_item(commit: Commit) -> dict:
 
 
 def refs(meta: RepoMeta, include_prs: bool) -> dict:
-    """`/api/models/{repo_id}/refs` answer."""
+    """`/api/models|datasets/{repo_id}/refs` answer (`refs/convert/parquet` is a convert)."""
 
     def item(ref: str, name: str) -> dict:
         return {"name": name, "ref": ref, "targetCommit": meta.refs[ref]}
 
-    heads = [r for r in sorted(meta.refs) if r.startswith("refs/heads/")]
-    branches = [item(r, r.removeprefix("refs/heads/")) for r in heads]
-    out: dict = {"branches": branches, "converts": [], "tags": []}
+    def under(prefix: str) -> list[dict]:
+        return [item(r, r.removeprefix(prefix)) for r in sorted(meta.refs) if r.startswith(prefix)]
+
+    out: dict = {"branches": under("refs/heads/"), "converts": under("refs/convert/"), "tags": []}
     if include_prs:
         out["pullRequests"] = [
             item(r, r.removeprefix("refs/")) for r in sorted(meta.refs) if r.startswith("refs/pr/")

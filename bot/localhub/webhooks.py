@@ -3,7 +3,7 @@
 Contracts:
 - Webhooks persist in `<data>/webhooks.json`; a user sees and edits only their own.
 - After a commit, every enabled webhook with the "repo" domain that watches the repo
-  (`{"type": "model", "name": repo_id}`) or its namespace (`{"type": "user"|"org", ...}`)
+  (`{"type": "model"|"dataset", "name": repo_id}`) or its namespace (`{"type": "user"|"org", ...}`)
   gets a v3 `repo.content` payload; creating or deleting a repo sends `{"action": "create"
   | "delete", "scope": "repo"}`. A private repo's events go only to its owner's webhooks.
 - Delivery is a POST with `Content-Type: application/json` and `X-Webhook-Secret` (when a
@@ -57,11 +57,10 @@ class Webhook:
             "disabled": self.disabled,
         }
 
-    def watches(self, repo_id: str) -> bool:
-        namespace = repo_id.split("/", 1)[0]
+    def watches(self, meta: RepoMeta) -> bool:
         return any(
-            (w["type"] == "model" and w["name"] == repo_id)
-            or (w["type"] in ("user", "org") and w["name"] == namespace)
+            (w["type"] == meta.repo_type and w["name"] == meta.repo_id)
+            or (w["type"] in ("user", "org") and w["name"] == meta.namespace)
             for w in self.watched
         )
 
@@ -165,7 +164,7 @@ class WebhookStore:
                 for h in self._hooks.values()
                 if not h.disabled
                 and "repo" in h.domains
-                and h.watches(meta.repo_id)
+                and h.watches(meta)
                 and (not meta.private or h.owner == meta.namespace)
             ]
 
@@ -173,7 +172,7 @@ class WebhookStore:
 def repo_block(meta: RepoMeta, base_url: str, head_sha: str | None) -> dict:
     """The payload's `repo` object (`headSha` is the default branch head)."""
     block: dict = {
-        "type": "model",
+        "type": meta.repo_type,
         "name": meta.repo_id,
         "id": meta.uid,
         "private": meta.private,
@@ -181,8 +180,8 @@ def repo_block(meta: RepoMeta, base_url: str, head_sha: str | None) -> dict:
     if head_sha is not None:
         block["headSha"] = head_sha
     block["url"] = {
-        "web": f"{base_url}/{meta.repo_id}",
-        "api": f"{base_url}/api/models/{meta.repo_id}",
+        "web": f"{base_url}/{meta.key}",
+        "api": f"{base_url}/api/{meta.repo_type}s/{meta.repo_id}",
     }
     block["owner"] = {"id": namespace_uid(meta.namespace)}
     return block

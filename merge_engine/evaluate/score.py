@@ -28,6 +28,7 @@ from merge_engine.check import behaviour
 from merge_engine.errors import InputError, MergeError
 from merge_engine.evaluate.sets import EvalSet
 from merge_engine.execute.executor import resolve_device
+from merge_engine.io.datasets import load_dataset_texts
 from merge_engine.io.hub import HubAccess
 
 MAX_LENGTH = 1024
@@ -80,8 +81,6 @@ def read_sets(sets: list[EvalSet], hub: HubAccess | None = None) -> list[SetText
         if s.dataset is None:
             out.append(SetTexts(s, tuple(s.texts), None))
             continue
-        from merge_engine.io.datasets import load_dataset_texts
-
         texts, sha = load_dataset_texts(hub or HubAccess(), s.dataset, config=s.config,
                                         split=s.split, column=s.column, samples=s.samples,
                                         revision=s.revision)

@@ -45,7 +45,7 @@ def download(repo_id: str, filename: str, revision: str, access: HubAccess) -> s
                                          cache_dir=access.cache_dir))
 
 
-def _read_range(url: str, first: int, last: int | None, headers: dict) -> tuple[bytes, int]:
+def read_range(url: str, first: int, last: int | None, headers: dict) -> tuple[bytes, int]:
     """Bytes ``first..last`` of a file (``last`` None: the last ``-first`` bytes) and the
     file's size, from one range request; a server that ignores the range is an error
     (the whole file would come back)."""
@@ -70,7 +70,7 @@ def remote_tensors(repo_id: str, revision: str, weights: list[str],
     where = f"{repo_id}@{revision}"
 
     def fetch(url: str, first: int, last: int | None) -> tuple[bytes, int]:
-        data, total = retry(lambda: _read_range(url, first, last, headers))
+        data, total = retry(lambda: read_range(url, first, last, headers))
         if len(data) != (last - first + 1 if last is not None else min(-first, total)):
             raise SourceError(f"{url} is shorter than its headers say")
         return data, total
