@@ -51,6 +51,7 @@ from merge_engine import (
     retry,
     run_merge,
     validate,
+    write_evaluation_plot,
 )
 
 from .errors import BotError, TransientError
@@ -59,6 +60,8 @@ Progress = Callable[[str, float], None]
 """Called with (stage, fraction done): resolving, merging, uploading, committing."""
 JOB_MARKER = "mergebot-job: "
 DEFAULT_HUB = "https://huggingface.co"
+PLOT_FILE = "evaluation.png"
+"""The sweep plot, where the card's Evaluation section shows it from."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class PublishRequest:
     """How the merged model is checked before the commit (the device is the merge's)."""
     evaluate: tuple[EvalSet, ...] = ()
     """Score the merged model (and its sources) on these sets before the commit."""
+    eval_cache_dir: Path | None = None
+    """Where the sources' scores are kept by repo, SHA and set (scored once)."""
     evaluation: EvalTable | None = None
     """A table for the card instead (a sweep's: every variant's scores, the chosen one
     marked), with its plot."""
@@ -174,7 +179,7 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         merged = _merge(req, plan, access, hub_url, None, report)
         return PublishResult(req.repo_id, None, f"{hub_url}/{req.repo_id}", revisions,
                              created_repo=False, reused_commit=False, checks=merged.checks,
-                             evaluation=getattr(merged, "evaluation", None))
+                             evaluation=merged.evaluation)
     api = HfApi(endpoint=req.endpoint, token=req.token)
     if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key, req.revision)):
         return PublishResult(req.repo_id, done, f"{hub_url}/{req.repo_id}", revisions,
@@ -210,25 +215,27 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         raise
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
                          created_repo=created, reused_commit=False, checks=merged.checks,
-                         evaluation=getattr(merged, "evaluation", None), revision=req.revision)
+                         evaluation=merged.evaluation, revision=req.revision)
 
 
 def _merge(req: PublishRequest, plan: Plan, access: HubAccess, hub_url: str,
            on_shard_done, report: Progress):
-    """``run_merge`` into ``work_dir/out`` with the request's checks, evaluation and card."""
+    """``run_merge`` into ``work_dir/out`` with the request's checks, evaluation and card;
+    a sweep's table gets its plot beside the card."""
     card = {"hub_url": hub_url, "provenance": req.provenance, "repo_id": req.repo_id}
-    extra = {}
     if req.evaluation is not None:
         card["evaluation"] = req.evaluation
-    if req.evaluate:
-        extra["evaluate"] = list(req.evaluate)
-    return run_merge(
-        plan.recipe, req.work_dir / "out", device=req.device, random_seed=req.random_seed,
+    out = req.work_dir / "out"
+    merged = run_merge(
+        plan.recipe, out, device=req.device, random_seed=req.random_seed,
         access=access, out_shard_size=req.out_shard_size, plan=plan,
         on_shard_done=on_shard_done, card_options=card,
         progress=lambda done, total: report("merging", done / total), checks=req.checks,
-        **extra,
+        evaluate=list(req.evaluate) or None, eval_cache_dir=req.eval_cache_dir,
     )
+    if req.evaluation is not None:
+        write_evaluation_plot(req.evaluation, out / PLOT_FILE)
+    return merged
 
 
 def _head(api: HfApi, req: PublishRequest, new_branch: list[str]) -> str:
