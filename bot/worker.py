@@ -291,8 +291,7 @@ class Worker:
             raise BotError(f"sweeps run on the local backend (this bot's workers or a fleet "
                            f"of them), not on {self.backend.name}")
         sweep = sweeps.get_sweep(self.store, job.sweep_id)
-        common = {"random_seed": sweep.id, "evaluate": (),
-                  "eval_cache_dir": self.settings.home / "evaluations"}
+        common = {"random_seed": sweep.id, "eval_cache_dir": self.settings.home / "evaluations"}
         if job.variant is not None:
             variant = sweep.variants[job.variant]
             branch = sweeps.branch_name(variant) if sweep.publish == "branches" else None
