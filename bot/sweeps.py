@@ -177,7 +177,8 @@ def to_api(sweep: Sweep, repo_id: str, variant_jobs: dict[int, Job],
             "job_id": job.id if job else None, "status": job.status if job else "queued",
             "stage": job.stage if job else None, "progress": job.progress if job else None,
             "error": job.error if job else None,
-            "branch": branch_name(v) if sweep.publish == "branches" else None,
+            "branch": branch_name(v) if sweep.publish == "branches" and job is not None
+            and job.status == "succeeded" else None,
             "commit": job.commit_sha if job else None,
             "scores": {k: s.to_json() for k, s in (v.scores or {}).items()},
         })

@@ -118,7 +118,9 @@ def test_branches_and_a_failed_variant(trained_hub, make_client, settings):  # n
     refs = api.list_repo_refs(f"{BOT}/swept")
     branches = {b.name: b.target_commit for b in refs.branches}
     assert branches[ok["branch"]] == ok["commit"]
-    assert bad["branch"] not in branches  # the failed variant's empty branch went again
+    bad_branch = sweeps.branch_name(sweeps.SweepVariant(1, bad["label"], {}, "", None))
+    assert bad["branch"] is None and bad_branch == "sweep-weight-1000.0"
+    assert bad_branch not in branches  # the failed variant's empty branch went again
     assert branches["main"] == sweep["commit"]
     def branch_file(name: str) -> str:
         path = api.hf_hub_download(f"{BOT}/swept", name, revision=ok["branch"])
@@ -129,7 +131,7 @@ def test_branches_and_a_failed_variant(trained_hub, make_client, settings):  # n
     main_card = Path(api.hf_hub_download(f"{BOT}/swept", "README.md")).read_text()
     rows = card_rows(main_card)
     assert rows[bad["label"]][2].startswith("failed")
-    assert sweeps.branch_name(sweeps.SweepVariant(0, ok["label"], {}, "", None)) == ok["branch"]
+    assert ok["branch"] == "sweep-weight-0.5"
 
 
 def test_a_sweep_fails_only_when_every_variant_fails(trained_hub, make_client, settings):  # noqa: F811
