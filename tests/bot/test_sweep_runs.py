@@ -5,6 +5,8 @@ run by a worker, published with the evaluation table on the card."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from merge_engine import HubAccess, evaluate_model, parse_eval_sets, run_merge
 from merge_engine.trained import sentences
 from tests.bot.botutil import BOT
 from tests.bot.test_api import ALICE, make_client  # noqa: F401
+from tests.bot.test_service import bot_factory  # noqa: F401
 
 REPOS = ("alice/t-base", "alice/t-north", "alice/t-south")
 WEIGHT = "models[1].parameters.weight"
@@ -140,3 +143,37 @@ def test_a_sweep_fails_only_when_every_variant_fails(trained_hub, make_client, s
     sweep = run_sweep(client, settings, sweep={WEIGHT: [1000.0]})
     assert sweep["status"] == "failed" and "no variant" in sweep["error"]
     assert not trained_hub.api(BOT).repo_exists(f"{BOT}/swept")
+
+
+def test_the_cli_submits_waits_for_and_shows_a_sweep(trained_hub, bot_factory,  # noqa: F811
+                                                     tmp_path):
+    bot = bot_factory(trained_hub).start(workers=1)
+    (tmp_path / "recipe.yml").write_text(recipe())
+    for item in EVALUATION:
+        (tmp_path / f"{item['name']}.txt").write_text("\n".join(item["texts"]) + "\n")
+    env = {**bot.env, "HF_TOKEN": ALICE["Authorization"][7:], "MERGEBOT_URL": bot.url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    out = cli("submit", "recipe.yml", "--repo", f"{BOT}/cli-swept", "--sweep",
+              f"{WEIGHT}=0.0,1.0", "--eval-texts", "north.txt", "--eval-texts",
+              "south=south.txt", "--metric", "south", "--wait")
+    assert out.returncode == 0, (out.stderr, bot.logs())
+    sweep_id = int(out.stdout.strip())
+    assert "2 variants" in out.stderr and "succeeded: weight=1.0" in out.stderr
+    shown = cli("sweep", str(sweep_id))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"sweep {sweep_id} ({BOT}/cli-swept): succeeded")
+    assert any(line.startswith("  * weight=1.0") and "succeeded" in line for line in lines)
+    assert any(line.strip().startswith("weight=0.0") for line in lines)
+    assert any("alice/t-south" in line and "source" in line for line in lines)
+
+    bad = cli("submit", "recipe.yml", "--sweep", "models[4].parameters.weight=1",
+              "--eval-texts", "north.txt")
+    assert bad.returncode == 2 and "sweep.models[4].parameters.weight" in bad.stderr
+    alone = cli("submit", "recipe.yml", "--eval-texts", "north.txt")
+    assert alone.returncode == 2 and "go with --sweep" in alone.stderr
+    assert cli("sweep", "999").returncode == 1
