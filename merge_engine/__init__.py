@@ -21,6 +21,7 @@ from merge_engine.errors import (
     SourceError,
 )
 from merge_engine.evaluate import (
+    EVALUATION_PLOT,
     EvalRow,
     EvalScore,
     EvalSet,
@@ -31,6 +32,7 @@ from merge_engine.evaluate import (
     parse_eval_sets,
     read_sets,
     run_tasks,
+    score_model,
     write_evaluation_plot,
 )
 from merge_engine.io import HubAccess, Source, load_dataset_texts, open_source
@@ -55,6 +57,7 @@ __all__ = [
     "CheckOptions",
     "CheckReport",
     "DEFAULT_SHARD_BYTES",
+    "EVALUATION_PLOT",
     "EvalRow",
     "EvalScore",
     "EvalSet",
@@ -93,6 +96,7 @@ __all__ = [
     "run_checks",
     "run_merge",
     "run_tasks",
+    "score_model",
     "validate",
     "write_evaluation_plot",
 ]

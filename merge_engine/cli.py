@@ -1,5 +1,6 @@
 """``merge-engine run RECIPE OUT``, ``merge-engine validate RECIPE``,
-``merge-engine check DIR`` and ``merge-engine extract-lora MODEL BASE OUT``.
+``merge-engine check DIR``, ``merge-engine evaluate DIR`` and
+``merge-engine extract-lora MODEL BASE OUT``.
 
 Exit codes: 0 done, 2 a mistake in the recipe or the input models, 1 a runtime failure,
 130 interrupted. Errors are one line on stderr; ``-v`` adds the traceback.
@@ -8,6 +9,7 @@ Exit codes: 0 done, 2 a mistake in the recipe or the input models, 1 a runtime f
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -23,7 +25,14 @@ from merge_engine.api import (
     validate,
 )
 from merge_engine.check import CheckOptions, run_checks
-from merge_engine.errors import MergeEngineError
+from merge_engine.errors import InputError, MergeEngineError
+from merge_engine.evaluate import (
+    EvalSet,
+    evaluate_model,
+    parse_eval_set,
+    parse_eval_sets,
+    run_tasks,
+)
 from merge_engine.execute import resolve_device
 from merge_engine.extract import extract_lora
 from merge_engine.plan.summary import (
@@ -71,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check", action="store_true",
                      help="check the merged model before writing it (see 'check')")
     _check_options(run)
+    _eval_options(run)
+    run.add_argument("--eval-cache", type=Path, default=None,
+                     help="directory keeping the Hub sources' scores by repo, SHA and set")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     run.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     check = sub.add_parser("validate", help="check RECIPE from headers only and print the plan")
@@ -97,7 +109,67 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--device", default="cpu", help="cpu or cuda")
     _check_options(inspect)
     inspect.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    score = sub.add_parser(
+        "evaluate", help="score the model in a directory: mean token NLL and perplexity on "
+                         "texts or Hub datasets, and lm-eval tasks where lm_eval and a GPU are")
+    score.add_argument("directory")
+    _eval_options(score)
+    score.add_argument("--tasks", default="",
+                       help="comma-separated lm-eval task names (needs lm_eval and CUDA)")
+    score.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    score.add_argument("--json", action="store_true", help="print the scores as JSON")
+    score.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return parser
+
+
+def _eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval-texts", action="append", default=[], metavar="FILE",
+                        help="score on the texts of FILE, one per line (the set is named "
+                             "after the file); repeatable")
+    parser.add_argument("--eval-dataset", action="append", default=[], metavar="SPEC",
+                        help="score on a Hub dataset: repo[:config]:split:column[:samples]"
+                             "[@revision], e.g. org/wiki:en:test:text:64@main; repeatable")
+
+
+def dataset_spec(spec: str) -> dict:
+    """``repo[:config]:split:column[:samples][@revision]`` -> an evaluation set's fields
+    (four parts: the last a number is ``samples``, else the second is ``config``)."""
+    body, at, revision = spec.partition("@")
+    parts = body.split(":")
+    if len(parts) == 4:
+        parts = ([*parts[:1], None, *parts[1:]] if parts[3].isdigit()
+                 else [*parts, None])
+    elif len(parts) == 3:
+        parts = [parts[0], None, *parts[1:], None]
+    if len(parts) != 5 or (at and not revision):
+        raise InputError(f"--eval-dataset {spec!r} is not repo[:config]:split:column"
+                         "[:samples][@revision]")
+    item = dict(zip(("dataset", "config", "split", "column"), parts[:4], strict=True))
+    if parts[4] is not None:
+        if not parts[4].isdigit():
+            raise InputError(f"--eval-dataset {spec!r}: samples must be a whole number, not "
+                             f"{parts[4]!r}")
+        item["samples"] = int(parts[4])
+    if revision:
+        item["revision"] = revision
+    return {k: v for k, v in item.items() if v is not None}
+
+
+def eval_sets(args: argparse.Namespace) -> list[EvalSet]:
+    """The evaluation sets the command line names (none: an empty list)."""
+    sets = []
+    for name in args.eval_texts:
+        path = Path(name)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as e:
+            raise InputError(f"--eval-texts {name}: cannot read the file ({e.strerror})") from None
+        sets.append(parse_eval_set({"name": path.stem,
+                                    "texts": [t for t in lines if t.strip()]},
+                                   f"--eval-texts {name}"))
+    for spec in args.eval_dataset:
+        sets.append(parse_eval_set(dataset_spec(spec), f"--eval-dataset {spec}"))
+    return parse_eval_sets(sets, "the evaluation sets") if sets else []
 
 
 def _check_options(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             return _extract_lora(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _run(args)
     except MergeEngineError as e:
         if args.verbose:
@@ -214,7 +288,8 @@ def _run(args: argparse.Namespace) -> int:
                            out_shard_size=args.out_shard_size, random_seed=args.random_seed,
                            copy_tokenizer=not args.no_copy_tokenizer,
                            progress=progress if bar else None,
-                           checks=_options(args) if args.check else None)
+                           checks=_options(args) if args.check else None,
+                           evaluate=eval_sets(args) or None, eval_cache_dir=args.eval_cache)
     finally:
         if bar:
             bar.close()
@@ -226,6 +301,10 @@ def _run(args: argparse.Namespace) -> int:
               f"{result.timings.wall:.1f}s", file=sys.stderr)
         for line in result.checks.lines() if result.checks else ():
             print(line, file=sys.stderr)
+        for row in result.evaluation.rows if result.evaluation else ():
+            for score in row.scores.values():
+                print(f"{row.label} on {score.set}: NLL {score.nll:.4f}, perplexity "
+                      f"{score.perplexity:.3f}", file=sys.stderr)
     print(result.out_dir)
     return 0
 
@@ -239,4 +318,27 @@ def _check(args: argparse.Namespace) -> int:
     report = run_checks(directory, sources, options=_options(args, args.device))
     for line in report.lines():
         print(line)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a directory")
+    sets = eval_sets(args)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not sets and not tasks:
+        raise InputError("name something to evaluate on: --eval-texts, --eval-dataset or "
+                         "--tasks")
+    scores = evaluate_model(directory, sets, device=args.device) if sets else []
+    results = run_tasks(directory, tasks, device=args.device) if tasks else {}
+    if args.json:
+        print(json.dumps({"scores": [s.to_json() for s in scores], "tasks": results}, indent=2))
+        return 0
+    for s in scores:
+        at = f" (dataset at {s.revision})" if s.revision else ""
+        print(f"{s.set}: NLL {s.nll:.4f}, perplexity {s.perplexity:.3f} over {s.tokens} tokens "
+              f"of {s.samples} texts{at}")
+    for task, metrics in results.items():
+        print(f"{task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return 0

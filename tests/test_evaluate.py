@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 
 import pytest
@@ -155,3 +156,29 @@ def test_lm_eval_tasks_say_what_is_missing(tmp_path, monkeypatch):
         run_tasks(tmp_path, ["hellaswag"], device="cpu")
     with pytest.raises(InputError, match=r"tasks\[0\] must be an lm-eval task name"):
         run_tasks(tmp_path, ["bad task"], device="cpu")
+
+
+def test_the_token_budget_follows_free_memory(monkeypatch):
+    model = type("M", (), {"config": type("C", (), {"vocab_size": 32000, "hidden_size": 2048,
+                                                     "intermediate_size": 8192})()})()
+    per_token = 4 * (3 * 32000 + 4 * 2048 + 3 * 8192)
+    monkeypatch.setattr(score.behaviour, "available_bytes", lambda device: 1000 * per_token)
+    assert score.token_budget(model, "cuda", 256) == 500  # half the free memory
+    assert score.token_budget(model, "cuda", 1024) == 1024  # one whole text at least
+    monkeypatch.setattr(score.behaviour, "available_bytes", lambda device: 10**12)
+    assert score.token_budget(model, "cuda", 1024) == 16384
+    assert score.token_budget(model, "cpu", 1024) == 2048
+
+
+def test_a_tokenizer_that_pads_or_cuts_is_read_as_it_encodes(trained_family, tmp_path):
+    """tokenizer.json may turn padding and truncation on; neither changes the score."""
+    from tokenizers import Tokenizer
+
+    copy = shutil.copytree(trained_family[1], tmp_path / "padded")
+    tok = Tokenizer.from_file(str(copy / "tokenizer.json"))
+    tok.enable_padding(length=64, pad_id=0)
+    tok.enable_truncation(max_length=6)
+    tok.save(str(copy / "tokenizer.json"))
+    [padded] = evaluate_model(copy, [NORTH], device="cpu")
+    [plain] = evaluate_model(trained_family[1], [NORTH], device="cpu")
+    assert padded == plain

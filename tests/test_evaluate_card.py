@@ -4,6 +4,7 @@ sweep's plot is a PNG of the scores."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 
 from merge_engine import EvalRow, EvalScore, EvalSet, EvalTable, InputError, run_merge, validate
 from merge_engine.card import render_card
-from merge_engine.evaluate import PLOT_NAME, evaluate_model, write_evaluation_plot
+from merge_engine.evaluate import EVALUATION_PLOT, evaluate_model, write_evaluation_plot
 from merge_engine.trained import sentences
 
 from .test_card import parse, table_rows
@@ -49,7 +50,7 @@ def test_a_merge_scores_itself_and_its_sources(trained_family, tmp_path):
                              f"{row.scores['south'].perplexity:.3f}"]
     assert "- **north**: 16 texts pasted in (16 texts, " in card
     assert "model-index" not in parse(card).data.to_dict()  # pasted texts: no Hub dataset
-    assert not (result.out_dir / PLOT_NAME).exists()
+    assert not (result.out_dir / EVALUATION_PLOT).exists()
 
 
 def test_evaluation_needs_the_tokenizer_in_the_output(trained_family, tmp_path):
@@ -97,7 +98,7 @@ def test_the_card_of_a_sweep(family, tmp_path):
     assert (f"- **wiki**: [org/wiki](http://hub/datasets/org/wiki/tree/{'a' * 40}) at "
             f"`{'a' * 40}`, config `en`, split `validation`, column `text` (8 texts, 100 "
             "tokens)") in card
-    assert f"![perplexity against models[1].parameters.weight]({PLOT_NAME})" in card
+    assert f"![perplexity against models[1].parameters.weight]({EVALUATION_PLOT})" in card
     data = parse(card).data
     assert data.model_name == "merged"
     [result] = data.eval_results
@@ -117,11 +118,19 @@ def test_the_card_of_a_sweep(family, tmp_path):
 
 def test_the_plot_shows_a_line_per_set(tmp_path):
     table = sweep_table()
-    assert write_evaluation_plot(table, tmp_path / PLOT_NAME)
-    image = Image.open(tmp_path / PLOT_NAME)
+    assert write_evaluation_plot(table, tmp_path / EVALUATION_PLOT)
+    image = Image.open(tmp_path / EVALUATION_PLOT)
     assert image.format == "PNG" and image.size == (900, 540)
     colours = {c for _, c in image.convert("RGB").getcolors(1 << 20)}
     assert {(0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28)} <= colours  # the two sets' lines
     single = EvalTable(sets=table.sets, rows=[table.rows[0], table.rows[3]])
     assert not write_evaluation_plot(single, tmp_path / "none.png")
     assert not Path(tmp_path / "none.png").exists()
+
+
+def test_a_table_survives_json():
+    table = sweep_table()
+    again = EvalTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert again == table
+    assert again.best().label == "weight=0.1"  # lowest perplexity on the metric, wiki
+    assert again.swept() == ["models[1].parameters.weight"]

@@ -2,7 +2,11 @@
 
 Driven by the real `huggingface_hub` client (`HF_ENDPOINT=http://127.0.0.1:PORT` or
 `HfApi(endpoint=...)`, with `HF_HUB_DISABLE_XET=1`: uploads use the LFS protocol, not Xet).
-Model repos only; repo ids are always `namespace/name`.
+Model and dataset repos (`repo_type="dataset"`); repo ids are always `namespace/name`. A
+dataset's URLs are a model's with `/api/datasets/` for `/api/models/` and a `datasets/`
+prefix before the repo id (`/datasets/{repo}/resolve/...`, `/datasets/{repo}.git/...`);
+a model and a dataset of one name are separate repos (refs, commits, LFS objects), and the
+namespaces `datasets`, `spaces`, `models` are reserved.
 
 Start it:
     mergebot localhub --port 8765 --data ./hub-data --user alice:hf_alice [--test-hooks]
@@ -16,14 +20,16 @@ Hub endpoints (same paths, JSON shapes, status codes and X-Error-Code headers as
     GET    /api/models/{repo}/tree/{rev}[/{path}] (?recursive=1)
     POST   /api/models/{repo}/paths-info/{rev}
     GET    /api/models/{repo}/commits/{rev}       GET    /api/models/{repo}/refs
-    POST|DELETE /api/models/{repo}/branch/{branch}
+    POST|DELETE /api/models/{repo}/branch/{branch} (datasets: also refs/convert/parquet)
     POST   /api/models/{repo}/preupload/{rev}     POST   /api/models/{repo}/commit/{rev}
     POST   /{repo}.git/info/lfs/objects/batch     POST   /{repo}.git/info/lfs/objects/verify
     PUT    /_lfs/upload/{repo}/{oid}?sig=...      (signed URL handed out by the batch API)
     GET|HEAD /{repo}/resolve/{rev}/{path}         (Range requests -> 206)
+    (each also for datasets: /api/datasets/{repo}/..., /datasets/{repo}/..., as on the Hub)
     GET|POST /api/settings/webhooks               GET|POST|DELETE /api/settings/webhooks/{id}
     POST   /api/settings/webhooks/{id}/enable|disable
-Webhook deliveries: v3 `repo.content` payloads after each commit, `repo` create/delete.
+Webhook deliveries: v3 `repo.content` payloads after each commit, `repo` create/delete
+(watched `{"type": "model"|"dataset", "name": ...}` or a user/org).
 
 Hostile callers: an LFS object belongs to the repos it was uploaded to (a commit, batch or
 verify in another repo cannot use it by naming its sha256); JSON bodies are limited to
@@ -43,8 +49,11 @@ Test extras (no auth with `--test-hooks`, else any valid token; see `testhooks.p
     POST /_localhub/jobs/faults    {"action": delay|hang|exit, "count", ...}: what the next
                                    Jobs do instead (see `jobs.py`)
 
-Known gaps: no datasets/spaces, orgs, tags, pull requests (create_pr), Xet, LFS multipart,
-pagination (lists come in one page), `expand` on tree entries (lastCommit), blob GC.
+Known gaps: no spaces, orgs, tags, pull requests (create_pr), Xet, LFS multipart,
+pagination (lists come in one page), `expand` on tree entries (lastCommit), blob GC. For
+datasets: no parquet converter (the owner writes `refs/convert/parquet` by hand: create the
+branch, commit `{config}/{split}/0000.parquet`), no dataset viewer API
+(`datasets-server`: /splits, /rows, /parquet), no `cardData`-derived tags beyond the card's.
 """
 
 from .server import LocalHub, serve, serve_in_thread

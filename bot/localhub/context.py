@@ -94,7 +94,8 @@ class Call:
 
     @property
     def repo_type(self) -> str:
-        """"dataset" when the path says so (``/api/datasets/...``, ``/datasets/...``)."""
+        """The repo type the path names: dataset for ``/api/datasets/...`` and
+        ``/datasets/...``, else model."""
         kind = self.params.get("kind") or self.params.get("prefix")
         return "dataset" if kind == "datasets" else "model"
 

@@ -1,7 +1,7 @@
 """The human side of the Hub, for the links mergebot writes: server-rendered HTML pages.
 
     GET /                                     the namespaces
-    GET /{namespace}                          a user's repos
+    GET /{namespace}                          a user's models and datasets
     GET /{repo}                               model card, files, branches, commits
                                               (a dataset's pages: /datasets/{repo}/...)
     GET /{repo}/commits/{rev}                 the commit list of a branch
@@ -106,7 +106,7 @@ def _repo_title(meta: RepoMeta) -> str:
 
 def _nav(meta: RepoMeta, rev: str) -> str:
     return (
-        f'<nav><a href="{_url(meta.key)}">Model card</a>'
+        f'<nav><a href="{_url(meta.key)}">{meta.repo_type.capitalize()} card</a>'
         f'<a href="{_url(meta.key, "tree", rev)}">Files</a>'
         f'<a href="{_url(meta.key, "commits", rev)}">Commits</a></nav>'
     )
@@ -183,7 +183,9 @@ def repo_page(call: Call) -> Response:
     storage = call.ctx.storage
     head = storage.resolve(meta, DEFAULT_BRANCH)
     readme = _readme(call, head) if check_files_ok(call, meta) else None
-    card = render_card(readme) if readme else '<p class="muted">This repo has no model card.</p>'
+    kind = meta.repo_type.capitalize()
+    card = (render_card(readme) if readme
+            else f'<p class="muted">This repo has no {meta.repo_type} card.</p>')
     branches = "".join(
         f'<li><a href="{_url(meta.key, "tree", ref.removeprefix("refs/heads/"))}">'
         f"{_e(ref.removeprefix('refs/heads/'))}</a> at <a href=\""
@@ -195,7 +197,7 @@ def repo_page(call: Call) -> Response:
         _repo_title(meta) + _nav(meta, DEFAULT_BRANCH)
         + f'<p class="muted">main at <a href="{_url(meta.key, "commit", head.id)}">'
         f"<code>{head.id}</code></a>, {_when(head.date)}</p>"
-        + f'<h2>Model card</h2><div class="card">{card}</div>'
+        + f'<h2>{kind} card</h2><div class="card">{card}</div>'
         + "<h2>Files</h2>" + _files_table(meta, DEFAULT_BRANCH, head, "")
         + f"<h2>Branches</h2><ul>{branches}</ul>"
         + "<h2>Commits</h2>" + _commit_rows(meta, storage.history(meta.key, head))
@@ -313,19 +315,26 @@ def _text(call: Call, entry: FileEntry) -> str | None:
 
 def user_page(call: Call) -> Response:
     namespace = call.params["ns"]
-    repos = [m for m in call.ctx.storage.list_repos(namespace) if _visible(call, m)]
+    storage = call.ctx.storage
+    repos = [m for m in storage.list_repos(namespace) if _visible(call, m)]
+    datasets = [m for m in storage.list_repos(namespace, "dataset") if _visible(call, m)]
     known = namespace in call.ctx.users.names()
-    if not repos and not known:
+    if not repos and not datasets and not known:
         raise errors.HubError(404, f"No user or organization named {namespace!r} here.")
-    items = "".join(
-        f'<li><a href="{_url(m.repo_id)}">{_e(m.repo_id)}</a>'
+    body = f"<h1>{_e(namespace)}</h1><h2>Models</h2>" + (
+        _repo_list(repos) if repos else '<p class="muted">No models yet.</p>'
+    )
+    if datasets:
+        body += "<h2>Datasets</h2>" + _repo_list(datasets)
+    return _page(namespace, body)
+
+
+def _repo_list(repos: list[RepoMeta]) -> str:
+    return "<ul>" + "".join(
+        f'<li><a href="{_url(m.key)}">{_e(m.repo_id)}</a>'
         + (' <span class="muted">(private)</span>' if m.private else "") + "</li>"
         for m in repos
-    )
-    body = f"<h1>{_e(namespace)}</h1><h2>Models</h2>" + (
-        f"<ul>{items}</ul>" if items else '<p class="muted">No models yet.</p>'
-    )
-    return _page(namespace, body)
+    ) + "</ul>"
 
 
 def _visible(call: Call, meta: RepoMeta) -> bool:
@@ -337,9 +346,7 @@ def _visible(call: Call, meta: RepoMeta) -> bool:
 
 
 def index_page(call: Call) -> Response:
-    root = call.ctx.storage.root / "repos"
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    users = sorted(set(call.ctx.users.names()) | set(names))
+    users = sorted(set(call.ctx.users.names()) | call.ctx.storage.namespaces())
     items = "".join(f'<li><a href="{_url(n)}">{_e(n)}</a></li>' for n in users)
     return _page("localhub", f"<h1>localhub</h1><h2>Users</h2><ul>{items}</ul>")
 

@@ -324,6 +324,11 @@ class Storage:
         found = (self.get_repo(repo_key(repo_type, f"{namespace}/{name}")) for name in names)
         return [meta for meta in found if meta is not None]
 
+    def namespaces(self) -> set[str]:
+        """Namespaces that hold a repo folder of any type."""
+        roots = [self.root / folder for folder in _TYPE_DIRS.values()]
+        return {p.name for root in roots if root.is_dir() for p in root.iterdir() if p.is_dir()}
+
     def _save_repo(self, meta: RepoMeta) -> None:
         data = json.dumps(meta.__dict__, indent=1).encode()
         write_atomic(self._repo_dir(meta.key) / "repo.json", data, self.tmp_dir)

@@ -3,7 +3,8 @@
 Stats contract (`GET /_localhub/stats`):
     requests                      number of requests handled
     download.bytes                body bytes sent by `/resolve` (GET), all files
-    download.files                {"<repo_id>/<path>": bytes sent}
+    download.files                {"<repo_id>/<path>": bytes sent} (datasets:
+                                  "datasets/<repo_id>/<path>")
     safetensors.header_bytes      bytes of `.safetensors` bodies inside the 8-byte length +
                                   JSON header (what a header-only preflight reads)
     safetensors.data_bytes        bytes of `.safetensors` bodies past the header (tensor data)

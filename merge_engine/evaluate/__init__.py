@@ -9,7 +9,7 @@ model), :mod:`.report` and :mod:`.plot` show them in the card; :mod:`.tasks` run
 lm-eval tasks where that package and a GPU are there.
 """
 
-from merge_engine.evaluate.plot import PLOT_NAME, write_evaluation_plot
+from merge_engine.evaluate.plot import EVALUATION_PLOT, write_evaluation_plot
 from merge_engine.evaluate.report import evaluation_section, model_index
 from merge_engine.evaluate.score import (
     EvalScore,
@@ -18,11 +18,12 @@ from merge_engine.evaluate.score import (
     read_sets,
     score_model,
 )
-from merge_engine.evaluate.sets import EvalSet, parse_eval_sets
+from merge_engine.evaluate.sets import EvalSet, parse_eval_set, parse_eval_sets
 from merge_engine.evaluate.sources import evaluate_sources
 from merge_engine.evaluate.table import EvalRow, EvalTable
 from merge_engine.evaluate.tasks import run_tasks
 
-__all__ = ["PLOT_NAME", "EvalRow", "EvalScore", "EvalSet", "EvalTable", "SetTexts",
+__all__ = ["EVALUATION_PLOT", "EvalRow", "EvalScore", "EvalSet", "EvalTable", "SetTexts",
            "evaluate_model", "evaluate_sources", "evaluation_section", "model_index",
-           "parse_eval_sets", "read_sets", "run_tasks", "score_model", "write_evaluation_plot"]
+           "parse_eval_set", "parse_eval_sets", "read_sets", "run_tasks", "score_model",
+           "write_evaluation_plot"]

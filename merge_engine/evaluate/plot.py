@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from merge_engine.evaluate.table import EvalRow, EvalTable
 
-PLOT_NAME = "evaluation.png"
+EVALUATION_PLOT = "evaluation.png"
 WIDTH, HEIGHT = 900, 540
 LEFT, RIGHT, TOP, BOTTOM = 80, 220, 50, 70
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",

@@ -5,7 +5,7 @@ Hub reads (``huggingface_hub``'s ``EvalResult``s)."""
 
 from __future__ import annotations
 
-from merge_engine.evaluate.plot import PLOT_NAME, plottable
+from merge_engine.evaluate.plot import EVALUATION_PLOT, plottable
 from merge_engine.evaluate.sets import EvalSet
 from merge_engine.evaluate.table import EvalRow, EvalTable
 
@@ -70,7 +70,7 @@ def evaluation_section(table: EvalTable, hub: str) -> list[str]:
     if table.metric is not None:
         lines += ["", f"The published model is the best by perplexity on {table.metric}."]
     if plottable(table):
-        lines += ["", f"![perplexity against {swept[0]}]({PLOT_NAME})"]
+        lines += ["", f"![perplexity against {swept[0]}]({EVALUATION_PLOT})"]
     return lines
 
 

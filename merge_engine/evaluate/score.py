@@ -33,8 +33,9 @@ from merge_engine.io.hub import HubAccess
 
 MAX_LENGTH = 1024
 """Tokens per text; longer texts are cut."""
-MAX_BATCH_TOKENS = 16384
-"""Padded tokens per forward pass, at most (more does not run faster)."""
+MAX_BATCH_TOKENS = {"cuda": 16384, "cpu": 2048}
+"""Padded tokens per forward pass, at most: more does not run faster (a CPU's matrix
+products are already efficient at a few hundred rows)."""
 MEMORY_SHARE = 0.5
 """Share of the free memory (after loading the model) one batch may use."""
 
@@ -114,6 +115,8 @@ def score_model(directory: str | Path, sets: list[SetTexts], *, device: str = "a
         raise InputError(f"the model in {directory} cannot be evaluated: {why}")
     dev = str(resolve_device(device))
     tok = behaviour.tokenizer(directory)
+    tok.no_padding()  # a tokenizer.json may pad (or cut) every text; batches pad here
+    tok.no_truncation()
     with behaviour.cpu_threads(), torch.inference_mode():
         model = behaviour.load(directory, dev)
         budget = token_budget(model, dev, max_length)
@@ -131,7 +134,8 @@ def token_budget(model, device: str, max_length: int) -> int:
     intermediate = getattr(config, "intermediate_size", 4 * hidden)
     per_token = 4 * (3 * config.vocab_size + 4 * hidden + 3 * intermediate)
     fits = int(behaviour.available_bytes(device) * MEMORY_SHARE) // per_token
-    return max(max_length, min(MAX_BATCH_TOKENS, fits))
+    cap = MAX_BATCH_TOKENS["cuda" if device.startswith("cuda") else "cpu"]
+    return max(max_length, min(cap, fits))
 
 
 def batches(lengths: list[int], budget: int) -> list[list[int]]:

@@ -49,7 +49,7 @@ def parse_eval_sets(value: object, where: str = "evaluation") -> list[EvalSet]:
         raise InputError(f"{where} must be a non-empty list of evaluation sets")
     if len(value) > MAX_SETS:
         raise InputError(f"{where} has {len(value)} evaluation sets; the limit is {MAX_SETS}")
-    sets = [_parse_one(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    sets = [parse_eval_set(item, f"{where}[{i}]") for i, item in enumerate(value)]
     seen: set[str] = set()
     for i, s in enumerate(sets):
         if s.name in seen:
@@ -59,7 +59,8 @@ def parse_eval_sets(value: object, where: str = "evaluation") -> list[EvalSet]:
     return sets
 
 
-def _parse_one(item: object, where: str) -> EvalSet:
+def parse_eval_set(item: object, where: str) -> EvalSet:
+    """One set from a mapping (or an ``EvalSet``); ``where`` names it in errors."""
     if isinstance(item, EvalSet):
         item = dataclasses.asdict(item)
     if not isinstance(item, Mapping):

@@ -6,9 +6,9 @@ Where the files are, at the resolved commit (as the Hub and ``datasets`` lay the
 1. The dataset card's ``configs:`` list (``config_name``, ``data_files`` as a pattern, a
    list of patterns or ``{split, path}`` items, ``default: true``); the config asked for,
    or without one the default config (marked ``default``, named ``default``, or the only one).
-2. Without ``configs:``, files named after the split: ``data/{split}-*`` or ``data/{split}/``
-   first, then any folder or file name holding the split's keyword between delimiters
-   (``train``/``training``, ``validation``/``valid``/``val``/``dev``,
+2. Without ``configs:``, files named after the split: ``{split}/``, ``data/{split}-*`` or
+   ``data/{split}/`` first, then any folder or file name holding the split's keyword between
+   delimiters (``train``/``training``, ``validation``/``valid``/``val``/``dev``,
    ``test``/``testing``/``eval``/``evaluation``); with no split keyword anywhere, every
    file is ``train``. A config asked for without ``configs:`` is a folder of that name.
 3. The parquet converter's branch ``refs/convert/parquet``: ``{config}/{split}/*.parquet``
@@ -45,6 +45,9 @@ CONVERT_REF = "refs/convert/parquet"
 READ_BLOCK = 256 * 1024
 """Bytes fetched per range request (pyarrow's small reads are served from this window)."""
 MAX_CARD_BYTES = 4 * 1024 * 1024
+MAX_READ_BYTES = 64 * 1024 * 1024
+"""The most one read of a parquet file may ask for (a page or the footer): a file that
+needs more is refused rather than held in memory."""
 SPLIT_KEYWORDS = {
     "train": ("train", "training"),
     "validation": ("validation", "valid", "val", "dev"),
@@ -127,7 +130,8 @@ def _snapshot(hub: HubAccess, repo: str, revision: str | None, where: _Where,
         raise SourceError(f"{where}: no such dataset on the Hub (or it is private and the "
                           "token given has no access to it)") from e
     except (hub_errors.HfHubHTTPError, httpx2.TransportError) as e:
-        raise SourceError(f"{where}: could not read the dataset at {at!r}: {e}") from e
+        raise SourceError(f"{where}: could not read the dataset at {at!r}: {_first_line(e)}"
+                          ) from e
     return sha, {f.path: f.size for f in tree if isinstance(f, RepoFile)}
 
 
@@ -291,20 +295,28 @@ def _fetch(hub: HubAccess, repo: str, sha: str, path: str, first: int, last: int
     url, headers = _url(hub, repo, sha, path), build_hf_headers(token=hub.token)
     try:
         data, _ = retry(lambda: read_range(url, first, last, headers))
+    except hub_errors.GatedRepoError as e:
+        raise SourceError(f"{where}: the dataset is gated and the token given has no "
+                          "access to its files") from e
     except (hub_errors.HfHubHTTPError, httpx2.TransportError, MergeEngineError) as e:
-        raise SourceError(f"{where}: could not read {path} at {sha[:12]}: {e}") from e
+        raise SourceError(f"{where}: could not read {path} at {sha[:12]}: {_first_line(e)}"
+                          ) from e
     if len(data) != last - first + 1:
         raise SourceError(f"{where}: {path} at {sha[:12]} is shorter than its listed size")
     return data
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class _RemoteFile(io.RawIOBase):
     """A read-only, seekable view of one file of the dataset: reads become range requests
     of at least ``READ_BLOCK`` bytes, the last block kept to serve small reads."""
 
-    def __init__(self, fetch, size: int) -> None:
+    def __init__(self, fetch, size: int, name: str) -> None:
         super().__init__()
-        self._fetch, self._size, self._pos = fetch, size, 0
+        self._fetch, self._size, self._pos, self._name = fetch, size, 0, name
         self._block_start, self._block = 0, b""
 
     def readable(self) -> bool:
@@ -325,6 +337,9 @@ class _RemoteFile(io.RawIOBase):
         end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
         if end <= self._pos:
             return b""
+        if end - self._pos > MAX_READ_BYTES:
+            raise SourceError(f"{self._name} needs a single read of {end - self._pos} bytes; "
+                              f"the limit is {MAX_READ_BYTES}")
         block_end = self._block_start + len(self._block)
         if not (self._block_start <= self._pos and end <= block_end):
             last = min(self._size, max(end, self._pos + READ_BLOCK)) - 1
@@ -344,7 +359,8 @@ def _read_texts(hub: HubAccess, repo: str, sha: str, path: str, size: int, where
                 texts: list[str], samples: int) -> None:
     """Append non-empty texts of ``where.column`` from one parquet file until ``texts``
     holds ``samples`` of them, reading only that column, batch by batch."""
-    remote = _RemoteFile(lambda a, b: _fetch(hub, repo, sha, path, a, b, where), size)
+    remote = _RemoteFile(lambda a, b: _fetch(hub, repo, sha, path, a, b, where), size,
+                         f"{where}: {path} at {sha[:12]}")
     try:
         parquet = pq.ParquetFile(remote, buffer_size=READ_BLOCK, pre_buffer=False)
         schema = parquet.schema_arrow
@@ -353,8 +369,9 @@ def _read_texts(hub: HubAccess, repo: str, sha: str, path: str, size: int, where
             raise InputError(f"{where}: {path} has no column {where.column!r}; its columns "
                              f"are {shown}")
         kind = schema.field(where.column).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                or pa.types.is_string_view(kind)):
+        values = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not (pa.types.is_string(values) or pa.types.is_large_string(values)
+                or pa.types.is_string_view(values)):
             raise InputError(f"{where}: column {where.column!r} in {path} holds {kind}, "
                              "not text")
         batches = parquet.iter_batches(batch_size=min(1024, max(16, samples)),
@@ -367,4 +384,4 @@ def _read_texts(hub: HubAccess, repo: str, sha: str, path: str, size: int, where
                         return
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{where}: {path} at {sha[:12]} is not a readable parquet file: "
-                          f"{e}") from e
+                          f"{_first_line(e)}") from e
