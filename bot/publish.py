@@ -38,6 +38,7 @@ from huggingface_hub.errors import (
 
 from merge_engine import (
     DEFAULT_SHARD_BYTES,
+    EVALUATION_PLOT,
     CheckOptions,
     CheckReport,
     EvalSet,
@@ -60,8 +61,6 @@ Progress = Callable[[str, float], None]
 """Called with (stage, fraction done): resolving, merging, uploading, committing."""
 JOB_MARKER = "mergebot-job: "
 DEFAULT_HUB = "https://huggingface.co"
-PLOT_FILE = "evaluation.png"
-"""The sweep plot, where the card's Evaluation section shows it from."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +233,7 @@ def _merge(req: PublishRequest, plan: Plan, access: HubAccess, hub_url: str,
         evaluate=list(req.evaluate) or None, eval_cache_dir=req.eval_cache_dir,
     )
     if req.evaluation is not None:
-        write_evaluation_plot(req.evaluation, out / PLOT_FILE)
+        write_evaluation_plot(req.evaluation, out / EVALUATION_PLOT)
     return merged
 
 
