@@ -21,6 +21,11 @@ Contracts of :meth:`Worker.process`:
   or a Hugging Face Job); the worker keeps the lease, the outcome and the retries. A
   recipe deleted while its job runs cancels it (the job ends ``skipped``), unless the
   commit is already being made.
+- A sweep's job (:mod:`bot.sweeps`) merges its variant's recipe with the sweep's seed and
+  its evaluation sets, and stores the scores (in ``best`` mode it publishes nothing; in
+  ``branches`` mode it commits to the variant's branch); the sweep's publishing job
+  merges the best variant again and publishes it to ``main`` with the whole table, and
+  the recipe's YAML becomes that variant's. Sweeps run on the local backend only.
 - The job records its target repo before creating it; a later attempt that finds it
   treats it as its own. Between jobs a worker runs the due repo cleanups of jobs that
   ended without success (:mod:`bot.cleanup`): a repo such a job created is deleted if it
