@@ -8,7 +8,8 @@ Contracts:
   transaction hands a job to exactly one worker, with a lease until ``now + lease``. It
   takes queued jobs whose backoff has passed and running jobs whose lease expired (their
   worker died) with attempts left, never a job of a recipe that another live lease is
-  merging or whose repo cleanup is pending.
+  merging (but for the variants of one ``best`` sweep, which publish nothing and run side
+  by side) or whose repo cleanup is pending.
 - ``give_up``: a running job whose lease expired after its ``max_attempts``-th attempt
   is failed; workers call it before ``claim`` and remove the work dirs of the ids it
   returns.
@@ -105,6 +106,7 @@ def _sweep_step(db: sqlite3.Connection, job_id: int) -> None:
     if job is None or job["sweep_id"] is None:
         return
     sweep_id, now = job["sweep_id"], time.time()
+    db.lock(f"sweep:{sweep_id}")  # variants ending at once (Postgres): one sees the others
     if job["variant"] is None:
         ok = job["status"] == SUCCEEDED
         db.execute(
@@ -172,12 +174,17 @@ _RUNNABLE = """
      OR (j.status = :running AND j.lease_expires < :now AND j.attempts < :max_attempts))
     AND NOT EXISTS (
         SELECT 1 FROM jobs r WHERE r.recipe_id = j.recipe_id AND r.id != j.id
-        AND r.status = :running AND r.lease_expires >= :now)
+        AND r.status = :running AND r.lease_expires >= :now
+        AND NOT (r.sweep_id = j.sweep_id AND r.variant IS NOT NULL AND j.variant IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM sweeps s WHERE s.id = j.sweep_id
+                             AND s.publish = 'best')))
     AND NOT EXISTS (
         SELECT 1 FROM repo_cleanups c JOIN jobs d ON d.id = c.job_id
         WHERE d.recipe_id = j.recipe_id AND c.outcome IS NULL)
 """
-"""A job ``j`` that may be claimed now (``:now``, ``:max_attempts``)."""
+"""A job ``j`` that may be claimed now (``:now``, ``:max_attempts``): no other job of its
+recipe runs, except that the variants of a ``best`` sweep (which publish nothing) run
+side by side on as many workers as claim them."""
 
 CLAIM_CANDIDATES = 8
 """Runnable jobs one claim tries (others' claims may hold some of their recipes)."""

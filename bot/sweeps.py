@@ -8,7 +8,8 @@ Its jobs (:func:`bot.queue.enqueue_sweep`) are ordinary jobs of the target repo'
 one per variant, then one that publishes (queued by :mod:`bot.queue` when no variant is
 left to run):
 - ``best`` (default): a variant's job merges, checks and evaluates the variant on the
-  worker's disk and keeps only its scores; the publishing job merges the best variant
+  worker's disk and keeps only its scores (the variants run side by side:
+  :mod:`bot.queue`); the publishing job merges the best variant
   again (the merge is deterministic: same recipe, same sources at the same SHAs, same
   seed) and publishes it with the whole table on its card. Merging the best again costs
   one merge but keeps nothing on a worker's disk between jobs, so any worker of a fleet

@@ -180,3 +180,17 @@ def test_branch_names_are_the_values():
     name = sweeps.branch_name(variant)
     assert name == "sweep-models-1-.parameters.weight-0.25-models-0-.parameters.weight-1"
     assert ".." not in name and " " not in name
+
+
+@pytest.mark.parametrize("publish, side_by_side", [("best", True), ("branches", False)])
+def test_variants_of_a_best_sweep_run_side_by_side(store: Store, publish, side_by_side):
+    recipe_id, sweep_id = new_sweep(store, publish=publish)
+    first = queue.claim(store, "w1", lease=30, max_attempts=3)
+    second = queue.claim(store, "w2", lease=30, max_attempts=3)
+    assert first.variant == 0
+    assert (second is not None and second.variant == 1) == side_by_side
+    with store.write() as db:  # a plain job of the recipe waits for the variants
+        plain, _ = queue.enqueue(db, recipe_id, "alice", "remerge")
+    assert queue.finish(store, first.id, "w1", queue.SUCCEEDED)
+    third = queue.claim(store, "w3", lease=30, max_attempts=3)
+    assert third is not None and third.sweep_id == sweep_id and third.id != plain
