@@ -8,7 +8,8 @@ every text) is trained on both; the base is trained for a few steps on a mix of 
 languages, and donor ``i`` starts from the base and is trained on language ``i`` only. So
 ``base + a1 (d1 - base) + a2 (d2 - base)`` does better on language 2 and worse on
 language 1 as ``a2`` grows: a sweep with a real shape. Everything is seeded; training runs
-on the CPU with one thread and takes seconds at the default size.
+on the CPU with one thread and takes seconds at the default size. (Rank 8 in the engine's
+layout, after ``check``: transformers is imported through the checks' import lock.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from merge_engine.check.behaviour import transformers_module
 
 LANGUAGES = {
     "north": {
@@ -130,10 +133,7 @@ def write_trained_family(root: Path, settings: TrainSettings = TrainSettings()) 
     """``root/base``, ``root/donor-1`` (trained on ``north``) and ``root/donor-2``
     (``south``), float32 safetensors with config, generation config and tokenizer files;
     returns their paths. Held-out texts: :func:`sentences` with another seed."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers = transformers_module()  # imported under the engine's import lock
     root = Path(root)
     torch.manual_seed(settings.seed)
     tok_dir = root / "tokenizer"

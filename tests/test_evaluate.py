@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from merge_engine import run_merge
-from merge_engine.errors import InputError
+from merge_engine.errors import InputError, MergeEngineError
 from merge_engine.evaluate import EvalSet, evaluate_model, parse_eval_sets, run_tasks, score
 from merge_engine.evaluate.sets import MAX_SAMPLES, MAX_SETS
 from merge_engine.trained import sentences
@@ -182,3 +182,10 @@ def test_a_tokenizer_that_pads_or_cuts_is_read_as_it_encodes(trained_family, tmp
     [padded] = evaluate_model(copy, [NORTH], device="cpu")
     [plain] = evaluate_model(trained_family[1], [NORTH], device="cpu")
     assert padded == plain
+
+
+def test_a_model_too_large_for_the_device_is_refused(trained_family, monkeypatch):
+    monkeypatch.setattr(score.behaviour, "available_bytes", lambda device: 1000)
+    with pytest.raises(MergeEngineError, match=r"cannot be evaluated: the model needs about "
+                                               r"0\.\d GB to run but 0\.0 GB are free on cpu"):
+        evaluate_model(trained_family[0], [NORTH], device="cpu")

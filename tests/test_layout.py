@@ -16,7 +16,7 @@ ENGINE = "merge_engine"
 
 STAGES = {
     "errors": 0, "version": 0, "methods": 1, "recipe": 2, "io": 3, "tokenizer": 4, "plan": 5,
-    "execute": 6, "synth": 6, "trained": 6, "extract": 6, "check": 7, "evaluate": 8, "card": 9,
+    "execute": 6, "synth": 6, "extract": 6, "check": 7, "evaluate": 8, "trained": 8, "card": 9,
     "api": 10, "cli": 11, "demo": 11, "__main__": 12,
 }
 """Each top-level piece of the engine and its place in the data flow: a module may import

@@ -9,9 +9,10 @@ token after the first of each text is predicted from its prefix:
 
 with N the number of predicted tokens of all the set's texts together (a token-weighted
 mean). The model is loaded once, in float32, from local files only and without remote
-code. Texts go through it in batches of similar length whose padded size stays within a
-token budget sized to the free memory of the device; padding is masked out of attention
-(right padding: no real token attends to it) and out of the sum.
+code, when it fits in the device's memory with 50 % headroom. Texts go through it in
+batches of similar length whose padded size stays within a token budget sized to the free
+memory of the device; padding is masked out of attention (right padding: no real token
+attends to it) and out of the sum.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from merge_engine.check import behaviour
-from merge_engine.errors import InputError, MergeError
+from merge_engine.check import behaviour, structure
+from merge_engine.errors import InputError, MergeEngineError, MergeError
 from merge_engine.evaluate.sets import EvalSet
 from merge_engine.execute.executor import resolve_device
 from merge_engine.io.datasets import load_dataset_texts
@@ -114,6 +115,10 @@ def score_model(directory: str | Path, sets: list[SetTexts], *, device: str = "a
     if why:
         raise InputError(f"the model in {directory} cannot be evaluated: {why}")
     dev = str(resolve_device(device))
+    parameters = sum(m.numel for m in structure.disk_tensors(directory).values())
+    too_large = behaviour.too_large(parameters, dev)
+    if too_large:
+        raise MergeEngineError(f"the model in {directory} cannot be evaluated: {too_large}")
     tok = behaviour.tokenizer(directory)
     tok.no_padding()  # a tokenizer.json may pad (or cut) every text; batches pad here
     tok.no_truncation()

@@ -14,7 +14,7 @@ import json
 import uuid
 from pathlib import Path
 
-from merge_engine.errors import InputError
+from merge_engine.errors import MergeEngineError
 from merge_engine.evaluate.score import MAX_LENGTH, EvalScore, SetTexts, score_model
 from merge_engine.evaluate.table import EvalRow
 from merge_engine.io.checkpoint import INDEX_NAME
@@ -48,7 +48,7 @@ def _source_row(source: Source, sets: list[SetTexts], device: str, cache_dir: Pa
         for score in _score_source(source, missing, device, max_length):
             row.scores[score.set] = score
             _store(paths[score.set], score)
-    except InputError as e:
+    except MergeEngineError as e:  # e.g. remote code, or too large for this device
         row.note = f"not scored ({e})"
     row.scores = {s.set.name: row.scores[s.set.name] for s in sets if s.set.name in row.scores}
     return row

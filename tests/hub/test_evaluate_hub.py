@@ -10,8 +10,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 from merge_engine import EvalSet, HubAccess, evaluate_model, run_merge
+from merge_engine.cli import main
 from merge_engine.trained import sentences
-from tests.hubtools import USERS
+from tests.hubtools import USERS, hf_endpoint  # noqa: F401 - a fixture
 
 from .conftest import publish_folder
 from .test_datasets_hub import dataset, parquet, push
@@ -77,3 +78,18 @@ def test_a_merge_evaluated_on_a_hub_dataset(hub, trained_family, tmp_path):
         assert row.scores["south"].revision == new_sha
         assert row.scores["south"].nll < 50
         assert row.scores["north"].nll == pytest.approx(before.scores["north"].nll + 100)
+
+
+@pytest.mark.usefixtures("hf_endpoint")
+def test_evaluate_cli_reads_a_dataset_at_a_revision(hub, trained_family, capsys):
+    first = dataset(hub, "alice/south-text", {
+        "data/test-00000-of-00001.parquet": parquet({"text": SOUTH_TEXTS})})
+    push(hub, "alice/south-text", {
+        "data/test-00000-of-00001.parquet": parquet({"text": SOUTH_TEXTS[::-1]})})
+    model = str(trained_family[2])
+    assert main(["evaluate", model, "--device", "cpu", "--json", "--eval-dataset",
+                 f"alice/south-text:test:text:8@{first}"]) == 0
+    [score] = json.loads(capsys.readouterr().out)["scores"]
+    [direct] = evaluate_model(model, [EvalSet("south", tuple(SOUTH_TEXTS[:8]))], device="cpu")
+    assert (score["set"], score["revision"], score["samples"]) == ("south-text", first, 8)
+    assert score["nll"] == direct.nll
