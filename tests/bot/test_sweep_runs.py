@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,11 @@ from starlette.testclient import TestClient
 
 from bot import sweeps
 from bot.store import Store
+from bot.store_pg import PostgresStore
 from bot.worker import Worker
 from merge_engine import HubAccess, evaluate_model, parse_eval_sets, run_merge
 from merge_engine.trained import sentences
-from tests.bot.botutil import BOT
+from tests.bot.botutil import BOT, wait_for
 from tests.bot.test_api import ALICE, make_client  # noqa: F401
 from tests.bot.test_service import bot_factory  # noqa: F401
 
@@ -177,3 +179,38 @@ def test_the_cli_submits_waits_for_and_shows_a_sweep(trained_hub, bot_factory,  
     alone = cli("submit", "recipe.yml", "--eval-texts", "north.txt")
     assert alone.returncode == 2 and "go with --sweep" in alone.stderr
     assert cli("sweep", "999").returncode == 1
+
+
+def test_a_fleet_on_postgres_runs_the_variants_side_by_side(trained_hub, make_client,  # noqa: F811
+                                                          make_settings, pg_url):
+    """Two workers sharing a Postgres database: the variants of a best sweep spread over
+    both, and the sweep is published once."""
+    settings = make_settings(database_url=pg_url)
+    client = make_client(database_url=pg_url)
+    body = {"recipe": recipe(), "repo_id": f"{BOT}/fleet-swept",
+            "sweep": {WEIGHT: [0.0, 0.5, 1.0]}, "evaluation": EVALUATION, "metric": "south"}
+    answer = client.post("/api/sweeps", json=body, headers=ALICE)
+    assert answer.status_code == 201, answer.text
+    sweep_id = answer.json()["sweep_id"]
+    store = PostgresStore(pg_url)
+    stop = threading.Event()
+    workers = [Worker(settings, store, name=f"w{i}") for i in range(2)]
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    try:
+        sweep = wait_for(lambda: (s := client.get(f"/api/sweeps/{sweep_id}").json())["status"]
+                         in ("succeeded", "failed") and s, timeout=240, every=0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        store.close()
+    assert sweep["status"] == "succeeded" and sweep["best"] == "weight=1.0", sweep
+    claimed_by = {line.rsplit(" ", 1)[-1] for v in sweep["variants"]
+                  for line in client.get(f"/api/jobs/{v['job_id']}").json()["log"]
+                  if "claimed by" in line}
+    assert claimed_by == {"w0", "w1"}
+    commits = trained_hub.api(BOT).list_repo_commits(f"{BOT}/fleet-swept")
+    assert [c.title for c in commits].count(f"Sweep {sweep_id}: weight=1.0, the best of 3 "
+                                            "variants on south") == 1
