@@ -13,6 +13,7 @@
     DELETE /api/recipes/{id}        stop watching and forget the recipe (jobs are kept)
     GET  /api/jobs/{id}             status, stage, progress, SHAs, commit, error, log tail,
                                     "run": where it ran (hf-jobs: flavor, Job id, its log)
+    POST /api/sweeps, GET /api/sweeps/{id}   sweeps of a recipe (:mod:`bot.api_sweeps`)
 
 Writes and checks need ``Authorization: Bearer <hub token>``, checked with ``whoami`` on the Hub
 (missing or invalid → 401). A recipe and its jobs are public unless the recipe is private:

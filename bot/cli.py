@@ -257,6 +257,52 @@ def _default_repo(text: str, path) -> str | None:
     return re.sub(r"-{2,}|\.{2,}", "-", name)[:96]
 
 
+def _sweep_axes(specs: list[str]) -> dict[str, list]:
+    """``--sweep 'models[1].parameters.weight=0.1,0.2'`` (repeatable) -> the API's axes;
+    each value is read as YAML (numbers, names). ValueError: one sentence."""
+    import yaml
+
+    axes: dict[str, list] = {}
+    for spec in specs:
+        path, sep, values = spec.partition("=")
+        if not sep or not path.strip() or not values.strip():
+            raise ValueError(f"--sweep {spec!r} must look like 'models[1].parameters.weight="
+                             "0.1,0.2,0.3'")
+        try:
+            axes[path.strip()] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+        except yaml.YAMLError:
+            raise ValueError(f"--sweep {spec!r}: the values must be numbers or names") from None
+    return axes
+
+
+def _eval_sets(args: argparse.Namespace) -> list[dict]:
+    """``--eval-texts [NAME=]FILE`` (one text a line) and ``--eval-dataset
+    REPO[,name=N,config=C,split=S,column=C,samples=N,revision=R]`` -> the API's sets."""
+    from pathlib import Path
+
+    sets = []
+    for spec in args.eval_texts:
+        name, sep, path = spec.partition("=")
+        path = Path(path if sep else spec)
+        try:
+            texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--eval-texts: cannot read {path}: {exc}") from None
+        sets.append({"name": name if sep else path.stem, "texts": [t for t in texts if t]})
+    for spec in args.eval_dataset:
+        repo, *options = [part.strip() for part in spec.split(",")]
+        item: dict = {"name": repo.rsplit("/", 1)[-1], "dataset": repo}
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep or key not in ("name", "config", "split", "column", "samples",
+                                      "revision"):
+                raise ValueError(f"--eval-dataset {spec!r}: {option!r} is not one of name=, "
+                                 "config=, split=, column=, samples=, revision=")
+            item[key] = int(value) if key == "samples" and value.isdigit() else value
+        sets.append(item)
+    return sets
+
+
 def _run_submit(args: argparse.Namespace) -> int:
     import time
 
@@ -284,6 +330,8 @@ def _run_submit(args: argparse.Namespace) -> int:
         body["max_rank"] = args.max_rank
     if args.sv_cutoff:
         body["sv_cutoff"] = args.sv_cutoff
+    if args.sweep or args.eval_texts or args.eval_dataset or args.metric or args.sweep_publish:
+        return _submit_sweep(args, settings, url, body)
     try:
         status, answer = _call_api("POST", f"{url}/api/recipes", settings.token, body)
         if status != 201:
@@ -301,6 +349,49 @@ def _run_submit(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 0 if job["status"] != "failed" else 1
+            time.sleep(1)
+    except OSError as exc:
+        print(f"mergebot submit: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _submit_sweep(args: argparse.Namespace, settings, url: str, body: dict) -> int:
+    """``submit --sweep``: POST /api/sweeps; prints the sweep id (and waits for it)."""
+    import time
+
+    try:
+        if not args.sweep:
+            raise ValueError("--eval-texts, --eval-dataset, --metric and --sweep-publish go "
+                             "with --sweep")
+        if args.publish != "full" or args.publish_intermediates:
+            raise ValueError("a sweep publishes full weights of a single-stage recipe; "
+                             "leave out --publish and --publish-intermediates")
+        for field in ("publish", "publish_intermediates", "max_rank", "sv_cutoff"):
+            body.pop(field, None)
+        body.update(sweep=_sweep_axes(args.sweep), evaluation=_eval_sets(args),
+                    publish=args.sweep_publish or "best")
+    except ValueError as exc:
+        print(f"mergebot submit: {exc}", file=sys.stderr)
+        return 2
+    body.pop("force")
+    if args.metric:
+        body["metric"] = args.metric
+    try:
+        status, answer = _call_api("POST", f"{url}/api/sweeps", settings.token, body)
+        if status != 201:
+            return _print_api_error("submit", status, answer)
+        print(answer["sweep_id"])
+        print(f"sweep {answer['sweep_id']}: {len(answer['variants'])} variants -> "
+              f"{answer['repo_id']}", file=sys.stderr)
+        while args.wait:
+            status, sweep = _call_api("GET", f"{url}/api/sweeps/{answer['sweep_id']}",
+                                      settings.token)
+            if status == 200 and sweep["status"] in ("succeeded", "failed"):
+                print(f"{sweep['status']}: {sweep.get('best') or ''} "
+                      f"{sweep.get('commit') or sweep.get('error') or ''}".rstrip(),
+                      file=sys.stderr)
+                return 0 if sweep["status"] == "succeeded" else 1
             time.sleep(1)
     except OSError as exc:
         print(f"mergebot submit: cannot reach {url}: {exc}", file=sys.stderr)
@@ -339,6 +430,22 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
                              "branch stage-<name> of the repo too")
     parser.add_argument("--wait", action="store_true", help="wait until the job ends")
     parser.add_argument("--url", help="the server (default MERGEBOT_URL or :7860)")
+    sweep = parser.add_argument_group(
+        "sweeps", "merge the recipe at several values of one or two of its parameters, "
+        "evaluate each variant and publish the best (prints the sweep id)")
+    sweep.add_argument("--sweep", action="append", default=[], metavar="PATH=V1,V2,...",
+                       help="a YAML path of the recipe and its values, e.g. "
+                            "'models[1].parameters.weight=0.1,0.2,0.3' (at most two)")
+    sweep.add_argument("--eval-texts", action="append", default=[], metavar="[NAME=]FILE",
+                       help="an evaluation set: a text file, one text a line")
+    sweep.add_argument("--eval-dataset", action="append", default=[],
+                       metavar="REPO[,name=,config=,split=,column=,samples=,revision=]",
+                       help="an evaluation set: a Hub dataset's text column")
+    sweep.add_argument("--metric", help="the set whose perplexity picks the best variant "
+                                        "(default: the first)")
+    sweep.add_argument("--sweep-publish", choices=["best", "branches"],
+                       help="best (default): publish the best variant; branches: every "
+                            "variant on its own branch, the best on main")
     parser.set_defaults(run=_run_submit)
 
 
@@ -382,6 +489,57 @@ def add_status_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run_status)
 
 
+def _run_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    settings = _settings_or_exit("sweep")
+    if settings is None:
+        return 2
+    url = (args.url or settings.server_url).rstrip("/")
+    try:
+        status, sweep = _call_api("GET", f"{url}/api/sweeps/{args.sweep}", settings.token)
+    except OSError as exc:
+        print(f"mergebot sweep: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        return _print_api_error("sweep", status, sweep)
+    if args.json:
+        print(json.dumps(sweep, indent=2))
+        return 0
+    print(format_sweep(sweep))
+    return 0
+
+
+def format_sweep(sweep: dict) -> str:
+    """A sweep as text: its state, then a row per variant and per source with the
+    perplexity on each set (``*`` marks the published variant)."""
+    sets = [s["name"] for s in sweep["table"]["sets"]]
+    lines = [f"sweep {sweep['id']} ({sweep['repo_id']}): {sweep['status']}, publish "
+             f"{sweep['publish']}, best by perplexity on {sweep['metric']}"]
+    for key in ("best", "commit", "error"):
+        if sweep.get(key):
+            lines.append(f"  {key}: {sweep[key]}")
+    width = max([len(r["label"]) for r in sweep["table"]["rows"]] + [8])
+    lines.append("    " + "".ljust(width) + "".join(f"  {n[:14]:>14}" for n in sets))
+    status = {v["label"]: v["status"] for v in sweep["variants"]}
+    for row in sweep["table"]["rows"]:
+        mark = "*" if row["label"] == sweep.get("best") else " "
+        cells = "".join(
+            f"  {row['scores'][n]['perplexity']:>14.4g}" if n in row["scores"] else
+            f"  {'-':>14}" for n in sets)
+        note = status.get(row["label"], row["kind"])
+        lines.append(f"  {mark} {row['label'].ljust(width)}{cells}  {note}")
+    return "\n".join(lines)
+
+
+def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("sweep", help="show a sweep of a running `mergebot serve`")
+    parser.add_argument("sweep", type=int)
+    parser.add_argument("--url", help="the server (default MERGEBOT_URL or :7860)")
+    parser.add_argument("--json", action="store_true", help="print the sweep as JSON")
+    parser.set_defaults(run=_run_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergebot", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -393,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_parser(subparsers)
     add_submit_parser(subparsers)
     add_status_parser(subparsers)
+    add_sweep_parser(subparsers)
     return parser
 
 

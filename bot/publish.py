@@ -26,6 +26,7 @@ final stage's output as above; the card pins every stage. With ``publish_interme
 each earlier stage's output is committed to the branch ``stage-<name>`` of the target
 repo before the main commit (:func:`publish_intermediates`). :attr:`PublishResult.stages`
 says which stages were merged, reused and published.
+
 Publishing an adapter (``publish``, see :data:`PUBLISH_MODES`): a PEFT LoRA adapter of
 (merge - base_model) is factorized from each output shard as it is written (merge_engine's
 ``run_merge(adapter=...)``) and committed, like the weights, only after the checks.
@@ -47,13 +48,20 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from merge_engine import (
     DEFAULT_SHARD_BYTES,
+    EVALUATION_PLOT,
     AdapterOptions,
     CheckOptions,
     CheckReport,
+    EvalSet,
+    EvalTable,
     HubAccess,
     InputError,
     MergeResult,
@@ -70,6 +78,7 @@ from merge_engine import (
     run_stages,
     validate,
     validate_stages,
+    write_evaluation_plot,
 )
 
 from .errors import BotError, TransientError
@@ -136,6 +145,19 @@ class PublishRequest:
     """Multi-stage recipes: also commit each earlier stage's output to a branch
     ``stage-<name>`` of the target repo (see :func:`publish_intermediates`)."""
 
+    evaluate: tuple[EvalSet, ...] = ()
+    """Score the merged model (and its sources) on these sets before the commit."""
+    eval_cache_dir: Path | None = None
+    """Where the sources' scores are kept by repo, SHA and set (scored once)."""
+    evaluation: EvalTable | None = None
+    """A table for the card instead (a sweep's: every variant's scores, the chosen one
+    marked), with its plot."""
+    revision: str | None = None
+    """Commit to this branch (created from ``main`` when missing) instead of ``main``."""
+    commit: bool = True
+    """False: merge, check and evaluate only; nothing is created or committed (the
+    result has no commit)."""
+
     def __post_init__(self) -> None:
         if self.publish not in PUBLISH_MODES:
             raise BotError(f"publish must be one of {', '.join(PUBLISH_MODES)}, "
@@ -152,7 +174,8 @@ class PublishRequest:
 @dataclass(frozen=True)
 class PublishResult:
     repo_id: str
-    commit_sha: str
+    commit_sha: str | None
+    """None when the request asked for no commit."""
     url: str
     revisions: dict[str, str | None]
     """Repo id (or local path) of every model and adapter -> the commit SHA merged."""
@@ -168,6 +191,10 @@ class PublishResult:
     stages: tuple[str, ...] = ()
     """Multi-stage recipes: a line per stage, ``stage 'mid' (1 of 2): merged`` (or
     ``reused``, taken from the stage cache)."""
+    evaluation: EvalTable | None = None
+    """The merged model's scores (and its sources'), when the request asked for them."""
+    revision: str | None = None
+    """The branch committed to (None: ``main``)."""
 
 
 def source_revisions(sources: Iterable[Source]) -> dict[str, str | None]:
@@ -205,11 +232,13 @@ def planned_revisions(staged: StagedRecipe, plans: list[Plan]) -> dict[str, str 
                             if not (s.ref.is_local and s.ref.path in names))
 
 
-def find_job_commit(api: HfApi, repo_id: str, job_key: str) -> str | None:
-    """The commit on ``repo_id`` made for ``job_key``, if any."""
+def find_job_commit(api: HfApi, repo_id: str, job_key: str,
+                    revision: str | None = None) -> str | None:
+    """The commit on ``repo_id`` (at ``revision``, default ``main``) made for ``job_key``,
+    if any."""
     try:
-        commits = retry(lambda: api.list_repo_commits(repo_id))
-    except RepositoryNotFoundError:
+        commits = retry(lambda: api.list_repo_commits(repo_id, revision=revision))
+    except (RepositoryNotFoundError, RevisionNotFoundError):
         return None
     marker = JOB_MARKER + job_key
     return next((c.commit_id for c in commits
@@ -233,50 +262,37 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
             raise InputError("publishing an adapter of a multi-stage recipe is not supported; "
                              "publish its full weights")
         check_adapter_base(plan.recipe)
+    if len(plans) > 1 and (req.evaluation is not None or req.revision or not req.commit):
+        raise InputError("a multi-stage recipe cannot be swept; submit it as a recipe")
     revisions = planned_revisions(staged, plans)
-    api = HfApi(endpoint=req.endpoint, token=req.token)
     hub_url = (req.endpoint or DEFAULT_HUB).rstrip("/")
+    if not req.commit:
+        merged, *_ = _merge(req, staged, plans, access, hub_url, None, report)
+        return PublishResult(req.repo_id, None, f"{hub_url}/{req.repo_id}", revisions,
+                             created_repo=False, reused_commit=False, checks=merged.checks,
+                             evaluation=merged.evaluation)
+    api = HfApi(endpoint=req.endpoint, token=req.token)
     sibling = adapter_repo(req.repo_id, req.publish)
-    if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key)):
+    if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key, req.revision)):
         return PublishResult(req.repo_id, done, f"{hub_url}/{req.repo_id}", revisions,
-                             created_repo=False, reused_commit=True, adapter_repo=sibling,
+                             created_repo=False, reused_commit=True, revision=req.revision,
+                             adapter_repo=sibling,
                              adapter_commit=_adapter_commit(api, req, sibling, done))
     created = _ensure_repo(api, req)
     full = req.publish != "adapter"
     uploader = ShardUploader(api, req.repo_id, req.work_dir / "upload") if full else None
     sibling_created = False
-    made_branches: list[str] = []
+    made_branches: list[str] = []  # intermediates' branches (multi-stage)
+    new_branch: list[str] = []  # the sweep variant's branch, when this call made it
     try:
-        parent = _call(lambda: api.model_info(req.repo_id).sha, f"read {req.repo_id}")
+        parent = _call(lambda: _head(api, req, new_branch), f"read {req.repo_id}")
         report("resolving", 1.0)
-        out, adapter_dir = req.work_dir / "out", req.work_dir / "adapter"
-        options = dict(
-            device=req.device, random_seed=req.random_seed, access=access,
-            out_shard_size=req.out_shard_size,
-            on_shard_done=uploader.submit if full else _discard,
-            card_options={"hub_url": hub_url, "provenance": req.provenance,
-                          "repo_id": req.repo_id},
-            progress=lambda done, total: report("merging", done / total),
-            checks=req.checks,
-        )
-        stages: list[str] = []
-        if len(plans) == 1:
-            merged = run_merge(plan.recipe, out, plan=plan, adapter=req.adapter,
-                               adapter_dir=adapter_dir if req.adapter is not None else None,
-                               **options)
-        else:
-            branches = req.publish_intermediates
-            kept = req.work_dir / "intermediates" if branches else None
-            outputs = {s.name: f"published on branch `{STAGE_BRANCH}{s.name}`"
-                       for s in staged.stages[:-1]} if branches else None
-            result = run_stages(staged, out, workspace=req.work_dir, cache=req.stage_cache,
-                                on_stage=lambda run, i, n: stages.append(_stage_line(run, i, n)),
-                                keep_intermediates=kept, outputs=outputs, **options)
-            merged, revisions = result.final, source_revisions(result.sources)
-            plan = result.stages[-1].plan
-            if branches:
-                report("uploading", 0.0)
-                stages += publish_intermediates(api, req, result.stages[:-1], made_branches)
+        adapter_dir = req.work_dir / "adapter"
+        merged, plan, stages, staged_revisions = _merge(
+            req, staged, plans, access, hub_url, uploader.submit if full else _discard, report,
+            api, made_branches)
+        revisions = staged_revisions or revisions
+        out = merged.out_dir
         report("uploading", 0.0)
         operations = uploader.finish() if full else []
         report("uploading", 1.0)
@@ -294,13 +310,16 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         message = _commit_body(plan, req, stages, revisions)
         info = _call(lambda: api.create_commit(
             req.repo_id, operations, commit_message=req.trigger, commit_description=message,
-            parent_commit=parent), f"commit to {req.repo_id}")
+            parent_commit=parent, revision=req.revision), f"commit to {req.repo_id}")
         if req.publish == "adapter":
             adapter_commit = info.oid
         report("committing", 1.0)
     except BaseException:
         if uploader is not None:
             uploader.cancel()
+        for branch in new_branch:  # an empty branch of a failed variant goes again
+            with contextlib.suppress(Exception):
+                api.delete_branch(req.repo_id, branch=branch)
         if created:
             with contextlib.suppress(Exception):  # best effort while the error is raised
                 for branch in made_branches:
@@ -313,7 +332,64 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     return PublishResult(req.repo_id, info.oid, f"{hub_url}/{req.repo_id}", revisions,
                          created_repo=created, reused_commit=False, checks=merged.checks,
                          adapter_repo=sibling, adapter_commit=adapter_commit,
-                         adapter_summary=summary, stages=tuple(stages))
+                         adapter_summary=summary, stages=tuple(stages),
+                         evaluation=merged.evaluation, revision=req.revision)
+
+
+def _merge(req: PublishRequest, staged: StagedRecipe, plans: list[Plan], access: HubAccess,
+           hub_url: str, on_shard_done, report: Progress, api: HfApi | None = None,
+           made_branches: list[str] | None = None):
+    """``run_merge`` (``run_stages`` for several stages) into ``work_dir/out`` with the
+    request's checks, evaluation, adapter and card; a sweep's table gets its plot beside
+    the card; with ``publish_intermediates`` (and ``api``) the intermediates are committed
+    to their branches. -> (the final MergeResult, its plan, a log line per stage, the
+    revisions of every stage's sources or None for one stage)."""
+    card = {"hub_url": hub_url, "provenance": req.provenance, "repo_id": req.repo_id}
+    if req.evaluation is not None:
+        card["evaluation"] = req.evaluation
+    out = req.work_dir / "out"
+    options = dict(
+        device=req.device, random_seed=req.random_seed, access=access,
+        out_shard_size=req.out_shard_size, on_shard_done=on_shard_done, card_options=card,
+        progress=lambda done, total: report("merging", done / total), checks=req.checks)
+    final = dict(evaluate=list(req.evaluate) or None, eval_cache_dir=req.eval_cache_dir,
+                 adapter=req.adapter,
+                 adapter_dir=req.work_dir / "adapter" if req.adapter is not None else None)
+    stages: list[str] = []
+    if len(plans) == 1:
+        merged = run_merge(plans[0].recipe, out, plan=plans[0], **options, **final)
+        plan, revisions = plans[0], None
+    else:
+        branches = req.publish_intermediates and api is not None
+        kept = req.work_dir / "intermediates" if branches else None
+        outputs = {s.name: f"published on branch `{STAGE_BRANCH}{s.name}`"
+                   for s in staged.stages[:-1]} if branches else None
+        result = run_stages(staged, out, workspace=req.work_dir, cache=req.stage_cache,
+                            on_stage=lambda run, i, n: stages.append(_stage_line(run, i, n)),
+                            keep_intermediates=kept, outputs=outputs, final_options=final,
+                            **options)
+        merged, revisions = result.final, source_revisions(result.sources)
+        plan = result.stages[-1].plan
+        if branches:
+            report("uploading", 0.0)
+            stages += publish_intermediates(api, req, result.stages[:-1], made_branches)
+    if req.evaluation is not None:
+        write_evaluation_plot(req.evaluation, out / EVALUATION_PLOT)
+    return merged, plan, stages, revisions
+
+
+def _head(api: HfApi, req: PublishRequest, new_branch: list[str]) -> str:
+    """The commit the new one goes on: ``main``'s, or the branch's (created from ``main``
+    when it does not exist yet, and then added to ``new_branch``)."""
+    if req.revision is None:
+        return api.model_info(req.repo_id).sha
+    refs = api.list_repo_refs(req.repo_id)
+    for branch in refs.branches:
+        if branch.name == req.revision:
+            return branch.target_commit
+    api.create_branch(req.repo_id, branch=req.revision, exist_ok=True)
+    new_branch.append(req.revision)
+    return api.model_info(req.repo_id, revision=req.revision).sha
 
 
 def _discard(path: Path) -> None:

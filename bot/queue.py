@@ -8,12 +8,18 @@ Contracts:
   transaction hands a job to exactly one worker, with a lease until ``now + lease``. It
   takes queued jobs whose backoff has passed and running jobs whose lease expired (their
   worker died) with attempts left, never a job of a recipe that another live lease is
-  merging or whose repo cleanup is pending.
+  merging (but for the variants of one ``best`` sweep, which publish nothing and run side
+  by side) or whose repo cleanup is pending.
 - ``give_up``: a running job whose lease expired after its ``max_attempts``-th attempt
   is failed; workers call it before ``claim`` and remove the work dirs of the ids it
   returns.
 - ``heartbeat``/``finish``/``retry_later``/``record_created_repo`` are fenced by the
   lease owner: a worker that lost its lease changes nothing (they return False).
+- Sweeps (:mod:`bot.sweeps`): ``enqueue_sweep`` queues one job per variant, never
+  absorbed into another job nor absorbing one. When a variant's job ends (``finish`` or
+  ``give_up``) and none of its sweep's variants is left to run, the same transaction
+  queues the sweep's publishing job, or fails the sweep when no variant succeeded; when
+  the publishing job ends, the sweep ends with it.
 - Repo cleanups: a job that recorded ``created_repo`` and ends without success
   (``finish`` failed or skipped, ``give_up``) gets a pending cleanup in the same
   transaction. ``claim_cleanup`` hands a due one to one worker, never while a job of its
@@ -53,7 +59,8 @@ def enqueue(
     concurrent enqueues and claims of one recipe take turns."""
     db.lock(recipe_lock(recipe_id))
     row = db.execute(
-        "SELECT id FROM jobs WHERE recipe_id = ? AND status = ? ORDER BY id DESC LIMIT 1",
+        "SELECT id FROM jobs WHERE recipe_id = ? AND status = ? AND sweep_id IS NULL"
+        " ORDER BY id DESC LIMIT 1",
         (recipe_id, QUEUED),
     ).fetchone()
     if row is not None:
@@ -72,6 +79,65 @@ def enqueue(
     job_id = int(row["id"])
     _log(db, job_id, f"queued: {trigger}")
     return job_id, False
+
+
+def enqueue_sweep(db: sqlite3.Connection, sweep_id: int, recipe_id: int, owner: str,
+                  labels: list[str]) -> list[int]:
+    """Queue one job per variant of the sweep (labels in variant order), inside the
+    caller's transaction; their ids."""
+    db.lock(recipe_lock(recipe_id))
+    ids = []
+    for index, label in enumerate(labels):
+        row = db.execute(
+            "INSERT INTO jobs (recipe_id, owner, trigger, force, status, created_at, sweep_id,"
+            " variant) VALUES (?, ?, ?, 1, ?, ?, ?, ?) RETURNING id",
+            (recipe_id, owner, f"sweep {sweep_id}: {label}", QUEUED, time.time(), sweep_id,
+             index),
+        ).fetchone()
+        ids.append(int(row["id"]))
+        _log(db, ids[-1], f"queued: variant {label} of sweep {sweep_id}")
+    return ids
+
+
+def _sweep_step(db: sqlite3.Connection, job_id: int) -> None:
+    """After a job ended: move its sweep on (see the module docstring)."""
+    job = db.execute("SELECT id, sweep_id, variant, recipe_id, owner, status, commit_sha,"
+                     " error FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if job is None or job["sweep_id"] is None:
+        return
+    sweep_id, now = job["sweep_id"], time.time()
+    db.lock(f"sweep:{sweep_id}")  # variants ending at once (Postgres): one sees the others
+    if job["variant"] is None:
+        ok = job["status"] == SUCCEEDED
+        db.execute(
+            "UPDATE sweeps SET status = ?, commit_sha = ?, error = ?, finished_at = ?"
+            " WHERE id = ?",
+            ("succeeded" if ok else "failed", job["commit_sha"],
+             None if ok else job["error"] or "publishing was skipped: the recipe was deleted",
+             now, sweep_id),
+        )
+        return
+    counts = {row["status"]: row["n"] for row in db.execute(
+        "SELECT status, COUNT(*) AS n FROM jobs WHERE sweep_id = ? AND variant IS NOT NULL"
+        " GROUP BY status", (sweep_id,))}
+    if counts.get(QUEUED) or counts.get(RUNNING):
+        return
+    if not counts.get(SUCCEEDED):
+        db.execute("UPDATE sweeps SET status = 'failed', error = ?, finished_at = ?"
+                   " WHERE id = ? AND status = 'running'",
+                   ("no variant of the sweep succeeded; see their jobs", now, sweep_id))
+        return
+    claimed = db.execute("UPDATE sweeps SET status = 'publishing' WHERE id = ?"
+                         " AND status = 'running' RETURNING id", (sweep_id,)).fetchone()
+    if claimed is None:
+        return
+    row = db.execute(
+        "INSERT INTO jobs (recipe_id, owner, trigger, force, status, created_at, sweep_id)"
+        " VALUES (?, ?, ?, 1, ?, ?, ?) RETURNING id",
+        (job["recipe_id"], job["owner"], f"sweep {sweep_id}: publish the best variant",
+         QUEUED, now, sweep_id),
+    ).fetchone()
+    _log(db, int(row["id"]), f"queued: publishing of sweep {sweep_id}")
 
 
 def recipe_lock(recipe_id: int) -> str:
@@ -99,6 +165,7 @@ def give_up(store: Store, *, max_attempts: int) -> list[int]:
         for row in lost:
             _log(db, row["id"], "failed: lease expired too many times")
             _schedule_cleanup(db, row["id"])
+            _sweep_step(db, row["id"])
     return [row["id"] for row in lost]
 
 
@@ -107,12 +174,17 @@ _RUNNABLE = """
      OR (j.status = :running AND j.lease_expires < :now AND j.attempts < :max_attempts))
     AND NOT EXISTS (
         SELECT 1 FROM jobs r WHERE r.recipe_id = j.recipe_id AND r.id != j.id
-        AND r.status = :running AND r.lease_expires >= :now)
+        AND r.status = :running AND r.lease_expires >= :now
+        AND NOT (r.sweep_id = j.sweep_id AND r.variant IS NOT NULL AND j.variant IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM sweeps s WHERE s.id = j.sweep_id
+                             AND s.publish = 'best')))
     AND NOT EXISTS (
         SELECT 1 FROM repo_cleanups c JOIN jobs d ON d.id = c.job_id
         WHERE d.recipe_id = j.recipe_id AND c.outcome IS NULL)
 """
-"""A job ``j`` that may be claimed now (``:now``, ``:max_attempts``)."""
+"""A job ``j`` that may be claimed now (``:now``, ``:max_attempts``): no other job of its
+recipe runs, except that the variants of a ``best`` sweep (which publish nothing) run
+side by side on as many workers as claim them."""
 
 CLAIM_CANDIDATES = 8
 """Runnable jobs one claim tries (others' claims may hold some of their recipes)."""
@@ -235,6 +307,7 @@ def finish(
     _log(db, job_id, f"{status}" + (f": {error}" if error else ""))
     if status != SUCCEEDED:
         _schedule_cleanup(db, job_id)
+    _sweep_step(db, job_id)
     return True
 
 

@@ -3,12 +3,12 @@
     app = create_app(Settings.from_env(), workers=2)      # uvicorn bot.server:app style
     serve(settings, host="127.0.0.1", port=7860, workers=1)
 
-Routes: ``/api/...`` (:mod:`bot.api`), ``POST /webhooks/hub`` (:mod:`bot.webhooks`),
-``GET /healthz``, and whatever ``ui(settings, services)`` returns mounted at ``/`` (the
-Gradio UI plugs in there). The lifespan migrates the database, starts ``workers`` worker
-threads (0 for an API-only process) and stops them on shutdown; a merge in progress at
-shutdown is abandoned to its lease, and another worker picks it up after it expires.
-``GET /status`` (:mod:`bot.status`) is a plain HTML page for whoever runs the bot.
+Routes: ``/api/...`` (:mod:`bot.api`, :mod:`bot.api_sweeps`), ``POST /webhooks/hub``
+(:mod:`bot.webhooks`), ``GET /healthz``, and whatever ``ui(settings, services)`` returns
+mounted at ``/`` (the Gradio UI plugs in there). The lifespan migrates the database, starts
+``workers`` worker threads (0 for an API-only process) and stops them on shutdown; a merge
+in progress at shutdown is abandoned to its lease, and another worker picks it up after it
+expires. ``GET /status`` (:mod:`bot.status`) is a plain HTML page for whoever runs the bot.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from . import api, queue
+from . import api, api_sweeps, queue
 from .backends import make_backend
 from .database import open_store
 from .settings import Settings
@@ -96,7 +96,7 @@ def create_app(
                 await run_in_threadpool(thread.join, STOP_TIMEOUT)
 
     routes: list[BaseRoute] = [
-        Mount("/api", routes=api.ROUTES),
+        Mount("/api", routes=api.ROUTES + api_sweeps.ROUTES),
         Route("/webhooks/hub", hub_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/status", status_page, methods=["GET"]),

@@ -17,7 +17,8 @@ Variables (all optional; limits have defaults):
     MERGEBOT_MAX_QUEUED_PER_OWNER, MERGEBOT_MAX_CHECKS_PER_OWNER, MERGEBOT_MAX_CHECKS,
     MERGEBOT_LEASE_SECONDS, MERGEBOT_MAX_ATTEMPTS,
     MERGEBOT_BACKOFF_SECONDS, MERGEBOT_POLL_SECONDS, MERGEBOT_WEBHOOK_SYNC_SECONDS,
-    MERGEBOT_PERPLEXITY_FACTOR, MERGEBOT_STAGE_CACHE_BYTES,
+    MERGEBOT_PERPLEXITY_FACTOR, MERGEBOT_STAGE_CACHE_BYTES, MERGEBOT_MAX_SWEEP_VARIANTS,
+    MERGEBOT_MAX_SWEEP_BYTES,
     MERGEBOT_DEVICE          the limits and knobs below, same names in lower case
     MERGEBOT_BACKEND         where merges run: local (worker processes; default) or hf-jobs
     MERGEBOT_JOBS_IMAGE      hf-jobs: the Docker image with mergebot and CUDA torch
@@ -71,6 +72,10 @@ class Settings:
     """Recipe checks (``POST /api/validate``) a caller may have in flight at once."""
     max_checks: int = 8
     """Recipe checks in flight at once, all callers together."""
+    max_sweep_variants: int = 16
+    """Variants (merges) one sweep may ask for."""
+    max_sweep_bytes: int = 200 * 10**9
+    """One sweep's output, all variants together (the plan's size times the variants)."""
     lease_seconds: float = 60.0
     max_attempts: int = 5
     backoff_seconds: float = 5.0

@@ -139,6 +139,42 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (
+        5,
+        """
+        CREATE TABLE sweeps (               -- one recipe tried at several values (bot.sweeps)
+            id INTEGER PRIMARY KEY,
+            recipe_id INTEGER NOT NULL REFERENCES recipes(id),
+            owner TEXT NOT NULL,
+            yaml TEXT NOT NULL,             -- the recipe swept
+            axes TEXT NOT NULL,             -- JSON {YAML path: [values]}
+            evaluation TEXT NOT NULL,       -- JSON list of the evaluation sets
+            metric TEXT NOT NULL,           -- the set whose perplexity picks the best
+            publish TEXT NOT NULL,          -- best | branches
+            status TEXT NOT NULL,           -- running publishing succeeded failed
+            sources TEXT,                   -- JSON rows of the sources' scores
+            best INTEGER,                   -- the chosen variant's index
+            commit_sha TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            finished_at REAL
+        );
+        CREATE INDEX sweeps_recipe ON sweeps(recipe_id);
+        CREATE TABLE sweep_variants (
+            sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+            idx INTEGER NOT NULL,
+            label TEXT NOT NULL,
+            vals TEXT NOT NULL,             -- JSON {YAML path: value}
+            yaml TEXT NOT NULL,             -- the variant's own recipe
+            scores TEXT,                    -- JSON {set: score}, once evaluated
+            PRIMARY KEY (sweep_id, idx)
+        );
+        -- a sweep's jobs: one per variant, then one (variant NULL) that publishes
+        ALTER TABLE jobs ADD COLUMN sweep_id INTEGER REFERENCES sweeps(id);
+        ALTER TABLE jobs ADD COLUMN variant INTEGER;
+        CREATE INDEX jobs_sweep ON jobs(sweep_id, variant);
+        """,
+    ),
+    (
         6,
         """
         -- multi-stage recipes: publish each intermediate on a branch stage-<name> too
@@ -225,6 +261,10 @@ class Job:
     finished_at: float | None
     created_repo: str | None
     """The target repo this job recorded it would create (see :mod:`bot.cleanup`)."""
+    sweep_id: int | None = None
+    """The sweep this job belongs to (:mod:`bot.sweeps`), if any."""
+    variant: int | None = None
+    """Its variant's index in the sweep; None for the sweep's publishing job."""
 
     def to_api(self) -> dict:
         return {
@@ -243,6 +283,8 @@ class Job:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "sweep_id": self.sweep_id,
+            "variant": self.variant,
         }
 
 
@@ -291,6 +333,8 @@ def job_from_row(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         created_repo=row["created_repo"],
+        sweep_id=row["sweep_id"],
+        variant=row["variant"],
     )
 
 
@@ -461,6 +505,11 @@ class Store:
              int(publish_intermediates), recipe_id),
         )
         self._set_sources(db, recipe_id, sources)
+
+    def set_recipe_yaml(self, db: sqlite3.Connection, recipe_id: int, yaml: str) -> None:
+        """The YAML a sweep published (its best variant): what a remerge merges."""
+        db.execute("UPDATE recipes SET yaml = ?, updated_at = ? WHERE id = ?",
+                   (yaml, time.time(), recipe_id))
 
     def set_watch(self, db: sqlite3.Connection, recipe_id: int, watch: bool) -> None:
         db.execute(

@@ -25,6 +25,11 @@ Contracts of :meth:`Worker.process`:
   or a Hugging Face Job); the worker keeps the lease, the outcome and the retries. A
   recipe deleted while its job runs cancels it (the job ends ``skipped``), unless the
   commit is already being made.
+- A sweep's job (:mod:`bot.sweeps`) merges its variant's recipe with the sweep's seed and
+  its evaluation sets, and stores the scores (in ``best`` mode it publishes nothing; in
+  ``branches`` mode it commits to the variant's branch); the sweep's publishing job
+  merges the best variant again and publishes it to ``main`` with the whole table, and
+  the recipe's YAML becomes that variant's. Sweeps run on the local backend only.
 - The job records its target repo before creating it; a later attempt that finds it
   treats it as its own. Between jobs a worker runs the due repo cleanups of jobs that
   ended without success (:mod:`bot.cleanup`): a repo such a job created is deleted if it
@@ -45,7 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -59,7 +64,7 @@ from merge_engine import (
     hub_refs_only,
 )
 
-from . import cleanup, queue, workdirs
+from . import cleanup, queue, sweeps, workdirs
 from .backends import Backend, Cancelled, Dispatch, LocalBackend, make_backend
 from .database import open_store
 from .errors import BotError, is_transient, public_message
@@ -240,19 +245,28 @@ class Worker:
                 self.store.append_log(job.id, line)
             if result.adapter_summary is not None:
                 self.store.append_log(job.id, result.adapter_summary)
-            verb = "reused existing commit" if result.reused_commit else "committed"
-            if result.adapter_repo not in (None, result.repo_id):
-                self.store.append_log(job.id, f"{verb} the adapter {result.adapter_commit} "
-                                              f"to {result.adapter_repo}")
-            what = " (the adapter only)" if result.adapter_repo == result.repo_id else ""
-            self.store.append_log(job.id, f"{verb} {result.commit_sha} to {result.repo_id}"
-                                          + what)
+            variant = job.sweep_id is not None and job.variant is not None
+            if variant:
+                self._record_variant(job, result)
+            if result.commit_sha is None:
+                self.store.append_log(job.id, "merged and evaluated; the sweep publishes its "
+                                              "best variant when every variant is done")
+            else:
+                verb = "reused existing commit" if result.reused_commit else "committed"
+                if result.adapter_repo not in (None, result.repo_id):
+                    self.store.append_log(job.id, f"{verb} the adapter {result.adapter_commit} "
+                                                  f"to {result.adapter_repo}")
+                what = " (the adapter only)" if result.adapter_repo == result.repo_id else ""
+                where = f"{result.repo_id}@{result.revision}" if result.revision else (
+                    result.repo_id)
+                self.store.append_log(job.id, f"{verb} {result.commit_sha} to {where}" + what)
             self._finish(
                 job,
                 queue.SUCCEEDED,
                 source_shas=result.revisions,
                 commit=result.commit_sha,
-                success=True,
+                success=not variant,
+                recipe_yaml=self._published_variant(job),
             )
 
     def _merge(self, job: Job, recipe: Recipe, work_dir: Path,
@@ -293,8 +307,58 @@ class Worker:
                 stage_cache=StageDirCache(settings.stage_cache_dir, settings.stage_cache_bytes),
                 publish_intermediates=recipe.publish_intermediates,
             )
+        if job.sweep_id is not None:
+            request = self._sweep_request(job, request)
         dispatch = Dispatch(job.id, job.attempts, request, lease.cancelled.is_set)
         return self.backend.run(dispatch, lease.report)
+
+    def _sweep_request(self, job: Job, request: PublishRequest) -> PublishRequest:
+        """A sweep's job: its variant (evaluated; published to its branch in ``branches``
+        mode), or the best variant with the whole table (the publishing job). Every job
+        of a sweep merges with the same seed, so merging the best again gives the model
+        its scores were measured on."""
+        if self.backend.name != "local":
+            raise BotError(f"sweeps run on the local backend (this bot's workers or a fleet "
+                           f"of them), not on {self.backend.name}")
+        sweep = sweeps.get_sweep(self.store, job.sweep_id)
+        common = {"random_seed": sweep.id, "eval_cache_dir": self.settings.home / "evaluations"}
+        if job.variant is not None:
+            variant = sweep.variants[job.variant]
+            branch = sweeps.branch_name(variant) if sweep.publish == "branches" else None
+            return replace(request, recipe_text=variant.yaml, evaluate=tuple(sweep.evaluation),
+                           commit=branch is not None, revision=branch,
+                           trigger=f"Sweep {sweep.id}: {variant.label}", **common)
+        best = sweep.pick_best()
+        if best is None:
+            raise BotError(f"sweep {sweep.id} has no variant scored on {sweep.metric!r}")
+        sweeps.record_best(self.store, sweep.id, best.index)
+        variant_jobs, _ = sweeps.sweep_jobs(self.store, sweep.id)
+        table = replace(sweep, best=best.index).table(variant_jobs)
+        self.store.append_log(job.id, f"best variant: {best.label} (perplexity "
+                                      f"{best.scores[sweep.metric].perplexity:.4g} on "
+                                      f"{sweep.metric})")
+        return replace(request, recipe_text=best.yaml, evaluation=table,
+                       trigger=f"Sweep {sweep.id}: {best.label}, the best of "
+                               f"{len(sweep.variants)} variants on {sweep.metric}", **common)
+
+    def _published_variant(self, job: Job) -> str | None:
+        """The YAML a sweep's publishing job published (its best variant), else None."""
+        if job.sweep_id is None or job.variant is not None:
+            return None
+        sweep = sweeps.get_sweep(self.store, job.sweep_id)
+        return sweep.variants[sweep.best].yaml if sweep.best is not None else None
+
+    def _record_variant(self, job: Job, result: PublishResult) -> None:
+        """Store a variant's scores (and the sources', the first time) and log them."""
+        table = result.evaluation
+        merged = next((r for r in table.rows if r.kind == "merge"), None) if table else None
+        if merged is None:
+            raise BotError(f"job {job.id}: the variant was merged but not evaluated")
+        sources = [r for r in table.rows if r.kind == "source"]
+        sweeps.record_variant(self.store, job.sweep_id, job.variant, merged.scores, sources)
+        figures = ", ".join(f"perplexity {s.perplexity:.4g} on {name}"
+                            for name, s in merged.scores.items())
+        self.store.append_log(job.id, f"evaluated: {figures}")
 
     def _log_checks(self, job: Job, report) -> None:
         """The check stage's figures and sample generation, one log line each."""
@@ -315,8 +379,10 @@ class Worker:
         error: str | None = None,
         broken: str | None = None,
         success: bool = False,
+        recipe_yaml: str | None = None,
     ) -> None:
-        """Record the outcome (and the recipe's new state) in one transaction."""
+        """Record the outcome (and the recipe's new state: its last good merge, its YAML
+        when a sweep published a variant of it) in one transaction."""
         with self.store.write() as db:
             held = queue.finish(
                 self.store,
@@ -331,6 +397,8 @@ class Worker:
             if not held:
                 log.warning("job %s: lease lost; outcome %s not recorded", job.id, status)
                 return
+            if recipe_yaml is not None:
+                self.store.set_recipe_yaml(db, job.recipe_id, recipe_yaml)
             if success and source_shas is not None:
                 self.store.record_success(db, job.recipe_id, source_shas, commit)
             if broken is not None:

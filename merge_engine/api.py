@@ -146,7 +146,8 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
 
     ``plan`` skips resolution when the caller already validated; ``card_options`` go to
     :func:`merge_engine.card.render_card` (``hub_url``, ``provenance``, ``repo_id``,
-    ``stages``);
+    ``stages``, and ``evaluation``: a table to show when ``evaluate`` makes none, e.g. a
+    sweep's);
     ``on_shard_done(path)`` is called (from the writer thread) as each output shard is
     complete, e.g. to start uploading it while the merge goes on.
     ``checks``: run the check stage (:mod:`merge_engine.check`) on the output before it
@@ -214,8 +215,10 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
             table.rows += evaluate_sources(plan.sources, texts, device=str(dev),
                                            cache_dir=eval_cache_dir)
         tokenizer = any(path.name in TOKENIZER_FILES for path in files)
+        options = dict(card_options or {})  # a caller's table (a sweep's) when none here
+        evaluation = table if table is not None else options.pop("evaluation", None)
         card = render_card(plan, seed=seed, checks=report, tokenizer=tokenizer,
-                           evaluation=table, **(card_options or {}))
+                           evaluation=evaluation, **options)
         (work / "README.md").write_text(card)
         files.append(work / "README.md")
         extraction = None

@@ -13,19 +13,24 @@ Contracts:
   submitting and remerging say "sign in" (a check reads the models with your token).
   ``AppConfig.demo_token`` stands in for a missing (or mocked) OAuth token; only the
   offline demo sets it, and it is ignored on a Space.
+- Sweeps: the recipe with one or two YAML paths and their values, evaluation sets and
+  a metric go to ``/api/sweeps``; the sweep view polls ``/api/sweeps/{id}`` and fills in
+  the table and the plot as variants finish, until the sweep ends.
 - Named API endpoints for ``gradio_client``: ``/check``, ``/submit``, ``/job``,
-  ``/history``, ``/remerge``.
+  ``/history``, ``/remerge``, ``/submit_sweep``, ``/sweep``.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 
-from spaces_app import preflight, render
+from spaces_app import preflight, render, sweep
 from spaces_app.client import ApiError, MergebotClient
 from spaces_app.examples import SEED_LAYERS, SEED_MODELS, examples
 from spaces_app.hub import HubReader
@@ -94,6 +99,8 @@ class Handlers:
     def __init__(self, client: MergebotClient, config: AppConfig) -> None:
         self.client, self.config = client, config
         self.hub = HubReader(config.hub_url)
+        self.plots = Path(tempfile.gettempdir()) / "mergebot-sweep-plots"
+        """Where the sweep view writes its plots (Gradio serves the temp dir's files)."""
 
     def token(self, oauth: gr.OAuthToken | None) -> str | None:
         """The user's Hub token: the OAuth one, else the demo token (offline demo only)."""
@@ -196,6 +203,53 @@ class Handlers:
         how = "joined the queued job" if answer.get("absorbed") else "queued"
         message = f"Remerge of recipe {int(recipe_id)} {how}: job {answer['job_id']}."
         return message, int(recipe_id), answer["job_id"], gr.Timer(active=True)
+
+    # sweeps -----------------------------------------------------------------------------
+
+    def submit_sweep(
+        self,
+        recipe: str,
+        repo_name: str,
+        private: bool,
+        axes: str,
+        evaluation: str,
+        metric: str,
+        publish: str,
+        oauth: gr.OAuthToken | None = None,
+    ) -> tuple[str, int | None, gr.Timer]:
+        """(message, sweep id, timer) after POST /api/sweeps."""
+        token = self.token(oauth)
+        if not token:
+            return "Sign in with Hugging Face to submit a sweep.", None, gr.Timer(active=False)
+        try:
+            answer = self.client.submit_sweep(
+                recipe, token, axes=sweep.parse_axes(axes),
+                evaluation=sweep.parse_evaluation(evaluation), repo_id=repo_name.strip() or None,
+                private=private, metric=metric.strip() or None, publish=publish or "best")
+        except sweep.InputProblem as exc:
+            return render.message_md(str(exc)), None, gr.Timer(active=False)
+        except ApiError as exc:
+            if exc.errors:
+                errors = [self._located(e, recipe) for e in exc.errors]
+                return render.errors_md(errors, recipe), None, gr.Timer(active=False)
+            return render.message_md(str(exc)), None, gr.Timer(active=False)
+        message = (f"Sweep {answer['sweep_id']}: {len(answer['variants'])} variants "
+                   f"({', '.join(answer['variants'])}), publishing to `{answer['repo_id']}`.")
+        return message, answer["sweep_id"], gr.Timer(active=True)
+
+    def sweep(
+        self, sweep_id: float | None, oauth: gr.OAuthToken | None = None
+    ) -> tuple[str, str | None, gr.Timer]:
+        """(table, plot, timer) of the sweep followed; polling goes on until it ends."""
+        if not sweep_id:
+            return "No sweep yet.", None, gr.Timer(active=False)
+        try:
+            found = self.client.sweep(int(sweep_id), self.token(oauth))
+        except ApiError as exc:
+            return render.message_md(str(exc)), None, gr.Timer(active=False)
+        running = found["status"] not in sweep.SWEEP_FINISHED
+        return (sweep.sweep_md(found, self.config.hub_url), sweep.sweep_plot(found, self.plots),
+                gr.Timer(self.config.poll_seconds, active=running))
 
     # job view ---------------------------------------------------------------------------
 
@@ -323,6 +377,23 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
                                          elem_id="max-rank")
                 submit_btn = gr.Button("Submit", variant="primary", elem_id="submit")
                 submit_out = gr.Markdown(elem_id="submit-result")
+                with gr.Accordion("Sweep: find α by evaluating variants", open=False):
+                    axes = gr.Textbox(
+                        "models[1].parameters.weight = 0.1, 0.3, 0.5",
+                        label="Values to try: a YAML path of the recipe = values (one or two "
+                              "lines)", lines=2, elem_id="sweep-axes")
+                    evaluation = gr.Code(sweep.EVALUATION_EXAMPLE, language="yaml",
+                                         label="Evaluation sets (pasted texts or a Hub dataset)",
+                                         lines=8, elem_id="sweep-evaluation")
+                    with gr.Row():
+                        metric = gr.Textbox("", label="Pick the best by perplexity on "
+                                                      "(default: the first set)",
+                                            elem_id="sweep-metric")
+                        publish = gr.Radio(["best", "branches"], value="best",
+                                           label="Publish the best, or every variant on a "
+                                                 "branch (the best on main)")
+                    sweep_btn = gr.Button("Submit sweep", variant="primary",
+                                          elem_id="submit-sweep")
             with gr.Column(scale=1):
                 with gr.Row():
                     recipe_id = gr.Number(None, label="Recipe", precision=0, elem_id="recipe-id")
@@ -331,6 +402,13 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
                 job_out = gr.Markdown("Submit a recipe to follow its job here.", elem_id="job")
                 log_out = gr.Textbox(label="Log", lines=5, max_lines=10, elem_id="log")
                 card_out = gr.Markdown(elem_id="card", label="Model card")
+                with gr.Row():
+                    sweep_id = gr.Number(None, label="Sweep", precision=0, elem_id="sweep-id")
+                    sweep_follow = gr.Button("Follow sweep", elem_id="follow-sweep")
+                sweep_out = gr.Markdown(elem_id="sweep")
+                sweep_plot = gr.Image(label="Perplexity against the swept value",
+                                      type="filepath", interactive=False,
+                                      elem_id="sweep-plot")
         with gr.Accordion("History", open=True):
             caption = gr.Markdown()
             table = gr.Dataframe(
@@ -342,6 +420,7 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
                 refresh_btn = gr.Button("Refresh")
                 remerge_btn = gr.Button("Remerge")
         timer = gr.Timer(config.poll_seconds, active=False)
+        sweep_timer = gr.Timer(config.poll_seconds, active=False)
         history_timer = gr.Timer(HISTORY_POLL_SECONDS)
 
         follow_outputs = [job_out, log_out, card_out, job_id, timer]
@@ -361,6 +440,13 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
             api_name="submit",
         ).then(h.job, [recipe_id, job_id], follow_outputs, api_name="after_submit", **hidden)
         follow_btn.click(h.job, [recipe_id, job_id], follow_outputs, api_name="job")
+        sweep_outputs = [sweep_out, sweep_plot, sweep_timer]
+        sweep_btn.click(
+            h.submit_sweep, [recipe, repo_name, private, axes, evaluation, metric, publish],
+            [submit_out, sweep_id, sweep_timer], api_name="submit_sweep",
+        ).then(h.sweep, sweep_id, sweep_outputs, api_name="after_sweep", **hidden)
+        sweep_follow.click(h.sweep, sweep_id, sweep_outputs, api_name="sweep")
+        sweep_timer.tick(h.sweep, sweep_id, sweep_outputs, api_name="on_sweep_tick", **hidden)
         timer.tick(h.job, [recipe_id, job_id], follow_outputs, api_name="on_tick", **hidden)
         refresh_btn.click(h.history, None, [caption, table], api_name="history")
         history_timer.tick(h.history, None, [caption, table], api_name="on_history_tick",

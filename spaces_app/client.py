@@ -73,6 +73,20 @@ class MergebotClient:
             body |= {"publish": publish, "max_rank": max_rank, "sv_cutoff": sv_cutoff}
         return self._call("POST", "/api/recipes", token, body)
 
+    def submit_sweep(self, recipe: str, token: str | None, *, axes: dict, evaluation: list,
+                     repo_id: str | None = None, private: bool = False,
+                     metric: str | None = None, publish: str = "best") -> dict:
+        """POST /api/sweeps → ``{"sweep_id", "recipe_id", "repo_id", "job_ids", "variants"}``."""
+        body = {"recipe": recipe, "repo_id": repo_id or None, "private": private,
+                "sweep": axes, "evaluation": evaluation, "publish": publish}
+        if metric:
+            body["metric"] = metric
+        return self._call("POST", "/api/sweeps", token, body)
+
+    def sweep(self, sweep_id: int, token: str | None = None) -> dict:
+        """GET /api/sweeps/{id}: variants, their states and scores, the table, the best."""
+        return self._call("GET", f"/api/sweeps/{int(sweep_id)}", token)
+
     def validate(self, recipe: str, token: str | None) -> dict | None:
         """POST /api/validate → the header-only preflight's summary (``"ok": true``); None
         when no bot answers: unreachable, or no such route there (the UI served alone)."""

@@ -24,13 +24,14 @@ def _number(value: object) -> bool:
 
 
 def _variants(table: EvalTable) -> list[EvalRow]:
+    """The variants with scores (a failed one has none) and a number on the first path."""
     swept = table.swept()
-    return [r for r in table.rows if r.kind == "variant" and swept
+    return [r for r in table.rows if r.kind == "variant" and swept and r.scores
             and _number(r.values.get(swept[0]))]
 
 
 def plottable(table: EvalTable) -> bool:
-    """At least two variants with a numeric value on the first swept path."""
+    """At least two scored variants with a numeric value on the first swept path."""
     return len({r.values[table.swept()[0]] for r in _variants(table)}) >= 2
 
 
