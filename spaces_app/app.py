@@ -389,7 +389,7 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
                         metric = gr.Textbox("", label="Pick the best by perplexity on "
                                                       "(default: the first set)",
                                             elem_id="sweep-metric")
-                        publish = gr.Radio(["best", "branches"], value="best",
+                        sweep_publish = gr.Radio(["best", "branches"], value="best",
                                            label="Publish the best, or every variant on a "
                                                  "branch (the best on main)")
                     sweep_btn = gr.Button("Submit sweep", variant="primary",
@@ -442,7 +442,7 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
         follow_btn.click(h.job, [recipe_id, job_id], follow_outputs, api_name="job")
         sweep_outputs = [sweep_out, sweep_plot, sweep_timer]
         sweep_btn.click(
-            h.submit_sweep, [recipe, repo_name, private, axes, evaluation, metric, publish],
+            h.submit_sweep, [recipe, repo_name, private, axes, evaluation, metric, sweep_publish],
             [submit_out, sweep_id, sweep_timer], api_name="submit_sweep",
         ).then(h.sweep, sweep_id, sweep_outputs, api_name="after_sweep", **hidden)
         sweep_follow.click(h.sweep, sweep_id, sweep_outputs, api_name="sweep")
