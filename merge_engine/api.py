@@ -118,7 +118,8 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     report = None
     if checks is not None and checks.behaviour and copy_tokenizer and any(
             "tokenizer.json" in s.files for s in plan.sources):
-        warm_up()  # the behaviour checks will likely run: import transformers meanwhile
+        # the behaviour checks will likely run: import transformers and the model's code
+        warm_up(plan.out_config if plan.out_config is not None else plan.sources[0].config)
     try:
         shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer)
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,

@@ -37,14 +37,16 @@ MAX_TOKENS = 128
 BYTES_PER_PARAMETER = 4
 """float32 weights while checking."""
 HEADROOM = 1.5
-IMPORT_LOCK = threading.Lock()
+TRANSFORMERS_LOCK = threading.RLock()
 """transformers' lazy modules are not safe to import from two threads at once
-(:func:`warm_up` imports it in the background): every use goes through
-:func:`transformers_module`, which imports under this lock."""
+(:func:`warm_up` imports them in the background), and building a model patches global
+state (torch's default dtype and device, ``torch.linspace``): every import and every model
+construction (:func:`transformers_module`, :func:`meta_model`, :func:`load`) holds this
+lock; forward passes and generations run concurrently."""
 
 
 def transformers_module():
-    with IMPORT_LOCK:
+    with TRANSFORMERS_LOCK:
         import transformers
         from transformers.models.auto import modeling_auto  # noqa: F401 - loaded here
 
@@ -53,15 +55,20 @@ def transformers_module():
     return transformers
 
 
-def warm_up() -> None:
-    """Import transformers in a background thread, so that its seconds of import overlap
-    the merge (the checks' own import then finds it loaded, or waits for it)."""
-    threading.Thread(target=_import_quietly, name="import-transformers", daemon=True).start()
+def warm_up(config: dict | None = None) -> None:
+    """Import transformers in a background thread, and the modelling code of ``config``'s
+    architecture (built once on the meta device), so that their seconds of import overlap
+    the merge (the checks' own imports then find them loaded, or wait for them)."""
+    threading.Thread(target=_import_quietly, args=(config,), name="import-transformers",
+                     daemon=True).start()
 
 
-def _import_quietly() -> None:
+def _import_quietly(config: dict | None) -> None:
     with contextlib.suppress(ImportError):  # the checks say so themselves
         transformers_module()
+        if config is not None and unsupported(config) is None:
+            with contextlib.suppress(Exception):  # the checks report it themselves
+                meta_model(config)
 
 
 def unsupported(config: dict) -> str | None:
@@ -106,10 +113,8 @@ def too_large(parameters: int, device: str) -> str | None:
 def check_shapes(config: dict, metas: dict[str, TensorMeta]) -> str:
     """Every tensor the architecture expects is on disk with the shape it expects (built
     on the meta device: no memory, no initialisation)."""
-    transformers = transformers_module()
-    cfg = transformers.AutoConfig.for_model(**config)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model = meta_model(config)
+    cfg = model.config
     arch = type(model).__name__
     tied = {k for k, v in model.state_dict(keep_vars=True).items()
             if getattr(cfg, "tie_word_embeddings", False)
@@ -126,13 +131,37 @@ def check_shapes(config: dict, metas: dict[str, TensorMeta]) -> str:
     return f"every tensor {arch} expects is on disk with its shape"
 
 
+def meta_model(config: dict):
+    """The causal LM ``config`` describes, built on the meta device (no memory)."""
+    transformers = transformers_module()
+    with TRANSFORMERS_LOCK:  # the architecture's modules are imported here the first time
+        cfg = transformers.AutoConfig.for_model(**config)
+        with torch.device("meta"):
+            return transformers.AutoModelForCausalLM.from_config(cfg)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def parallel_models(models: int, parameters: int, device: str) -> int:
+    """How many models to measure at once: one per core (two models on two cores each
+    compute with one thread), as many as fit in memory with the headroom; one on a GPU."""
+    if device.startswith("cuda"):
+        return 1
+    fit = available_bytes(device) // max(1, int(parameters * BYTES_PER_PARAMETER * HEADROOM))
+    return max(1, min(models, cores(), fit))
+
+
 @contextmanager
-def cpu_threads():
+def cpu_threads(models: int = 1):
     """Torch uses all cores but one while checking (the executor left one thread per
-    worker). Torch's OpenMP threads spin while they wait: on a busy 2-core machine, two
-    threads ran the tiny test model's checks 3-8x slower than one."""
+    worker), shared by the ``models`` measured at once. Torch's OpenMP threads spin while
+    they wait: on a busy 2-core machine, two threads ran the tiny test model's checks 3-8x
+    slower than one, and one 0.19B forward pass took 1.5 s with two threads, 0.75 s with
+    one."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
+    torch.set_num_threads(max(1, (cores() - 1) // models))
     try:
         yield
     finally:
@@ -142,8 +171,10 @@ def cpu_threads():
 def load(directory: Path, device: str):
     transformers = transformers_module()
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            directory, dtype=torch.float32, local_files_only=True, trust_remote_code=False)
+        with TRANSFORMERS_LOCK:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                directory, dtype=torch.float32, local_files_only=True,
+                trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckError(f"transformers cannot load the model in {directory}: "
                          f"{str(e).splitlines()[0]}") from None
@@ -176,13 +207,14 @@ def greedy(model, ids: list[int], new_tokens: int) -> list[int]:
 
 def measure(directory: Path, device: str, *, generate: bool) -> tuple[float, str | None]:
     """(perplexity of :data:`TEXT`, greedy continuation of :data:`PROMPT` when
-    ``generate``) of the model in ``directory``."""
+    ``generate``) of the model in ``directory``, with torch's threads as the caller set
+    them (:func:`cpu_threads`)."""
     tok = tokenizer(directory)
     ids = tok.encode(TEXT).ids[:MAX_TOKENS]
     if len(ids) < 2:
         raise CheckError(f"the tokenizer in {directory} encodes the check text to "
                          f"{len(ids)} token(s)")
-    with cpu_threads(), torch.inference_mode():
+    with torch.inference_mode():
         model = load(directory, device)
         value = perplexity(model, ids)
         text = None
