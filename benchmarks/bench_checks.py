@@ -1,6 +1,7 @@
 """What the check stage adds to a merge: ``merge-engine run`` with and without ``--check``.
 
     python benchmarks/bench_checks.py --family 0.2b [--repeat 3] [--data bench-data] [--parts]
+        [--in-process]
 
 The family is the engine benchmark's (generated under --data and reused), each model given
 a word-level tokenizer of the family's 32,000-token vocabulary that covers the checks'
@@ -10,7 +11,9 @@ sources. Four fresh processes alternate ``--repeat`` times (interpreter and torc
 start-up included): the merge alone, the merge with ``--check --structure-only``, the
 merge with ``--check`` on a first merge (cold: every source measured) and on a remerge
 (warm: ``--perplexity-cache`` holds the sources' figures from an earlier run, so only the
-merge is measured); medians are reported, with the load average seen during the runs.
+merge is measured); the medians of wall and CPU time (user + system, which the other
+work on a shared machine disturbs far less) are reported, with the load average seen
+during the runs.
 The recipe is bench_merge.py's (task_arithmetic, weights 1.0 and 0.3).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -60,6 +64,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--parts", action="store_true",
                         help="also time the behaviour checks' parts in this process")
+    parser.add_argument("--in-process", action="store_true",
+                        help="also time merges with and without checks in this process, "
+                             "as a bot worker runs them")
     args = parser.parse_args()
     shape = FAMILIES[args.family]
     root = args.data / args.family
@@ -76,20 +83,27 @@ def main() -> int:
     cache = args.data / f"perplexities-{args.family}"
     shutil.rmtree(cache, ignore_errors=True)
 
-    def merge(flags: list[str]) -> tuple[float, int]:
+    def merge(flags: list[str]) -> tuple[float, int, float]:
+        """(wall s, peak RSS bytes, CPU s: user + system of the process and its helper)."""
         shutil.rmtree(out, ignore_errors=True)
-        return wall_and_peak_rss(
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall, peak = wall_and_peak_rss(
             [sys.executable, "-m", "merge_engine", "run", str(recipe), str(out),
              "--device", "cpu", "--quiet", "--random-seed", "0", *flags])
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return wall, peak, cpu
 
     merge([*CONFIGS["warm"], str(cache)])  # the sources' figures for the warm runs
     walls: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    cpus: dict[str, list[float]] = {name: [] for name in CONFIGS}
     peaks: dict[str, int] = dict.fromkeys(CONFIGS, 0)
     loads = [os.getloadavg()[0]]
     for _ in range(args.repeat):
         for name, flags in CONFIGS.items():
-            wall, peak = merge(flags + [str(cache)] * (name == "warm"))
+            wall, peak, cpu = merge(flags + [str(cache)] * (name == "warm"))
             walls[name].append(wall)
+            cpus[name].append(cpu)
             peaks[name] = max(peaks[name], peak)
             loads.append(os.getloadavg()[0])
     merge_wall = statistics.median(walls["merge"])
@@ -100,11 +114,34 @@ def main() -> int:
         figures[name] = {"wall_s": round(wall, 2),
                          "range_s": [round(min(walls[name]), 2), round(max(walls[name]), 2)],
                          "added_pct": round(100 * (wall - merge_wall) / merge_wall, 1),
+                         "cpu_s": round(statistics.median(cpus[name]), 2),
                          "peak_rss_mb": round(peaks[name] / 1e6)}
     if args.parts:
         figures["parts_s"] = parts(out, models)
+    if args.in_process:
+        figures["in_process"] = in_process(recipe, out, cache, args.repeat)
     print(json.dumps(figures))
     return 0
+
+
+def in_process(recipe: Path, out: Path, cache: Path, repeat: int) -> dict[str, dict]:
+    """As a bot worker merges: ``run_merge`` calls in one process whose imports are done
+    (a first run with checks), the merge alone, cold checks and warm checks alternating;
+    medians and what the checks add."""
+    from merge_engine import CheckOptions, run_merge
+
+    options = {"merge": None, "cold": CheckOptions(), "warm": CheckOptions(cache_dir=cache)}
+    walls: dict[str, list[float]] = {name: [] for name in options}
+    for name in ["warm", *[n for _ in range(repeat) for n in options]]:
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        run_merge(recipe, out, device="cpu", random_seed=0, checks=options[name])
+        walls[name].append(time.perf_counter() - started)
+    walls["warm"].pop(0)
+    merge = statistics.median(walls["merge"])
+    return {name: {"wall_s": round(statistics.median(w), 2),
+                   "added_pct": round(100 * (statistics.median(w) - merge) / merge, 1)}
+            for name, w in walls.items()}
 
 
 def parts(merged: Path, models: list[Path]) -> dict[str, float]:

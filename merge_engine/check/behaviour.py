@@ -158,8 +158,8 @@ def cpu_threads(models: int = 1):
     """Torch uses all cores but one while checking (the executor left one thread per
     worker), shared by the ``models`` measured at once. Torch's OpenMP threads spin while
     they wait: on a busy 2-core machine, two threads ran the tiny test model's checks 3-8x
-    slower than one, and one 0.19B forward pass took 1.5 s with two threads, 0.75 s with
-    one."""
+    slower than one, and a 0.19B model's perplexity pass took 1.5 s with two threads and
+    0.75 s with one (load average about 2)."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, (cores() - 1) // models))
     try:
