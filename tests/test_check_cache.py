@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from merge_engine import CheckOptions, open_source, run_checks, run_merge
 from merge_engine.check import cache
+from merge_engine.cli import main
 from merge_engine.recipe.refs import ModelRef
 
 from .checkutil import tokenized_family
@@ -182,3 +183,16 @@ def test_a_hostile_entry_is_measured_again_and_replaced(copied, tmp_path):
     assert base.is_dir()
     assert {e["source"]: e["perplexity"] for e in entries(tmp_path / "cache").values()} == {
         s.name: s.perplexity for s in first.sources[1:]}
+
+
+def test_cli_keeps_the_figures_in_the_perplexity_cache(copied, tmp_path, capsys):
+    paths, out = copied
+    assert main(["check", str(out), "--perplexity-cache", str(tmp_path / "cache")]) == 0
+    first = capsys.readouterr().out
+    found = entries(tmp_path / "cache")
+    assert set(found) == {str(p) for p in paths}
+    for entry in found.values():
+        assert f"perplexity of {entry['source']}: {entry['perplexity']:.2f}" in first
+        poison(entry)
+    assert main(["check", str(out), "--perplexity-cache", str(tmp_path / "cache")]) == 0
+    assert capsys.readouterr().out.count(": 42.00\n") == 3
