@@ -26,7 +26,6 @@ from merge_engine.check import (
     CheckReport,
     behaviour_planned,
     run_checks,
-    warm_up,
 )
 from merge_engine.errors import MergeEngineError
 from merge_engine.execute.executor import Executor, Progress, Timings, resolve_device
@@ -116,10 +115,6 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     report = None
-    if checks is not None and checks.behaviour and copy_tokenizer and any(
-            "tokenizer.json" in s.files for s in plan.sources):
-        # the behaviour checks will likely run: import transformers and the model's code
-        warm_up(plan.out_config if plan.out_config is not None else plan.sources[0].config)
     try:
         shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer)
         executor = Executor(plan, work, device=dev, max_shard_bytes=out_shard_size, seed=seed,

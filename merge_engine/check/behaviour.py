@@ -5,12 +5,13 @@ greedy generation.
 Perplexity of token ids ``x_0..x_n`` is ``exp(-1/n * sum_{i>=1} log p(x_i | x_<i))``,
 computed in float32 from one forward pass. Models are loaded from local files only,
 without remote code (``trust_remote_code`` stays off); transformers is imported when a
-check first needs it (it takes seconds).
+check first needs it (it takes seconds; importing it in the background while the merge
+ran made ``run --check`` slower on two cores: the import holds the GIL the merge's
+threads need between their torch operations).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -38,11 +39,11 @@ BYTES_PER_PARAMETER = 4
 """float32 weights while checking."""
 HEADROOM = 1.5
 TRANSFORMERS_LOCK = threading.RLock()
-"""transformers' lazy modules are not safe to import from two threads at once
-(:func:`warm_up` imports them in the background), and building a model patches global
-state (torch's default dtype and device, ``torch.linspace``): every import and every model
-construction (:func:`transformers_module`, :func:`meta_model`, :func:`load`) holds this
-lock; forward passes and generations run concurrently."""
+"""transformers' lazy modules are not safe to import from two threads at once, and
+building a model patches global state (torch's default dtype and device,
+``torch.linspace``): every import and every model construction
+(:func:`transformers_module`, :func:`meta_model`, :func:`load`) holds this lock; forward
+passes and generations of several models run concurrently."""
 
 
 def transformers_module():
@@ -53,22 +54,6 @@ def transformers_module():
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     return transformers
-
-
-def warm_up(config: dict | None = None) -> None:
-    """Import transformers in a background thread, and the modelling code of ``config``'s
-    architecture (built once on the meta device), so that their seconds of import overlap
-    the merge (the checks' own imports then find them loaded, or wait for them)."""
-    threading.Thread(target=_import_quietly, args=(config,), name="import-transformers",
-                     daemon=True).start()
-
-
-def _import_quietly(config: dict | None) -> None:
-    with contextlib.suppress(ImportError):  # the checks say so themselves
-        transformers_module()
-        if config is not None and unsupported(config) is None:
-            with contextlib.suppress(Exception):  # the checks report it themselves
-                meta_model(config)
 
 
 def unsupported(config: dict) -> str | None:
