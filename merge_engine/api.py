@@ -31,7 +31,6 @@ from merge_engine.check import (
     CheckReport,
     behaviour_planned,
     run_checks,
-    warm_up,
 )
 from merge_engine.errors import InputError, MergeEngineError
 from merge_engine.evaluate import (
@@ -185,9 +184,6 @@ def run_merge(recipe: Recipe | str | os.PathLike, out_dir: str | os.PathLike, *,
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     report = table = None
-    if texts or checks is not None and checks.behaviour and copy_tokenizer and any(
-            "tokenizer.json" in s.files for s in plan.sources):
-        warm_up()  # the behaviour checks will likely run: import transformers meanwhile
     written_adapter = None
     try:
         shards = _ShardKeeper(work, on_shard_done, plan, checks, dev, copy_tokenizer,

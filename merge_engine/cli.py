@@ -190,12 +190,16 @@ def _check_options(parser: argparse.ArgumentParser) -> None:
                         help="report a perplexity above the limit instead of failing")
     parser.add_argument("--structure-only", action="store_true",
                         help="skip the behaviour checks (no transformers, no forward pass)")
+    parser.add_argument("--perplexity-cache", type=Path, metavar="DIR",
+                        help="keep the sources' perplexities in DIR, so that a remerge "
+                             "measures only the sources that changed")
 
 
 def _options(args: argparse.Namespace, device: str = "cpu") -> CheckOptions:
     return CheckOptions(perplexity_factor=args.perplexity_factor,
                         allow_high_perplexity=args.allow_high_perplexity,
-                        behaviour=not args.structure_only, device=device)
+                        behaviour=not args.structure_only, device=device,
+                        cache_dir=args.perplexity_cache)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ shows the figures."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from merge_engine import CheckError, CheckOptions, run_checks, run_merge
 from merge_engine.api import RECIPE_NAME, load, open_sources
+from merge_engine.check import behaviour
 from merge_engine.cli import main
 
 from .checkutil import TEMPLATE, tokenized_family
@@ -87,6 +89,14 @@ def test_a_good_merge_passes_and_its_card_shows_the_figures(merged):
     assert report.generation in card
     assert "tokenizer.json fits the embeddings" in card
     assert "every tensor LlamaForCausalLM expects is on disk with its shape" in card
+
+
+def test_models_are_measured_at_once_one_per_core_as_memory_allows():
+    cores = len(os.sched_getaffinity(0))
+    assert behaviour.parallel_models(4, 1000, "cpu") == min(4, cores)
+    assert behaviour.parallel_models(1, 1000, "cpu") == 1
+    assert behaviour.parallel_models(4, behaviour.available_bytes("cpu"), "cpu") == 1
+    assert behaviour.parallel_models(4, 1000, "cuda") == 1
 
 
 def test_a_scrambling_merge_is_stopped_and_nothing_is_written(merged, tmp_path):

@@ -7,9 +7,7 @@ checks (:mod:`.behaviour`: a forward pass, the perplexity of a built-in paragrap
 merge and each source, a greedy generation). A fault raises ``CheckError`` with one line.
 """
 
-from merge_engine.check.behaviour import warm_up
 from merge_engine.check.report import CheckOptions, CheckReport, SourceFigure
 from merge_engine.check.run import behaviour_planned, run_checks
 
-__all__ = ["CheckOptions", "CheckReport", "SourceFigure", "behaviour_planned", "run_checks",
-           "warm_up"]
+__all__ = ["CheckOptions", "CheckReport", "SourceFigure", "behaviour_planned", "run_checks"]

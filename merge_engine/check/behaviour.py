@@ -5,12 +5,13 @@ greedy generation.
 Perplexity of token ids ``x_0..x_n`` is ``exp(-1/n * sum_{i>=1} log p(x_i | x_<i))``,
 computed in float32 from one forward pass. Models are loaded from local files only,
 without remote code (``trust_remote_code`` stays off); transformers is imported when a
-check first needs it (it takes seconds).
+check first needs it (it takes seconds; importing it in the background while the merge
+ran made ``run --check`` slower on two cores: the import holds the GIL the merge's
+threads need between their torch operations).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -37,31 +38,22 @@ MAX_TOKENS = 128
 BYTES_PER_PARAMETER = 4
 """float32 weights while checking."""
 HEADROOM = 1.5
-IMPORT_LOCK = threading.Lock()
-"""transformers' lazy modules are not safe to import from two threads at once
-(:func:`warm_up` imports it in the background): every use goes through
-:func:`transformers_module`, which imports under this lock."""
+TRANSFORMERS_LOCK = threading.RLock()
+"""transformers' lazy modules are not safe to import from two threads at once, and
+building a model patches global state (torch's default dtype and device,
+``torch.linspace``): every import and every model construction
+(:func:`transformers_module`, :func:`meta_model`, :func:`load`) holds this lock; forward
+passes and generations of several models run concurrently."""
 
 
 def transformers_module():
-    with IMPORT_LOCK:
+    with TRANSFORMERS_LOCK:
         import transformers
         from transformers.models.auto import modeling_auto  # noqa: F401 - loaded here
 
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     return transformers
-
-
-def warm_up() -> None:
-    """Import transformers in a background thread, so that its seconds of import overlap
-    the merge (the checks' own import then finds it loaded, or waits for it)."""
-    threading.Thread(target=_import_quietly, name="import-transformers", daemon=True).start()
-
-
-def _import_quietly() -> None:
-    with contextlib.suppress(ImportError):  # the checks say so themselves
-        transformers_module()
 
 
 def unsupported(config: dict) -> str | None:
@@ -108,10 +100,8 @@ def check_shapes(config: dict, metas: dict[str, TensorMeta]) -> str:
     on the meta device: no memory, no initialisation). Names are the checkpoint's: an
     architecture that fuses tensors in memory (transformers 5's MoE experts) is compared
     in the per-tensor layout it loads and saves."""
-    transformers = transformers_module()
-    cfg = transformers.AutoConfig.for_model(**config)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model = meta_model(config)
+    cfg = model.config
     arch = type(model).__name__
     tied = {k for k, v in model.state_dict(keep_vars=True).items()
             if getattr(cfg, "tie_word_embeddings", False)
@@ -139,15 +129,37 @@ def checkpoint_layout(model, state: dict[str, torch.Tensor]) -> dict[str, torch.
     except ImportError:
         return state
     return revert_weight_conversion(model, dict(state))
+def meta_model(config: dict):
+    """The causal LM ``config`` describes, built on the meta device (no memory)."""
+    transformers = transformers_module()
+    with TRANSFORMERS_LOCK:  # the architecture's modules are imported here the first time
+        cfg = transformers.AutoConfig.for_model(**config)
+        with torch.device("meta"):
+            return transformers.AutoModelForCausalLM.from_config(cfg)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def parallel_models(models: int, parameters: int, device: str) -> int:
+    """How many models to measure at once: one per core (two models on two cores each
+    compute with one thread), as many as fit in memory with the headroom; one on a GPU."""
+    if device.startswith("cuda"):
+        return 1
+    fit = available_bytes(device) // max(1, int(parameters * BYTES_PER_PARAMETER * HEADROOM))
+    return max(1, min(models, cores(), fit))
 
 
 @contextmanager
-def cpu_threads():
+def cpu_threads(models: int = 1):
     """Torch uses all cores but one while checking (the executor left one thread per
-    worker). Torch's OpenMP threads spin while they wait: on a busy 2-core machine, two
-    threads ran the tiny test model's checks 3-8x slower than one."""
+    worker), shared by the ``models`` measured at once. Torch's OpenMP threads spin while
+    they wait: on a busy 2-core machine, two threads ran the tiny test model's checks 3-8x
+    slower than one, and a 0.19B model's perplexity pass took 1.5 s with two threads and
+    0.75 s with one (load average about 2)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
+    torch.set_num_threads(max(1, (cores() - 1) // models))
     try:
         yield
     finally:
@@ -157,8 +169,10 @@ def cpu_threads():
 def load(directory: Path, device: str):
     transformers = transformers_module()
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            directory, dtype=torch.float32, local_files_only=True, trust_remote_code=False)
+        with TRANSFORMERS_LOCK:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                directory, dtype=torch.float32, local_files_only=True,
+                trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckError(f"transformers cannot load the model in {directory}: "
                          f"{str(e).splitlines()[0]}") from None
@@ -191,13 +205,14 @@ def greedy(model, ids: list[int], new_tokens: int) -> list[int]:
 
 def measure(directory: Path, device: str, *, generate: bool) -> tuple[float, str | None]:
     """(perplexity of :data:`TEXT`, greedy continuation of :data:`PROMPT` when
-    ``generate``) of the model in ``directory``."""
+    ``generate``) of the model in ``directory``, with torch's threads as the caller set
+    them (:func:`cpu_threads`)."""
     tok = tokenizer(directory)
     ids = tok.encode(TEXT).ids[:MAX_TOKENS]
     if len(ids) < 2:
         raise CheckError(f"the tokenizer in {directory} encodes the check text to "
                          f"{len(ids)} token(s)")
-    with cpu_threads(), torch.inference_mode():
+    with torch.inference_mode():
         model = load(directory, device)
         value = perplexity(model, ids)
         text = None

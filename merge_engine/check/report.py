@@ -14,8 +14,9 @@ class CheckOptions:
     source's fails, unless ``allow_high_perplexity``. ``behaviour``: run the behaviour
     checks when possible (False: structural checks only). ``side_files``: the output was
     written with its tokenizer and generation files (``--no-copy-tokenizer`` clears it).
-    ``cache_dir``: where the perplexities of Hub sources are kept, by repo and commit SHA,
-    so a remerge measures only the sources that changed (None: no cache).
+    ``cache_dir``: where the sources' perplexities are kept (Hub sources by repo and commit
+    SHA, local ones by their files: :mod:`merge_engine.check.cache`), so a remerge measures
+    only the sources that changed (None: no cache).
     """
 
     perplexity_factor: float = 3.0

@@ -4,14 +4,12 @@ generation config and the reference perplexities."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from merge_engine.check import behaviour, structure
+from merge_engine.check import behaviour, cache, structure
 from merge_engine.check.report import CheckOptions, CheckReport, SourceFigure
 from merge_engine.errors import CheckError
 from merge_engine.io.checkpoint import INDEX_NAME, TensorMeta
@@ -97,10 +95,9 @@ def _behaviour(directory: Path, sources: Sequence[Source], options: CheckOptions
         report.skipped.append(f"behaviour checks: {skip}")
         return
     report.structure.append(behaviour.check_shapes(config, metas))
-    report.perplexity, report.generation = behaviour.measure(directory, options.device,
-                                                             generate=True)
-    report.prompt = behaviour.PROMPT
-    report.sources = [_source_figure(s, options) for s in sources]
+    _measure_all(directory, sources, options, report,
+                 max([sum(m.numel for m in metas.values())]
+                     + [sum(m.numel for m in s.tensors.values()) for s in sources]))
     measured = [s for s in report.sources if s.perplexity is not None]
     if not measured:
         report.skipped.append("perplexity limit: no source could be measured")
@@ -117,29 +114,36 @@ def _behaviour(directory: Path, sources: Sequence[Source], options: CheckOptions
         report.allowed_high = True
 
 
+def _measure_all(directory: Path, sources: Sequence[Source], options: CheckOptions,
+                 report: CheckReport, parameters: int) -> None:
+    """The merge's perplexity and generation, and each source's figure: as many models at
+    once as :func:`behaviour.parallel_models` allows (the sources' perplexities overlap the
+    merge's), reported in order; the first failure cancels what has not started."""
+    jobs = behaviour.parallel_models(1 + len(sources), parameters, options.device)
+    with behaviour.cpu_threads(jobs), ThreadPoolExecutor(jobs, "check") as pool:
+        try:
+            merged = pool.submit(behaviour.measure, directory, options.device, generate=True)
+            figures = [pool.submit(_source_figure, s, options) for s in sources]
+            report.perplexity, report.generation = merged.result()
+            report.prompt = behaviour.PROMPT
+            report.sources = [f.result() for f in figures]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
 def _source_figure(source: Source, options: CheckOptions) -> SourceFigure:
-    """A source's perplexity, from the cache (a Hub source pinned to a commit SHA) or
-    measured from its own files and tokenizer."""
-    cached = _cache_path(source, options)
-    if cached is not None and cached.is_file():
-        return SourceFigure(source.name, json.loads(cached.read_text())["perplexity"])
+    """A source's perplexity, from the cache (:mod:`.cache`: a Hub source by commit SHA, a
+    local one by its files) or measured from its own files and tokenizer."""
+    entry = cache.key(source, options.device) if options.cache_dir is not None else None
+    if entry is not None:
+        value = cache.read(options.cache_dir, entry)
+        if value is not None:
+            return SourceFigure(source.name, value)
     figure = _measure_source(source, options)
-    if cached is not None and figure.perplexity is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{uuid.uuid4().hex}.partial")
-        partial.write_text(json.dumps({"source": source.pinned,
-                                       "perplexity": figure.perplexity}))
-        partial.replace(cached)  # atomic: concurrent workers write the same value
+    if entry is not None and figure.perplexity is not None:
+        cache.write(options.cache_dir, entry, source.pinned, figure.perplexity)
     return figure
-
-
-def _cache_path(source: Source, options: CheckOptions) -> Path | None:
-    """Where a Hub source's perplexity is cached: one file per (repo@SHA, text, token
-    limit); None for local sources (their files may change in place)."""
-    if options.cache_dir is None or source.revision is None or source.adapter is not None:
-        return None
-    key = f"{source.pinned}\n{behaviour.TEXT}\n{behaviour.MAX_TOKENS}"
-    return options.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 def _measure_source(source: Source, options: CheckOptions) -> SourceFigure:

@@ -87,7 +87,8 @@ def test_hub_sources_perplexities_are_cached_by_commit(tokenized_sources, settin
     assert len(cache) == 3
     entries = {json.loads(p.read_text())["source"].split("@")[0]: p for p in cache}
     assert set(entries) == set(SOURCES)
-    entries["alice/base"].write_text(json.dumps({"source": "x", "perplexity": 42.0}))
+    base = json.loads(entries["alice/base"].read_text())
+    entries["alice/base"].write_text(json.dumps(base | {"perplexity": 42.0}))
     with store.write() as db:
         again, _ = queue.enqueue(db, 1, "alice", "remerge", force=True)
     Worker(settings, store).run_once()
