@@ -2,7 +2,8 @@
 
     POST /api/recipes               {"recipe", "repo_id"?, "private"?, "watch"?, "force"?,
                                      "allow_high_perplexity"?, "publish"?: "full" |
-                                     "adapter" | "both", "max_rank"?, "sv_cutoff"?} → 201
+                                     "adapter" | "both", "max_rank"?, "sv_cutoff"?,
+                                     "evaluation"?: [sets]} → 201
                                     {"recipe_id", "job_id", "repo_id"}; the same recipe
                                     again is merged only if a source moved or force
     GET  /api/recipes?owner=NAME    recipes, newest first
@@ -58,6 +59,7 @@ from starlette.routing import Route
 
 from merge_engine import (
     AdapterOptions,
+    EvalSet,
     HubAccess,
     InputError,
     MergeEngineError,
@@ -68,6 +70,7 @@ from merge_engine import (
     StagedRecipe,
     check_adapter_base,
     hub_refs_only,
+    parse_eval_sets,
     parse_stages,
     validate,
     validate_stages,
@@ -266,6 +269,8 @@ class Submission:
     (:mod:`bot.publish`)."""
     max_rank: int | None = None
     sv_cutoff: float = 0.0
+    evaluation: tuple[EvalSet, ...] = ()
+    """Sets every merge is scored on (the card gets the table; :mod:`merge_engine.evaluate`)."""
 
 
 def parse_submission(body: dict, settings: Settings) -> Submission:
@@ -288,7 +293,36 @@ def parse_submission(body: dict, settings: Settings) -> Submission:
             raise recipe_errors((flag, f"'{flag}' must be true or false"))
     return Submission(text, repo_id or None, body.get("private", False), body.get("watch", False),
                       body.get("allow_high_perplexity", False), body.get("force", False),
-                      body.get("publish_intermediates", False), *parse_publish(body))
+                      body.get("publish_intermediates", False), *parse_publish(body),
+                      evaluation=parse_evaluation(body))
+
+
+def parse_evaluation(body: dict) -> tuple[EvalSet, ...]:
+    """The submission's optional evaluation sets (the format of POST /api/sweeps); 422 at
+    ``evaluation...``."""
+    if body.get("evaluation") is None:
+        return ()
+    try:
+        return tuple(parse_eval_sets(body["evaluation"], "evaluation"))
+    except InputError as exc:
+        raise recipe_errors(("evaluation", str(exc))) from None
+
+
+def check_evaluation(sub: Submission, recipe: Recipe | StagedRecipe, backend: str) -> None:
+    """422 when evaluation sets come with what cannot be scored: several stages, an adapter
+    publication, or a merge on another backend than the bot's own workers."""
+    if not sub.evaluation:
+        return
+    if isinstance(recipe, StagedRecipe):
+        raise recipe_errors(("evaluation", "evaluation scores a single-stage recipe's merge; "
+                                           "a multi-stage recipe cannot be evaluated yet"))
+    if sub.publish != "full":
+        raise recipe_errors(("evaluation", "evaluation scores the full weights it publishes; "
+                                           "use 'publish': 'full' with evaluation sets"))
+    if backend != "local":
+        raise recipe_errors(("evaluation", f"evaluated merges run on the bot's own workers, "
+                                           f"not on the {backend} backend; submit without "
+                                           "'evaluation'"))
 
 
 def parse_publish(body: dict) -> tuple[str, int | None, float]:
@@ -452,6 +486,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     sources = hub_sources(recipe)
     check_model_count(recipe, settings)
     check_publish(sub, recipe)
+    check_evaluation(sub, recipe, services.backend.name)
     if sub.publish_intermediates and not isinstance(recipe, StagedRecipe):
         raise recipe_errors(("publish_intermediates", "publishing intermediates needs a "
                              "multi-stage recipe (several YAML documents separated by ---)"))
@@ -493,6 +528,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
             "max_rank": sub.max_rank,
             "sv_cutoff": sub.sv_cutoff,
             "publish_intermediates": sub.publish_intermediates,
+            "evaluation": sub.evaluation,
         }
         force = True
         if existing is None:
@@ -520,6 +556,7 @@ def unchanged(existing, sub: Submission) -> bool:
         and (existing.publish, existing.max_rank, existing.sv_cutoff)
         == (sub.publish, sub.max_rank, sub.sv_cutoff)
         and existing.publish_intermediates == sub.publish_intermediates
+        and tuple(existing.evaluation) == tuple(sub.evaluation)
         and existing.last_shas is not None
     )
 

@@ -26,8 +26,10 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from merge_engine import EvalSet, EvalTable
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -190,6 +192,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE recipes ADD COLUMN sv_cutoff REAL NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        8,
+        """
+        -- a merge scored on evaluation sets: JSON list of merge_engine.EvalSet, NULL for none
+        ALTER TABLE recipes ADD COLUMN evaluation TEXT;
+        """,
+    ),
 )
 
 
@@ -215,6 +224,8 @@ class Recipe:
     max_rank: int | None = None
     """The adapter's largest rank per module (None with ``full``)."""
     sv_cutoff: float = 0.0
+    evaluation: tuple[EvalSet, ...] = ()
+    """The sets every merge of this recipe is scored on (its card gets the table)."""
 
     def to_api(self) -> dict:
         return {
@@ -229,6 +240,7 @@ class Recipe:
             "publish": self.publish,
             "max_rank": self.max_rank,
             "sv_cutoff": self.sv_cutoff,
+            "evaluation": dump_sets(self.evaluation),
             "sources": list(self.sources),
             "broken": self.broken,
             "last_shas": self.last_shas,
@@ -288,6 +300,23 @@ class Job:
         }
 
 
+def dump_sets(sets) -> list[dict] | None:
+    """Evaluation sets as JSON data (None for none)."""
+    return [asdict(s) for s in sets] or None
+
+
+def load_sets(text: str | None) -> tuple[EvalSet, ...]:
+    """The sets a ``recipes.evaluation`` column holds."""
+    if not text:
+        return ()
+    return tuple(EvalTable.from_json({"sets": json.loads(text), "rows": []}).sets)
+
+
+def _sets_column(sets) -> str | None:
+    data = dump_sets(sets)
+    return json.dumps(data) if data else None
+
+
 def _recipe(row: sqlite3.Row) -> Recipe:
     return Recipe(
         id=row["id"],
@@ -308,6 +337,7 @@ def _recipe(row: sqlite3.Row) -> Recipe:
         publish=row["publish"],
         max_rank=row["max_rank"],
         sv_cutoff=float(row["sv_cutoff"]),
+        evaluation=load_sets(row["evaluation"]),
     )
 
 
@@ -464,16 +494,17 @@ class Store:
         max_rank: int | None = None,
         sv_cutoff: float = 0.0,
         publish_intermediates: bool = False,
+        evaluation: tuple[EvalSet, ...] = (),
     ) -> int:
         now = time.time()
         row = db.execute(
             "INSERT INTO recipes (owner, yaml, repo_id, private, watch, sources, created_at,"
             " updated_at, allow_high_perplexity, publish, max_rank, sv_cutoff,"
-            " publish_intermediates)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            " publish_intermediates, evaluation)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (owner, yaml, repo_id, int(private), int(watch), json.dumps(sources), now, now,
              int(allow_high_perplexity), publish, max_rank, float(sv_cutoff),
-             int(publish_intermediates)),
+             int(publish_intermediates), _sets_column(evaluation)),
         ).fetchone()
         recipe_id = int(row["id"])
         self._set_sources(db, recipe_id, sources)
@@ -493,16 +524,18 @@ class Store:
         max_rank: int | None = None,
         sv_cutoff: float = 0.0,
         publish_intermediates: bool = False,
+        evaluation: tuple[EvalSet, ...] = (),
     ) -> None:
-        """New YAML (or publication) for an existing recipe: forgets the last good SHAs
-        and any breakage."""
+        """New YAML (or publication, or evaluation sets) for an existing recipe: forgets
+        the last good SHAs and any breakage."""
         db.execute(
             "UPDATE recipes SET yaml = ?, private = ?, watch = ?, sources = ?, broken = NULL,"
             " last_shas = NULL, deleted = 0, updated_at = ?, allow_high_perplexity = ?,"
-            " publish = ?, max_rank = ?, sv_cutoff = ?, publish_intermediates = ? WHERE id = ?",
+            " publish = ?, max_rank = ?, sv_cutoff = ?, publish_intermediates = ?,"
+            " evaluation = ? WHERE id = ?",
             (yaml, int(private), int(watch), json.dumps(sources), time.time(),
              int(allow_high_perplexity), publish, max_rank, float(sv_cutoff),
-             int(publish_intermediates), recipe_id),
+             int(publish_intermediates), _sets_column(evaluation), recipe_id),
         )
         self._set_sources(db, recipe_id, sources)
 

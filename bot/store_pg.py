@@ -188,6 +188,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE recipes ADD COLUMN sv_cutoff DOUBLE PRECISION NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        8,
+        """
+        ALTER TABLE recipes ADD COLUMN evaluation TEXT;
+        """,
+    ),
 )
 """The same versions as :data:`bot.store.MIGRATIONS`, in Postgres types."""
 

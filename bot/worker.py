@@ -248,6 +248,8 @@ class Worker:
             variant = job.sweep_id is not None and job.variant is not None
             if variant:
                 self._record_variant(job, result)
+            elif result.evaluation is not None and job.sweep_id is None:
+                self._log_scores(job, result.evaluation)
             if result.commit_sha is None:
                 self.store.append_log(job.id, "merged and evaluated; the sweep publishes its "
                                               "best variant when every variant is done")
@@ -306,6 +308,8 @@ class Worker:
                          else AdapterOptions(recipe.max_rank, recipe.sv_cutoff)),
                 stage_cache=StageDirCache(settings.stage_cache_dir, settings.stage_cache_bytes),
                 publish_intermediates=recipe.publish_intermediates,
+                evaluate=tuple(recipe.evaluation),
+                eval_cache_dir=settings.home / "evaluations",
             )
         if job.sweep_id is not None:
             request = self._sweep_request(job, request)
@@ -337,7 +341,7 @@ class Worker:
         self.store.append_log(job.id, f"best variant: {best.label} (perplexity "
                                       f"{best.scores[sweep.metric].perplexity:.4g} on "
                                       f"{sweep.metric})")
-        return replace(request, recipe_text=best.yaml, evaluation=table,
+        return replace(request, recipe_text=best.yaml, evaluation=table, evaluate=(),
                        trigger=f"Sweep {sweep.id}: {best.label}, the best of "
                                f"{len(sweep.variants)} variants on {sweep.metric}", **common)
 
@@ -359,6 +363,16 @@ class Worker:
         figures = ", ".join(f"perplexity {s.perplexity:.4g} on {name}"
                             for name, s in merged.scores.items())
         self.store.append_log(job.id, f"evaluated: {figures}")
+
+    def _log_scores(self, job: Job, table) -> None:
+        """An evaluated merge's scores, one log line per model and set."""
+        for row in table.rows:
+            model = "the merge" if row.kind == "merge" else row.label
+            for name, score in row.scores.items():
+                self.store.append_log(job.id, f"evaluated {model} on {name}: NLL "
+                                              f"{score.nll:.4f}, perplexity {score.perplexity:.4g}")
+            if row.note:
+                self.store.append_log(job.id, f"not evaluated {model}: {row.note}")
 
     def _log_checks(self, job: Job, report) -> None:
         """The check stage's figures and sample generation, one log line each."""
