@@ -330,8 +330,14 @@ def _run_submit(args: argparse.Namespace) -> int:
         body["max_rank"] = args.max_rank
     if args.sv_cutoff:
         body["sv_cutoff"] = args.sv_cutoff
-    if args.sweep or args.eval_texts or args.eval_dataset or args.metric or args.sweep_publish:
+    if args.sweep or args.metric or args.sweep_publish:
         return _submit_sweep(args, settings, url, body)
+    if args.eval_texts or args.eval_dataset:  # a single merge, scored on these sets
+        try:
+            body["evaluation"] = _eval_sets(args)
+        except ValueError as exc:
+            print(f"mergebot submit: {exc}", file=sys.stderr)
+            return 2
     try:
         status, answer = _call_api("POST", f"{url}/api/recipes", settings.token, body)
         if status != 201:
@@ -362,8 +368,7 @@ def _submit_sweep(args: argparse.Namespace, settings, url: str, body: dict) -> i
 
     try:
         if not args.sweep:
-            raise ValueError("--eval-texts, --eval-dataset, --metric and --sweep-publish go "
-                             "with --sweep")
+            raise ValueError("--metric and --sweep-publish go with --sweep")
         if args.publish != "full" or args.publish_intermediates:
             raise ValueError("a sweep publishes full weights of a single-stage recipe; "
                              "leave out --publish and --publish-intermediates")
@@ -437,7 +442,8 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="a YAML path of the recipe and its values, e.g. "
                             "'models[1].parameters.weight=0.1,0.2,0.3' (at most two)")
     sweep.add_argument("--eval-texts", action="append", default=[], metavar="[NAME=]FILE",
-                       help="an evaluation set: a text file, one text a line")
+                       help="an evaluation set: a text file, one text a line (without "
+                            "--sweep: the single merge is scored, its card gets the table)")
     sweep.add_argument("--eval-dataset", action="append", default=[],
                        metavar="REPO[,name=,config=,split=,column=,samples=,revision=]",
                        help="an evaluation set: a Hub dataset's text column")

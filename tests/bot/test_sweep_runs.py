@@ -176,8 +176,14 @@ def test_the_cli_submits_waits_for_and_shows_a_sweep(trained_hub, bot_factory,  
     bad = cli("submit", "recipe.yml", "--sweep", "models[4].parameters.weight=1",
               "--eval-texts", "north.txt")
     assert bad.returncode == 2 and "sweep.models[4].parameters.weight" in bad.stderr
-    alone = cli("submit", "recipe.yml", "--eval-texts", "north.txt")
+    alone = cli("submit", "recipe.yml", "--eval-texts", "north.txt", "--metric", "north")
     assert alone.returncode == 2 and "go with --sweep" in alone.stderr
+    single = cli("submit", "recipe.yml", "--repo", f"{BOT}/cli-scored", "--eval-texts",
+                 "north.txt", "--wait")  # no --sweep: one merge, scored
+    assert single.returncode == 0, (single.stderr, bot.logs())
+    readme = trained_hub.api(BOT).hf_hub_download(f"{BOT}/cli-scored", "README.md")
+    rows = card_rows(Path(readme).read_text())
+    assert set(rows) == {"this merge", *REPOS} and rows["this merge"][0] == "merge"
     assert cli("sweep", "999").returncode == 1
 
 
