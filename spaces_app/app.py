@@ -156,14 +156,23 @@ class Handlers:
         force: bool = False,
         publish: str = PUBLISH_CHOICES[0][1],
         max_rank: float | None = None,
+        evaluation: str | None = "",
+        publish_intermediates: bool = False,
         oauth: gr.OAuthToken | None = None,
     ) -> tuple[str, int | None, int | None, gr.Timer]:
         """(message, recipe id, job id, timer) after POST /api/recipes; ``force`` merges
         even when the recipe and its sources are unchanged since its last merge;
-        ``publish``/``max_rank``: a LoRA adapter instead of or beside the full weights."""
+        ``publish``/``max_rank``: a LoRA adapter instead of or beside the full weights;
+        ``evaluation``: the sets' YAML (the sweep panel's format; blank for none) every
+        merge is scored on; ``publish_intermediates``: a multi-stage recipe's earlier stages
+        on branches too."""
         token = self.token(oauth)
         if not token:
             return "Sign in with Hugging Face to submit.", None, None, gr.Timer(active=False)
+        try:
+            sets = sweep.parse_evaluation(evaluation) if (evaluation or "").strip() else None
+        except sweep.InputProblem as exc:
+            return render.message_md(str(exc)), None, None, gr.Timer(active=False)
         try:
             answer = self.client.submit(
                 recipe,
@@ -175,6 +184,8 @@ class Handlers:
                 force=bool(force),
                 publish=publish or "full",
                 max_rank=None if max_rank is None else int(max_rank),
+                evaluation=sets,
+                publish_intermediates=bool(publish_intermediates),
             )
         except ApiError as exc:
             if exc.errors:
@@ -375,6 +386,14 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
                                        elem_id="publish")
                     max_rank = gr.Number(64, label="Adapter max rank", precision=0,
                                          elem_id="max-rank")
+                intermediates = gr.Checkbox(
+                    False, label="publish intermediates (multi-stage recipes: each earlier "
+                                 "stage on a branch stage-<name>)", elem_id="intermediates")
+                with gr.Accordion("Evaluate on (optional)", open=False):
+                    submit_eval = gr.Code("", language="yaml",
+                                          label="Evaluation sets, as in the sweep panel: every "
+                                                "merge is scored, the card gets the table",
+                                          lines=6, elem_id="submit-evaluation")
                 submit_btn = gr.Button("Submit", variant="primary", elem_id="submit")
                 submit_out = gr.Markdown(elem_id="submit-result")
                 with gr.Accordion("Sweep: find α by evaluating variants", open=False):
@@ -435,7 +454,8 @@ def build_app(client: MergebotClient, config: AppConfig | None = None) -> gr.Blo
         submit_btn.click(lambda: "", None, check_out, api_name="clear_check", **hidden)
         submit_btn.click(
             h.submit,
-            [recipe, repo_name, private, watch, allow_high, force, publish, max_rank],
+            [recipe, repo_name, private, watch, allow_high, force, publish, max_rank,
+             submit_eval, intermediates],
             [submit_out, recipe_id, job_id, timer],
             api_name="submit",
         ).then(h.job, [recipe_id, job_id], follow_outputs, api_name="after_submit", **hidden)

@@ -60,17 +60,25 @@ class MergebotClient:
         publish: str = "full",
         max_rank: int | None = None,
         sv_cutoff: float = 0.0,
+        evaluation: list | None = None,
+        publish_intermediates: bool = False,
     ) -> dict:
         """POST /api/recipes → ``{"recipe_id", "job_id", "repo_id"}``; ``force``: merge even
         when the recipe and its sources are unchanged since its last merge; ``publish``
         ``adapter``/``both`` with ``max_rank`` (and ``sv_cutoff``): a LoRA adapter of the
-        merge instead of / as well as its full weights."""
+        merge instead of / as well as its full weights; ``evaluation``: sets every merge is
+        scored on (the API's list); ``publish_intermediates``: a multi-stage recipe's earlier
+        stages on branches too."""
         body = {"recipe": recipe, "repo_id": repo_id or None, "private": private, "watch": watch,
                 "allow_high_perplexity": allow_high_perplexity}
         if force:
             body["force"] = True
         if publish != "full":
             body |= {"publish": publish, "max_rank": max_rank, "sv_cutoff": sv_cutoff}
+        if evaluation:
+            body["evaluation"] = evaluation
+        if publish_intermediates:
+            body["publish_intermediates"] = True
         return self._call("POST", "/api/recipes", token, body)
 
     def submit_sweep(self, recipe: str, token: str | None, *, axes: dict, evaluation: list,

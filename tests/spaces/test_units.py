@@ -469,3 +469,24 @@ def test_the_publish_control_asks_for_an_adapter(monkeypatch: pytest.MonkeyPatch
     assert (body["publish"], body["max_rank"], body["sv_cutoff"]) == ("adapter", 16, 0.0)
     handlers.submit("x: 1\n", "m", False, True, False, False, "full", 16.0, None)
     assert "publish" not in json.loads(seen[-1].content)  # full weights: no adapter fields
+
+
+def test_submit_sends_evaluation_sets_and_publish_intermediates(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = bot_answering(monkeypatch, 201, {"recipe_id": 1, "job_id": 2, "repo_id": "b/m"})
+    handlers = Handlers(MergebotClient("http://bot"), AppConfig(demo_token="hf_user"))
+    sets = "- name: mine\n  texts: [A text., Another one.]\n- name: wiki\n  dataset: org/wiki\n"
+    message, _, job_id, _ = handlers.submit("x: 1\n", "m", False, True, False, False, "full",
+                                            16.0, sets, True, None)
+    assert job_id == 2 and message.startswith("Submitted")
+    body = json.loads(seen[-1].content)
+    assert body["evaluation"] == [{"name": "mine", "texts": ["A text.", "Another one."]},
+                                  {"name": "wiki", "dataset": "org/wiki"}]
+    assert body["publish_intermediates"] is True
+    handlers.submit("x: 1\n", "m", False, True, False, False, "full", 16.0, "  \n", False, None)
+    body = json.loads(seen[-1].content)
+    assert "evaluation" not in body and "publish_intermediates" not in body  # left blank
+    calls = len(seen)
+    message, _, job_id, _ = handlers.submit("x: 1\n", "m", False, True, False, False, "full",
+                                            16.0, "name: [unclosed", False, None)
+    assert job_id is None and "not valid YAML" in message and len(seen) == calls  # not sent
