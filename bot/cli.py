@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
 from .backends.job_main import add_job_parser
-from .merge_cli import add_merge_parser, add_publish_arguments
+from .merge_cli import add_merge_parser, add_publish_arguments, eval_set_items
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -275,34 +275,6 @@ def _sweep_axes(specs: list[str]) -> dict[str, list]:
     return axes
 
 
-def _eval_sets(args: argparse.Namespace) -> list[dict]:
-    """``--eval-texts [NAME=]FILE`` (one text a line) and ``--eval-dataset
-    REPO[,name=N,config=C,split=S,column=C,samples=N,revision=R]`` -> the API's sets."""
-    from pathlib import Path
-
-    sets = []
-    for spec in args.eval_texts:
-        name, sep, path = spec.partition("=")
-        path = Path(path if sep else spec)
-        try:
-            texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"--eval-texts: cannot read {path}: {exc}") from None
-        sets.append({"name": name if sep else path.stem, "texts": [t for t in texts if t]})
-    for spec in args.eval_dataset:
-        repo, *options = [part.strip() for part in spec.split(",")]
-        item: dict = {"name": repo.rsplit("/", 1)[-1], "dataset": repo}
-        for option in options:
-            key, sep, value = option.partition("=")
-            if not sep or key not in ("name", "config", "split", "column", "samples",
-                                      "revision"):
-                raise ValueError(f"--eval-dataset {spec!r}: {option!r} is not one of name=, "
-                                 "config=, split=, column=, samples=, revision=")
-            item[key] = int(value) if key == "samples" and value.isdigit() else value
-        sets.append(item)
-    return sets
-
-
 def _run_submit(args: argparse.Namespace) -> int:
     import time
 
@@ -334,7 +306,7 @@ def _run_submit(args: argparse.Namespace) -> int:
         return _submit_sweep(args, settings, url, body)
     if args.eval_texts or args.eval_dataset:  # a single merge, scored on these sets
         try:
-            body["evaluation"] = _eval_sets(args)
+            body["evaluation"] = eval_set_items(args)
         except ValueError as exc:
             print(f"mergebot submit: {exc}", file=sys.stderr)
             return 2
@@ -374,7 +346,7 @@ def _submit_sweep(args: argparse.Namespace, settings, url: str, body: dict) -> i
                              "leave out --publish and --publish-intermediates")
         for field in ("publish", "publish_intermediates", "max_rank", "sv_cutoff"):
             body.pop(field, None)
-        body.update(sweep=_sweep_axes(args.sweep), evaluation=_eval_sets(args),
+        body.update(sweep=_sweep_axes(args.sweep), evaluation=eval_set_items(args),
                     publish=args.sweep_publish or "best")
     except ValueError as exc:
         print(f"mergebot submit: {exc}", file=sys.stderr)

@@ -16,7 +16,13 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from merge_engine import AdapterOptions, CheckOptions, InputError, MergeEngineError
+from merge_engine import (
+    AdapterOptions,
+    CheckOptions,
+    InputError,
+    MergeEngineError,
+    parse_eval_sets,
+)
 
 from .errors import BotError
 from .publish import PUBLISH_MODES, PublishRequest, merge_and_publish
@@ -47,6 +53,42 @@ def adapter_options(args: argparse.Namespace) -> AdapterOptions | None:
     return AdapterOptions(args.max_rank, args.sv_cutoff)
 
 
+def eval_set_items(args: argparse.Namespace) -> list[dict]:
+    """``--eval-texts [NAME=]FILE`` (one text a line) and ``--eval-dataset
+    REPO[,name=N,config=C,split=S,column=C,samples=N,revision=R]`` -> the API's sets."""
+    sets = []
+    for spec in args.eval_texts:
+        name, sep, path = spec.partition("=")
+        path = Path(path if sep else spec)
+        try:
+            texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--eval-texts: cannot read {path}: {exc}") from None
+        sets.append({"name": name if sep else path.stem, "texts": [t for t in texts if t]})
+    for spec in args.eval_dataset:
+        repo, *options = [part.strip() for part in spec.split(",")]
+        item: dict = {"name": repo.rsplit("/", 1)[-1], "dataset": repo}
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep or key not in ("name", "config", "split", "column", "samples",
+                                      "revision"):
+                raise ValueError(f"--eval-dataset {spec!r}: {option!r} is not one of name=, "
+                                 "config=, split=, column=, samples=, revision=")
+            item[key] = int(value) if key == "samples" and value.isdigit() else value
+        sets.append(item)
+    return sets
+
+
+def add_eval_arguments(parser) -> None:
+    """``--eval-texts`` and ``--eval-dataset`` (read by :func:`eval_set_items`)."""
+    parser.add_argument("--eval-texts", action="append", default=[], metavar="[NAME=]FILE",
+                        help="an evaluation set: a text file, one text a line (the merge and "
+                             "its sources are scored, the card gets the table)")
+    parser.add_argument("--eval-dataset", action="append", default=[],
+                        metavar="REPO[,name=,config=,split=,column=,samples=,revision=]",
+                        help="an evaluation set: a Hub dataset's text column")
+
+
 def add_merge_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "merge", help="merge a recipe from Hub models and publish it as one commit",
@@ -62,6 +104,7 @@ def add_merge_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-high-perplexity", action="store_true",
                         help="publish even above that limit")
     add_publish_arguments(parser)
+    add_eval_arguments(parser)
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="scratch space for shards in flight (default: a temp dir)")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
@@ -80,7 +123,9 @@ def run_merge_command(args: argparse.Namespace) -> int:
         return 2
     try:
         adapter = adapter_options(args)
-    except InputError as e:
+        items = eval_set_items(args)
+        sets = tuple(parse_eval_sets(items, "evaluation")) if items else ()
+    except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="mergebot-", dir=args.work_dir))
@@ -92,7 +137,7 @@ def run_merge_command(args: argparse.Namespace) -> int:
         device=args.device, random_seed=args.random_seed,
         checks=CheckOptions(perplexity_factor=args.perplexity_factor,
                             allow_high_perplexity=args.allow_high_perplexity),
-        publish=args.publish, adapter=adapter)
+        publish=args.publish, adapter=adapter, evaluate=sets)
     try:
         result = merge_and_publish(request, _progress if sys.stderr.isatty() else None)
     except (MergeEngineError, BotError) as e:
@@ -104,6 +149,11 @@ def run_merge_command(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
     for line in result.checks.lines() if result.checks else ():
         print(line, file=sys.stderr)
+    for row in result.evaluation.rows if result.evaluation else ():
+        model = "the merge" if row.kind == "merge" else row.label
+        for name, score in row.scores.items():
+            print(f"evaluated {model} on {name}: NLL {score.nll:.4f}, perplexity "
+                  f"{score.perplexity:.4g}", file=sys.stderr)
     if result.adapter_summary:
         print(result.adapter_summary, file=sys.stderr)
     if result.adapter_repo not in (None, result.repo_id):

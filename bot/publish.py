@@ -264,6 +264,9 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
         check_adapter_base(plan.recipe)
     if len(plans) > 1 and (req.evaluation is not None or req.revision or not req.commit):
         raise InputError("a multi-stage recipe cannot be swept; submit it as a recipe")
+    if req.evaluate and (len(plans) > 1 or req.publish != "full"):
+        raise InputError("evaluation scores a single-stage recipe's full weights; leave out "
+                         "the evaluation sets for a multi-stage recipe or an adapter")
     revisions = planned_revisions(staged, plans)
     hub_url = (req.endpoint or DEFAULT_HUB).rstrip("/")
     if not req.commit:
