@@ -308,9 +308,9 @@ def parse_evaluation(body: dict) -> tuple[EvalSet, ...]:
         raise recipe_errors(("evaluation", str(exc))) from None
 
 
-def check_evaluation(sub: Submission, recipe: Recipe | StagedRecipe, backend: str) -> None:
-    """422 when evaluation sets come with what cannot be scored: several stages, an adapter
-    publication, or a merge on another backend than the bot's own workers."""
+def check_evaluation(sub: Submission, recipe: Recipe | StagedRecipe) -> None:
+    """422 when evaluation sets come with what cannot be scored: several stages or an
+    adapter publication."""
     if not sub.evaluation:
         return
     if isinstance(recipe, StagedRecipe):
@@ -319,10 +319,6 @@ def check_evaluation(sub: Submission, recipe: Recipe | StagedRecipe, backend: st
     if sub.publish != "full":
         raise recipe_errors(("evaluation", "evaluation scores the full weights it publishes; "
                                            "use 'publish': 'full' with evaluation sets"))
-    if backend != "local":
-        raise recipe_errors(("evaluation", f"evaluated merges run on the bot's own workers, "
-                                           f"not on the {backend} backend; submit without "
-                                           "'evaluation'"))
 
 
 def parse_publish(body: dict) -> tuple[str, int | None, float]:
@@ -486,7 +482,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     sources = hub_sources(recipe)
     check_model_count(recipe, settings)
     check_publish(sub, recipe)
-    check_evaluation(sub, recipe, services.backend.name)
+    check_evaluation(sub, recipe)
     if sub.publish_intermediates and not isinstance(recipe, StagedRecipe):
         raise recipe_errors(("publish_intermediates", "publishing intermediates needs a "
                              "multi-stage recipe (several YAML documents separated by ---)"))

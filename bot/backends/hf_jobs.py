@@ -25,7 +25,7 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import httpx2
 from huggingface_hub import HfApi, JobInfo
@@ -33,6 +33,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from merge_engine import (
     DEFAULT_SHARD_BYTES,
+    EvalTable,
     HubAccess,
     InputError,
     Plan,
@@ -179,10 +180,13 @@ class HfJobsBackend:
         if req.adapter is not None:
             command += ["--publish", req.publish, "--max-rank", str(req.adapter.max_rank),
                         "--sv-cutoff", repr(float(req.adapter.sv_cutoff))]
+        secrets = {"HF_TOKEN": req.token, "MERGEBOT_RECIPE": req.recipe_text}
+        if req.evaluate:  # a secret too: the sets may hold pasted texts
+            secrets["MERGEBOT_EVALUATION"] = json.dumps([asdict(e) for e in req.evaluate])
         info = _hub(lambda: api.run_job(
             image=s.jobs_image, command=command, flavor=hw.name,
             env={"HF_ENDPOINT": s.endpoint} if s.endpoint != DEFAULT_HUB else None,
-            secrets={"HF_TOKEN": req.token, "MERGEBOT_RECIPE": req.recipe_text},
+            secrets=secrets,
             labels={**self.labels(dispatch.job_id), "mergebot-attempt": str(dispatch.attempt)},
             timeout=need.timeout(s.jobs_mbps), namespace=ns))
         self.store.record_run(dispatch.job_id, dispatch.attempt, backend=self.name,
@@ -242,14 +246,17 @@ class HfJobsBackend:
 
     def _result(self, repo_id: str, commit: str, revisions: dict, *, reused: bool,
                 created: bool = False, adapter: dict | None = None) -> PublishResult:
-        """``adapter``: the Job's result line, with its adapter fields (when any)."""
+        """``adapter``: the Job's result line, with its adapter fields and evaluation table
+        (when any)."""
         hub = (self.settings.endpoint or DEFAULT_HUB).rstrip("/")
         adapter = adapter or {}
         return PublishResult(repo_id, commit, f"{hub}/{repo_id}", revisions,
                              created_repo=created, reused_commit=reused,
                              adapter_repo=adapter.get("adapter_repo"),
                              adapter_commit=adapter.get("adapter_commit"),
-                             adapter_summary=adapter.get("adapter_summary"))
+                             adapter_summary=adapter.get("adapter_summary"),
+                             evaluation=(EvalTable.from_json(adapter["evaluation"])
+                                         if adapter.get("evaluation") else None))
 
 
 def _hub(fn):

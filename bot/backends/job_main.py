@@ -1,13 +1,15 @@
 """``mergebot run-job``: what a Hugging Face Job runs: one merge, published as one commit.
 
 The token and the recipe come as Job secrets (``HF_TOKEN``, ``MERGEBOT_RECIPE``), never
-as arguments or plain env (those are shown to anyone who can inspect the Job); the Hub is
-``HF_ENDPOINT``. The Job's log (stdout) carries, one line each:
+as arguments or plain env (those are shown to anyone who can inspect the Job); so do the
+evaluation sets, when the merge is to be scored (``MERGEBOT_EVALUATION``: the API's JSON
+list; they may hold pasted texts); the Hub is ``HF_ENDPOINT``. The Job's log (stdout)
+carries, one line each:
 
     mergebot-stage: STAGE FRACTION     as the merge goes (on a new stage or every 1 %)
     mergebot-result: {"commit": ..., "repo_id": ..., "revisions": {...}, "reused_commit": ...,
                       "created_repo": ..., "adapter_repo": ..., "adapter_commit": ...,
-                      "adapter_summary": ...}
+                      "adapter_summary": ..., "evaluation": the table's JSON or null}
     mergebot-error: KIND: MESSAGE      KIND: input, source (a mistake in the recipe or a
                                        source: fail the job), transient (retry), fatal
 
@@ -25,7 +27,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from merge_engine import CheckOptions, InputError, SourceError
+from merge_engine import CheckOptions, InputError, SourceError, parse_eval_sets
 
 from ..errors import is_transient
 from ..merge_cli import adapter_options, add_publish_arguments
@@ -74,6 +76,7 @@ def run_job_command(args: argparse.Namespace) -> int:
         return 1
     try:
         adapter = adapter_options(args)
+        sets = _evaluation(os.environ.get("MERGEBOT_EVALUATION"))
     except InputError as exc:
         print(f"{ERROR}input: {_line(exc)}", flush=True)
         return 2
@@ -86,7 +89,7 @@ def run_job_command(args: argparse.Namespace) -> int:
         publish_intermediates=args.publish_intermediates,
         checks=CheckOptions(perplexity_factor=args.perplexity_factor,
                             allow_high_perplexity=args.allow_high_perplexity),
-        publish=args.publish, adapter=adapter)
+        publish=args.publish, adapter=adapter, evaluate=sets)
     try:
         result = merge_and_publish(request, _Stages())
     except InputError as exc:
@@ -106,8 +109,21 @@ def run_job_command(args: argparse.Namespace) -> int:
         "reused_commit": result.reused_commit, "created_repo": result.created_repo,
         "adapter_repo": result.adapter_repo, "adapter_commit": result.adapter_commit,
         "adapter_summary": result.adapter_summary,
+        "evaluation": result.evaluation.to_json() if result.evaluation else None,
     }, sort_keys=True), flush=True)
     return 0
+
+
+def _evaluation(text: str | None) -> tuple:
+    """The sets of the ``MERGEBOT_EVALUATION`` secret (none when it is unset)."""
+    if not text:
+        return ()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise InputError("the MERGEBOT_EVALUATION secret is not a JSON list of "
+                         "evaluation sets") from None
+    return tuple(parse_eval_sets(data, "evaluation"))
 
 
 def _line(exc: BaseException) -> str:

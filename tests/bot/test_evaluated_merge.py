@@ -107,12 +107,27 @@ def test_bad_evaluations_are_422_at_the_field(sources, make_client, fields, word
     assert error["loc"] == "evaluation" and words in error["msg"], error
 
 
-def test_hf_jobs_refuses_an_evaluated_merge_with_a_reason(sources, make_client):  # noqa: F811
-    client = make_client(backend="hf-jobs", jobs_image="img")
-    body = {"recipe": recipe_yaml(), "repo_id": f"{BOT}/m", "evaluation": EVALUATION[:1]}
+def test_an_evaluated_merge_on_hf_jobs_gets_its_scores_from_the_job(
+        trained_hub, make_client, make_settings, tmp_path):  # noqa: F811
+    """The sets travel as a Job secret; the Job scores the merge, its card gets the table
+    and its result line brings the scores back to the job log."""
+    overrides = {"backend": "hf-jobs", "jobs_image": "img", "jobs_poll_seconds": 0.1}
+    settings, client = make_settings(**overrides), make_client(**overrides)
+    body = {"recipe": recipe(), "repo_id": f"{BOT}/job-scored", "evaluation": EVALUATION[:1]}
     answer = client.post("/api/recipes", json=body, headers=ALICE)
-    assert answer.status_code == 422, answer.text
-    assert "not on the hf-jobs backend" in answer.json()["errors"][0]["msg"]
+    assert answer.status_code == 201, answer.text
+    run_jobs(settings)
+    job = client.get(f"/api/jobs/{answer.json()['job_id']}").json()
+    assert job["status"] == "succeeded", job
+    assert any(line.startswith("hf-jobs: started Job") for line in job["log"])
+    [line] = [ln for ln in job["log"] if ln.startswith("evaluated the merge on north")]
+    folder = trained_hub.api(BOT).snapshot_download(f"{BOT}/job-scored",
+                                                    local_dir=tmp_path / "published")
+    [direct] = evaluate_model(folder, [EvalSet("north", tuple(EVALUATION[0]["texts"]))],
+                              device="cpu")
+    assert f"NLL {direct.nll:.4f}" in line
+    rows = card_rows((Path(folder) / "README.md").read_text())
+    assert set(rows) == {"this merge", *REPOS}
 
 
 def test_the_sets_are_stored_on_both_databases(store: Store):
