@@ -473,6 +473,29 @@ def check_bot_can_read(recipe: Recipe, sources: list[str], settings: Settings) -
             raise ApiError(502, f"could not look up {repo} on the Hub (HTTP {status})") from None
 
 
+def check_datasets(sets, token: str | None, settings: Settings) -> None:
+    """422 unless every dataset an evaluation set names is readable with the submitter's
+    token (so nobody scores a model on, and publishes the name of, a private dataset they
+    cannot see through the bot) and with the bot's (it reads them when merging)."""
+    for i, spec in enumerate(sets):
+        if spec.dataset is None:
+            continue
+        loc = f"evaluation[{i}].dataset"
+        for who, key in (("you", token), ("the bot", settings.token)):
+            api = HfApi(endpoint=settings.endpoint, token=key)
+            try:
+                api.dataset_info(spec.dataset, revision=spec.revision)
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else 0
+                if status not in (401, 403, 404):
+                    raise ApiError(502, f"could not look up dataset {spec.dataset} on the Hub "
+                                        f"(HTTP {status})") from None
+                at = f" at {spec.revision}" if spec.revision else ""
+                msg = (f"dataset {spec.dataset}{at} does not exist or {who} cannot read it"
+                       + ("" if who == "you" else "; make it public or give the bot access"))
+                raise recipe_errors((loc, msg)) from None
+
+
 def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     """The whole POST /api/recipes check-and-queue (blocking; run in a thread)."""
     settings, store, hub = services.settings, services.store, services.hub
@@ -502,6 +525,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
                             "another user's recipe")
     preflight(recipe, settings, token)
     check_bot_can_read(recipe, sources, settings)
+    check_datasets(sub.evaluation, token, settings)
     with store.write() as db:
         db.lock(f"owner:{user}")  # quota and repo checks hold until commit (Postgres)
         db.lock(f"repo:{repo_id}")

@@ -51,6 +51,7 @@ from .api import (
     _services,
     _visible_recipe,
     check_bot_can_read,
+    check_datasets,
     check_model_count,
     hub_sources,
     parse,
@@ -130,6 +131,7 @@ def submit_sweep(services: Services, token: str | None, body: dict) -> dict:
                                       f"variants of {plan.output_bytes:,}); the limit is "
                                       f"{settings.max_sweep_bytes:,}"))
     check_bot_can_read(recipe, sources, settings)
+    check_datasets(sets, token, settings)
     with store.write() as db:
         db.lock(f"owner:{user}")
         db.lock(f"repo:{repo_id}")

@@ -14,7 +14,7 @@ from bot.worker import Worker
 from merge_engine import EvalSet, evaluate_model, parse_eval_sets
 from merge_engine.trained import sentences
 from tests.bot.botutil import BOT, recipe_yaml
-from tests.bot.test_api import ALICE, make_client  # noqa: F401
+from tests.bot.test_api import ALICE, BOB, make_client  # noqa: F401
 from tests.bot.test_multistage_bot import two_stages
 from tests.bot.test_sweep_runs import REPOS, card_rows, recipe, trained_hub  # noqa: F401
 from tests.hub.test_datasets_hub import dataset, parquet
@@ -105,6 +105,23 @@ def test_bad_evaluations_are_422_at_the_field(sources, make_client, fields, word
     assert answer.status_code == 422, answer.text
     [error] = answer.json()["errors"]
     assert error["loc"] == "evaluation" and words in error["msg"], error
+
+
+@pytest.mark.parametrize("path", ["/api/recipes", "/api/sweeps"])
+def test_a_dataset_the_submitter_or_the_bot_cannot_read_is_422(
+        sources, make_client, path):  # noqa: F811
+    dataset(sources, "alice/secret", {
+        "data/test-00000-of-00001.parquet": parquet({"text": SOUTH_TEXTS})}, private=True)
+    client = make_client()
+    body = {"recipe": recipe_yaml(), "repo_id": f"{BOT}/m",
+            "evaluation": [{"name": "s", "dataset": "alice/secret"}]}
+    if path == "/api/sweeps":
+        body["sweep"] = {"models[1].parameters.weight": [0.1, 0.2]}
+    for who, words in ((BOB, "or you cannot read it"), (ALICE, "or the bot cannot read it")):
+        answer = client.post(path, json=body, headers=who)
+        assert answer.status_code == 422, answer.text
+        [error] = answer.json()["errors"]
+        assert error["loc"] == "evaluation[0].dataset" and words in error["msg"], error
 
 
 def test_an_evaluated_merge_on_hf_jobs_gets_its_scores_from_the_job(
