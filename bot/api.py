@@ -473,6 +473,15 @@ def check_bot_can_read(recipe: Recipe, sources: list[str], settings: Settings) -
             raise ApiError(502, f"could not look up {repo} on the Hub (HTTP {status})") from None
 
 
+def check_scorable(plan: Plan) -> None:
+    """422 when the merge will have no tokenizer to be scored with (the engine takes the
+    base's tokenizer files), before any variant or merge runs."""
+    base = plan.sources[0]
+    if "tokenizer.json" not in base.files:
+        raise recipe_errors(("evaluation", f"evaluation scores the merge with its tokenizer, "
+                                           f"and {base.name} has no tokenizer.json"))
+
+
 def check_datasets(sets, token: str | None, settings: Settings) -> None:
     """422 unless every dataset an evaluation set names is readable with the submitter's
     token (so nobody scores a model on, and publishes the name of, a private dataset they
@@ -523,8 +532,10 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
     if taken is not None and taken.owner != user:
         raise ApiError(409, f"{sibling}, where the adapter would go, is already published by "
                             "another user's recipe")
-    preflight(recipe, settings, token)
+    plans = preflight(recipe, settings, token)
     check_bot_can_read(recipe, sources, settings)
+    if sub.evaluation:
+        check_scorable(plans[-1])
     check_datasets(sub.evaluation, token, settings)
     with store.write() as db:
         db.lock(f"owner:{user}")  # quota and repo checks hold until commit (Postgres)

@@ -53,6 +53,7 @@ from .api import (
     check_bot_can_read,
     check_datasets,
     check_model_count,
+    check_scorable,
     hub_sources,
     parse,
     parse_submission,
@@ -125,6 +126,7 @@ def submit_sweep(services: Services, token: str | None, body: dict) -> dict:
     if existing is not None and existing.owner != user:
         raise ApiError(409, f"{repo_id} is already published by another user's recipe")
     plan = preflight(recipe, settings, token)[-1]
+    check_scorable(plan)
     total = plan.output_bytes * len(variants)
     if total > settings.max_sweep_bytes:
         raise recipe_errors(("sweep", f"the sweep writes {total:,} bytes ({len(variants)} "

@@ -44,6 +44,20 @@ def sources(bothub: Hub, model_dirs: dict[str, Path]) -> Hub:
 
 
 @pytest.fixture
+def scorable(sources: Hub) -> Hub:
+    """``sources`` with a word-level tokenizer.json on alice/base, so a merge of it can be
+    evaluated (POST /api/recipes and /api/sweeps refuse evaluation without one)."""
+    from tokenizers import Tokenizer, models
+
+    words = {"<unk>": 0, **{f"w{i}": i for i in range(1, 64)}}
+    path = sources.data_dir.parent / "base-tokenizer.json"
+    Tokenizer(models.WordLevel(words, unk_token="<unk>")).save(str(path))
+    sources.api("alice").upload_file(path_or_fileobj=str(path), path_in_repo="tokenizer.json",
+                                     repo_id="alice/base")
+    return sources
+
+
+@pytest.fixture
 def make_settings(tmp_path: Path, bothub: Hub) -> Callable[..., Settings]:
     """Settings for a bot on `bothub` with state under tmp_path/home; kwargs override."""
 

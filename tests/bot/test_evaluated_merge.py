@@ -75,7 +75,7 @@ def test_an_evaluated_merge_publishes_its_scores_and_remerges_score_again(
     assert card_rows(card) == rows  # the same merge, the same scores
 
 
-def test_submitting_other_sets_is_a_changed_recipe(sources, make_client):  # noqa: F811
+def test_submitting_other_sets_is_a_changed_recipe(scorable, sources, make_client):  # noqa: F811
     client = make_client()
     body = {"recipe": recipe_yaml(), "repo_id": f"{BOT}/m", "evaluation": EVALUATION[:1]}
     first = client.post("/api/recipes", json=body, headers=ALICE).json()
@@ -109,7 +109,7 @@ def test_bad_evaluations_are_422_at_the_field(sources, make_client, fields, word
 
 @pytest.mark.parametrize("path", ["/api/recipes", "/api/sweeps"])
 def test_a_dataset_the_submitter_or_the_bot_cannot_read_is_422(
-        sources, make_client, path):  # noqa: F811
+        scorable, sources, make_client, path):  # noqa: F811
     dataset(sources, "alice/secret", {
         "data/test-00000-of-00001.parquet": parquet({"text": SOUTH_TEXTS})}, private=True)
     client = make_client()

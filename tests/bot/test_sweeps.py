@@ -28,7 +28,7 @@ def client(make_client) -> TestClient:  # noqa: F811
     return make_client()
 
 
-def test_a_sweep_is_stored_with_one_job_per_variant_and_shown_whole(client: TestClient):
+def test_a_sweep_is_stored_with_one_job_per_variant_and_shown_whole(scorable, client: TestClient):
     answer = client.post("/api/sweeps", json=sweep_body(), headers=ALICE)
     assert answer.status_code == 201, answer.text
     created = answer.json()
@@ -63,7 +63,7 @@ def test_bad_sweeps_are_4xx_at_the_field(client: TestClient, fields, status, loc
     assert words is None or words in error["msg"]
 
 
-def test_sweep_limits_are_settings(make_client):  # noqa: F811
+def test_sweep_limits_are_settings(scorable, make_client):  # noqa: F811
     small = make_client(max_sweep_variants=2, max_sweep_bytes=10**12)
     answer = small.post("/api/sweeps", json=sweep_body(), headers=ALICE)
     assert answer.status_code == 422
@@ -82,7 +82,7 @@ def test_hf_jobs_refuses_sweeps_with_a_reason(make_client):  # noqa: F811
     assert "not on the hf-jobs backend" in answer.json()["errors"][0]["msg"]
 
 
-def test_a_private_sweep_is_not_found_by_others(client: TestClient):
+def test_a_private_sweep_is_not_found_by_others(scorable, client: TestClient):
     created = client.post("/api/sweeps", json=sweep_body(private=True), headers=ALICE).json()
     path = f"/api/sweeps/{created['sweep_id']}"
     assert client.get(path, headers=ALICE).status_code == 200
