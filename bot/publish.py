@@ -289,6 +289,16 @@ def merge_and_publish(req: PublishRequest, progress: Progress | None = None) -> 
     new_branch: list[str] = []  # the sweep variant's branch, when this call made it
     try:
         parent = _call(lambda: _head(api, req, new_branch), f"read {req.repo_id}")
+        # Checked again against the head our commit will name as its parent: a twin
+        # dispatch that committed after the check above is in its history, and one that
+        # commits after this read makes our parent_commit stale (the commit fails).
+        if req.job_key and (done := find_job_commit(api, req.repo_id, req.job_key, parent)):
+            if uploader is not None:
+                uploader.cancel()
+            return PublishResult(req.repo_id, done, f"{hub_url}/{req.repo_id}", revisions,
+                                 created_repo=False, reused_commit=True,
+                                 revision=req.revision, adapter_repo=sibling,
+                                 adapter_commit=_adapter_commit(api, req, sibling, done))
         report("resolving", 1.0)
         adapter_dir = req.work_dir / "adapter"
         merged, plan, stages, staged_revisions = _merge(
