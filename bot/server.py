@@ -136,7 +136,9 @@ def run_worker_process(settings: Settings, count: int = 1) -> None:
     store.migrate()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda *_: threading.Thread(target=stop.set).start())
+        # not stop.set() itself: the handler runs in the main thread, which may be inside
+        # stop.wait() holding the event's lock (a deadlock seen in a fleet test)
     threads = run_workers(settings, count, stop, store=store)
     while not stop.wait(0.5):
         pass

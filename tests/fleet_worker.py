@@ -73,7 +73,9 @@ def main() -> None:
     store.migrate()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda *_: threading.Thread(target=stop.set).start())
+        # not stop.set() itself: the handler runs in the main thread, which may be inside
+        # stop.wait() holding the event's lock (a deadlock seen in a fleet test)
     worker = Worker(settings, store, publish=stand_in(settings, hold))
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "ready").write_text(worker.name)
