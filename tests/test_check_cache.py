@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from merge_engine import CheckOptions, open_source, run_checks, run_merge
 from merge_engine.check import cache
 from merge_engine.cli import main
+from merge_engine.io import entries as stored
 from merge_engine.recipe.refs import ModelRef
 
 from .checkutil import tokenized_family
@@ -153,7 +154,7 @@ def hostile_bytes(kind: str, key: str) -> bytes:
     elif kind == "below one":
         entry["perplexity"] = 0.5
     elif kind == "huge":
-        entry["padding"] = "x" * (cache.MAX_ENTRY_BYTES + 1)
+        entry["padding"] = "x" * (stored.MAX_ENTRY_BYTES + 1)
     else:
         return HOSTILE[kind]
     return json.dumps(entry).encode()
@@ -164,7 +165,7 @@ def test_a_hostile_entry_is_ignored(family, tmp_path, kind):
     key = cache.key(source(family[0][0]), "cpu")
     cache.write(tmp_path, key, "base", 50.0)
     assert cache.read(tmp_path, key) == 50.0
-    cache.path(tmp_path, key).write_bytes(hostile_bytes(kind, key))
+    stored.entry_path(tmp_path, key).write_bytes(hostile_bytes(kind, key))
     assert cache.read(tmp_path, key) is None
 
 

@@ -14,7 +14,14 @@ import torch
 
 from merge_engine import run_merge
 from merge_engine.errors import InputError, MergeEngineError
-from merge_engine.evaluate import EvalSet, evaluate_model, parse_eval_sets, run_tasks, score
+from merge_engine.evaluate import (
+    EvalScore,
+    EvalSet,
+    evaluate_model,
+    parse_eval_sets,
+    run_tasks,
+    score,
+)
 from merge_engine.evaluate.sets import MAX_SAMPLES, MAX_SETS
 from merge_engine.trained import sentences
 
@@ -189,3 +196,24 @@ def test_a_model_too_large_for_the_device_is_refused(trained_family, monkeypatch
     with pytest.raises(MergeEngineError, match=r"cannot be evaluated: the model needs about "
                                                r"0\.\d GB to run but 0\.0 GB are free on cpu"):
         evaluate_model(trained_family[0], [NORTH], device="cpu")
+
+
+@pytest.mark.parametrize("fields", [
+    None, {"set": "other", "nll": 1.0, "perplexity": 2.7, "tokens": 3, "samples": 1},
+    {"set": "s", "nll": float("nan"), "perplexity": 2.7, "tokens": 3, "samples": 1},
+    {"set": "s", "nll": "1", "perplexity": 2.7, "tokens": 3, "samples": 1},
+    {"set": "s", "nll": 1.0, "perplexity": 2.7, "tokens": 0, "samples": 1},
+    {"set": "s", "nll": 1.0, "unknown": 1},
+])
+def test_a_damaged_cached_source_score_is_not_used(tmp_path, fields):
+    from merge_engine.evaluate.sources import _cached
+    from merge_engine.io.entries import entry_path, write_entry
+
+    good = {"set": "s", "nll": 1.0, "perplexity": 2.718, "tokens": 3, "samples": 1}
+    write_entry(tmp_path, "k", good)
+    assert _cached(tmp_path, "k", "s") == EvalScore(**good)
+    if fields is None:
+        entry_path(tmp_path, "k").write_bytes(b"{not json")
+    else:
+        write_entry(tmp_path, "k", fields)
+    assert _cached(tmp_path, "k", "s") is None

@@ -1,8 +1,8 @@
 """Sources' perplexities kept between merges: a source's perplexity depends only on its
 files and the fixed check text, so a remerge measures only the sources that changed.
 
-An entry is one JSON file named by the SHA-256 of its key; the key is stored in the entry
-and must match on reading. The key holds what the figure depends on:
+Entries are :mod:`merge_engine.io.entries` (JSON files named by the key's SHA-256, the key
+stored inside and checked on reading). The key holds what the figure depends on:
 
 - a Hub source: ``repo@commit SHA`` (a commit never changes);
 - a local directory: its resolved path, the SHA-256 of ``config.json`` and
@@ -18,20 +18,16 @@ ignored (measured again and overwritten). LoRA sources are not measured, so not 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import math
-import uuid
 from importlib import metadata
 from pathlib import Path
 
 from merge_engine.check import behaviour
 from merge_engine.errors import SourceError
 from merge_engine.io.checkpoint import INDEX_NAME, header_size
+from merge_engine.io.entries import read_entry, write_entry
 from merge_engine.io.sources import Source
-
-MAX_ENTRY_BYTES = 64 * 1024
 
 
 def key(source: Source, device: str) -> str | None:
@@ -82,22 +78,10 @@ def _header_digest(path: Path) -> str:
         return hashlib.sha256(f.read(8 + n)).hexdigest()
 
 
-def path(cache_dir: Path, entry_key: str) -> Path:
-    return cache_dir / f"{hashlib.sha256(entry_key.encode()).hexdigest()}.json"
-
-
 def read(cache_dir: Path, entry_key: str) -> float | None:
     """The cached perplexity under ``entry_key``; None when there is no valid entry."""
-    file = path(cache_dir, entry_key)
-    try:
-        if not file.is_file() or file.stat().st_size > MAX_ENTRY_BYTES:
-            return None
-        entry = json.loads(file.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(entry, dict) or entry.get("key") != entry_key:
-        return None
-    value = entry.get("perplexity")
+    entry = read_entry(cache_dir, entry_key)
+    value = entry.get("perplexity") if entry is not None else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if not math.isfinite(value) or value < 1.0:
@@ -106,15 +90,5 @@ def read(cache_dir: Path, entry_key: str) -> float | None:
 
 
 def write(cache_dir: Path, entry_key: str, name: str, perplexity: float) -> None:
-    """Store an entry atomically (concurrent workers write the same value); a cache that
-    cannot be written is left as it is (the figure is reported all the same)."""
-    file = path(cache_dir, entry_key)
-    partial = file.with_suffix(f".{uuid.uuid4().hex}.partial")
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"key": entry_key, "source": name,
-                                       "perplexity": perplexity}))
-        partial.replace(file)
-    except OSError:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
+    """Store an entry (see :func:`merge_engine.io.entries.write_entry`)."""
+    write_entry(cache_dir, entry_key, {"source": name, "perplexity": perplexity})

@@ -12,7 +12,7 @@ from pathlib import Path
 from merge_engine.check import behaviour, cache, structure
 from merge_engine.check.report import CheckOptions, CheckReport, SourceFigure
 from merge_engine.errors import CheckError
-from merge_engine.io.checkpoint import INDEX_NAME, TensorMeta
+from merge_engine.io.checkpoint import TensorMeta
 from merge_engine.io.sources import Source
 
 
@@ -156,15 +156,6 @@ def _measure_source(source: Source, options: CheckOptions) -> SourceFigure:
                                    options.device))
     if skip:
         return SourceFigure(source.name, None, f"not measured ({skip})")
-    weights = sorted({m.file for m in source.tensors.values()})
-    names = ["config.json", "tokenizer.json", *weights]
-    if INDEX_NAME in source.files:
-        names.append(INDEX_NAME)
-    fetched = [source.fetch(n) for n in names]
-    try:
-        value, _ = behaviour.measure(fetched[0].parent, options.device, generate=False)
-    finally:
-        if source.streams_files:
-            for path in fetched[2:]:
-                path.unlink(missing_ok=True)
+    with source.model_files() as directory:
+        value, _ = behaviour.measure(directory, options.device, generate=False)
     return SourceFigure(source.name, value)

@@ -1,23 +1,22 @@
 """Scoring the source models of a merge, for reference, with their scores cached.
 
 A Hub source pinned to a commit SHA has the same score on the same texts every time: its
-score on a set is kept in ``cache_dir`` under a key of (repo@SHA, the set's identity: the
-dataset at its SHA or the texts' digest, the token limit), so a remerge or every variant
+score on a set is kept in ``cache_dir`` (:mod:`merge_engine.io.entries`) under a key of
+(repo@SHA, the set's identity: the dataset at its SHA or the texts' digest, the token
+limit), so a remerge or every variant
 of a sweep scores each source once. Local sources are scored each time (their files may
 change in place); LoRA sources are not scored.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
+import math
 from pathlib import Path
 
 from merge_engine.errors import MergeEngineError
 from merge_engine.evaluate.score import MAX_LENGTH, EvalScore, SetTexts, score_model
 from merge_engine.evaluate.table import EvalRow
-from merge_engine.io.checkpoint import INDEX_NAME
+from merge_engine.io.entries import read_entry, write_entry
 from merge_engine.io.sources import Source
 
 
@@ -37,52 +36,50 @@ def _source_row(source: Source, sets: list[SetTexts], device: str, cache_dir: Pa
     if "tokenizer.json" not in source.files:
         row.note = "not scored (no tokenizer.json)"
         return row
-    paths = {s.set.name: _cache_path(source, s, cache_dir, max_length) for s in sets}
-    for name, path in paths.items():
-        if path is not None and path.is_file():
-            row.scores[name] = EvalScore(**json.loads(path.read_text()))
+    keys = {s.set.name: _cache_key(source, s, max_length) for s in sets}
+    for name, key in keys.items():
+        if (score := _cached(cache_dir, key, name)) is not None:
+            row.scores[name] = score
     missing = [s for s in sets if s.set.name not in row.scores]
     if not missing:
         return row
     try:
         for score in _score_source(source, missing, device, max_length):
             row.scores[score.set] = score
-            _store(paths[score.set], score)
+            if cache_dir is not None and keys[score.set] is not None:
+                write_entry(cache_dir, keys[score.set], score.to_json())
     except MergeEngineError as e:  # e.g. remote code, or too large for this device
         row.note = f"not scored ({e})"
     row.scores = {s.set.name: row.scores[s.set.name] for s in sets if s.set.name in row.scores}
     return row
 
 
-def _cache_path(source: Source, texts: SetTexts, cache_dir: Path | None,
-                max_length: int) -> Path | None:
-    if cache_dir is None or source.revision is None:
+def _cache_key(source: Source, texts: SetTexts, max_length: int) -> str | None:
+    """What a source's score on a set depends on (None: a local source, not cached)."""
+    if source.revision is None:
         return None
-    key = f"{source.pinned}\n{texts.identity}\n{max_length}"
-    return cache_dir / f"eval-{hashlib.sha256(key.encode()).hexdigest()}.json"
+    return f"evaluation\n{source.pinned}\n{texts.identity}\n{max_length}"
 
 
-def _store(path: Path | None, score: EvalScore) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
-    partial.write_text(json.dumps(score.to_json()))
-    partial.replace(path)  # atomic: concurrent workers write the same value
+def _cached(cache_dir: Path | None, key: str | None, name: str) -> EvalScore | None:
+    """The stored score under ``key``; None when there is no valid one (a damaged or
+    foreign entry is scored again and overwritten)."""
+    if cache_dir is None or key is None:
+        return None
+    fields = read_entry(cache_dir, key)
+    try:
+        score = EvalScore(**fields) if fields is not None else None
+    except TypeError:
+        return None
+    numbers = (score.nll, score.perplexity) if score is not None else ()
+    if score is None or score.set != name or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            for x in numbers) or not isinstance(score.tokens, int) or score.tokens < 1:
+        return None
+    return score
 
 
 def _score_source(source: Source, sets: list[SetTexts], device: str,
                   max_length: int) -> list[EvalScore]:
-    """Fetch the files the model needs (weights are removed again when the source
-    streams its files) and score it."""
-    weights = sorted({m.file for m in source.tensors.values()})
-    names = ["config.json", "tokenizer.json", *weights]
-    if INDEX_NAME in source.files:
-        names.append(INDEX_NAME)
-    fetched = [source.fetch(n) for n in names]
-    try:
-        return score_model(fetched[0].parent, sets, device=device, max_length=max_length)
-    finally:
-        if source.streams_files:
-            for path in fetched[2:]:
-                path.unlink(missing_ok=True)
+    with source.model_files() as directory:
+        return score_model(directory, sets, device=device, max_length=max_length)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import httpx2
 from huggingface_hub import errors as hub_errors
 
 from merge_engine.errors import MergeEngineError, SourceError
-from merge_engine.io.checkpoint import TensorMeta
+from merge_engine.io.checkpoint import INDEX_NAME, TensorMeta
 from merge_engine.io.hub import (
     HubAccess,
     PinnedFiles,
@@ -96,6 +98,23 @@ class Source(PinnedFiles):
     def side_files(self) -> list[str]:
         """The config/tokenizer files this model has."""
         return [f for f in SIDE_FILES if f in self.files]
+
+    @contextmanager
+    def model_files(self) -> Iterator[Path]:
+        """The directory holding the model as transformers loads it: config.json,
+        tokenizer.json, the weight files and their index, fetched; the weight files a
+        streaming source fetched are deleted again on exit."""
+        weights = sorted({m.file for m in self.tensors.values()})
+        names = ["config.json", "tokenizer.json", *weights]
+        if INDEX_NAME in self.files:
+            names.append(INDEX_NAME)
+        fetched = [self.fetch(n) for n in names]
+        try:
+            yield fetched[0].parent
+        finally:
+            if self.streams_files:
+                for path in fetched[2:]:
+                    path.unlink(missing_ok=True)
 
 
 def open_source(ref: ModelRef, access: HubAccess | None = None) -> Source:

@@ -59,7 +59,7 @@ def test_a_merge_evaluated_on_a_hub_dataset(hub, trained_family, tmp_path):
     assert south.metric_value == round(merged.scores["south"].perplexity, 4)
 
     # The sources' scores come from the cache: 3 sources x 2 sets, read back as stored.
-    files = sorted(cache.glob("eval-*.json"))
+    files = sorted(cache.glob("*.json"))
     assert len(files) == 6
     for f in files:
         stored = json.loads(f.read_text())
