@@ -60,9 +60,11 @@ from merge_engine.recipe import (
     parse_recipe,
     parse_stages,
 )
+from merge_engine.recipe.locations import CARD_LIMITS, load_yaml
 from merge_engine.version import __version__
 
 __all__ = [
+    "CARD_LIMITS",
     "AdapterOptions",
     "CheckError",
     "CheckOptions",
@@ -104,6 +106,7 @@ __all__ = [
     "is_transient",
     "load_dataset_texts",
     "load_recipe",
+    "load_yaml",
     "open_source",
     "parse_eval_sets",
     "parse_recipe",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from merge_engine import EvalTable, write_evaluation_plot
+from merge_engine import EvalTable, RecipeError, RecipeLimits, load_yaml, write_evaluation_plot
 from spaces_app.render import _STATUS_MARK, FINISHED, text_md
 
 EVALUATION_EXAMPLE = """\
@@ -30,6 +30,10 @@ EVALUATION_EXAMPLE = """\
 #   samples: 64
 """
 SWEEP_FINISHED = ("succeeded", "failed")
+
+EVALUATION_LIMITS = RecipeLimits(max_bytes=2 * 1024 * 1024, max_nodes=20_000,
+                                 what="the evaluation sets' YAML")
+"""The recipes' YAML budgets for the typed evaluation sets (8 sets of up to 1024 texts)."""
 
 
 class InputProblem(ValueError):
@@ -60,10 +64,9 @@ def parse_axes(text: str) -> dict[str, list]:
 def parse_evaluation(text: str) -> list:
     """The evaluation sets' YAML as the API's list (its checks are the bot's)."""
     try:
-        value = yaml.safe_load(text or "")
-    except yaml.YAMLError as exc:
-        raise InputProblem(f"the evaluation sets are not valid YAML: "
-                           f"{' '.join(str(exc).split())}") from None
+        value = load_yaml(text or "", EVALUATION_LIMITS)[0]
+    except RecipeError as exc:
+        raise InputProblem(f"the evaluation sets are not valid YAML: {exc}") from None
     if not isinstance(value, list) or not value:
         raise InputProblem("give the evaluation sets as a YAML list, e.g. '- name: general' "
                            "with 'texts:' or 'dataset:'")

@@ -83,3 +83,10 @@ repo_paths = st.one_of(
     st.lists(st.sampled_from(["a", "..", ".", "", ".git", ".cache", "b.txt", "\\", "\x00",
                               "ü", "x" * 300, "c d"]), min_size=1, max_size=5).map("/".join),
 )
+
+
+def alias_bomb(levels: int = 8) -> str:
+    """YAML of a few hundred bytes whose aliases expand to 9 ** levels strings."""
+    lines = ["a0: &a0 [" + ", ".join(["xxxxxxxx"] * 9) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nbomb: *a{levels - 1}\n"

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs
 
-import yaml
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
+
+from merge_engine import RecipeError
 
 from . import errors, views
 from .auth import check_write, require_user
@@ -41,7 +42,7 @@ def read_card(call: Call, commit: Commit) -> dict | None:
     try:
         text = call.ctx.storage.blob_path(entry.sha256).read_text(encoding="utf-8")
         return views.parse_card_data(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, RecipeError):
         return None
 
 
@@ -108,7 +109,7 @@ async def validate_yaml(call: Call) -> Response:
     body = await json_body(call)
     try:
         views.parse_card_data(str(body.get("content", "")))
-    except yaml.YAMLError as exc:
+    except RecipeError as exc:
         message = f"Invalid YAML front matter: {exc}"
         return JSONResponse({"errors": [{"message": message}], "warnings": []}, status_code=400)
     return JSONResponse({"errors": [], "warnings": []})

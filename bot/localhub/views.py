@@ -11,7 +11,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 
-import yaml
+from merge_engine import CARD_LIMITS, load_yaml
 
 from .lfs import lfs_pointer
 from .storage import Commit, FileEntry, RepoMeta
@@ -32,11 +32,13 @@ def split_front_matter(readme: str) -> tuple[str | None, str]:
 
 
 def parse_card_data(readme: str) -> dict | None:
-    """The README's YAML front matter as a dict; None when absent. Raises yaml.YAMLError."""
+    """The README's YAML front matter as a dict; None when absent. Raises RecipeError
+    (invalid, or over the card budgets: an alias bomb would otherwise be expanded when
+    the card data is sent as JSON)."""
     match = _FRONT_MATTER.match(readme)
     if match is None:
         return None
-    data = yaml.safe_load(match.group(1))
+    data = load_yaml(match.group(1), CARD_LIMITS)[0]
     return data if isinstance(data, dict) else None
 
 

@@ -31,20 +31,19 @@ from dataclasses import dataclass
 import httpx2
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from huggingface_hub import errors as hub_errors
 from huggingface_hub import hf_hub_url
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers
 
-from merge_engine.errors import InputError, MergeEngineError, SourceError
+from merge_engine.errors import InputError, MergeEngineError, RecipeError, SourceError
 from merge_engine.io.hub import HubAccess, read_range
 from merge_engine.io.retry import retry
+from merge_engine.recipe.locations import CARD_LIMITS, load_yaml
 
 CONVERT_REF = "refs/convert/parquet"
 READ_BLOCK = 256 * 1024
 """Bytes fetched per range request (pyarrow's small reads are served from this window)."""
-MAX_CARD_BYTES = 4 * 1024 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024
 """The most one read of a parquet file may ask for (a page or the footer): a file that
 needs more is refused rather than held in memory."""
@@ -151,16 +150,15 @@ def _card_configs(hub: HubAccess, repo: str, sha: str, files: dict[str, int],
     size = files.get("README.md", 0)
     if size == 0:
         return {}
-    if size > MAX_CARD_BYTES:
+    if size > CARD_LIMITS.max_bytes:
         raise SourceError(f"{where}: the dataset card README.md is {size} bytes; the limit "
-                          f"is {MAX_CARD_BYTES}")
+                          f"is {CARD_LIMITS.max_bytes}")
     text = _fetch(hub, repo, sha, "README.md", 0, size - 1, where).decode("utf-8", "replace")
     match = _FRONT_MATTER.match(text)
-    try:
-        card = yaml.safe_load(match.group(1)) if match else None
-    except yaml.YAMLError as e:
-        raise SourceError(f"{where}: the dataset card's YAML cannot be read: "
-                          f"{str(e).splitlines()[0]}") from e
+    try:  # the recipes' budgeted loader: a card is anyone's text
+        card = load_yaml(match.group(1), CARD_LIMITS)[0] if match else None
+    except RecipeError as e:
+        raise SourceError(f"{where}: the dataset card cannot be read: {e.msg}") from e
     items = card.get("configs") if isinstance(card, dict) else None
     configs: dict[str, _Config] = {}
     for item in items if isinstance(items, list) else []:

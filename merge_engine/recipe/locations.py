@@ -39,17 +39,25 @@ class RecipeLimits:
     """Characters of one int or float."""
     max_stages: int = 16
     """Documents (stages) of a multi-stage recipe."""
+    what: str = "the recipe"
+    """What the text is, for the messages (the same budgets guard other YAML: a card)."""
 
     def check_size(self, text: str) -> None:
         """RecipeError when ``text`` is larger than ``max_bytes`` in UTF-8."""
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > self.max_bytes:
-            raise RecipeError("", size_message(size, self.max_bytes))
+            raise RecipeError("", size_message(size, self.max_bytes, self.what))
 
 
-def size_message(size: int, limit: int) -> str:
+CARD_LIMITS = RecipeLimits(max_bytes=4 * 1024 * 1024, max_depth=64, max_nodes=50_000,
+                           max_number_chars=256, what="the card's YAML")
+"""Budgets for a model or dataset card's front matter: anyone's text (alias bombs, depth),
+read by the dataset reader and by localhub."""
+
+
+def size_message(size: int, limit: int, what: str = "the recipe") -> str:
     """The one sentence for a recipe over the size limit (engine, CLI and bot alike)."""
-    return f"the recipe is {size:,} bytes; the limit is {limit:,} bytes"
+    return f"{what} is {size:,} bytes; the limit is {limit:,} bytes"
 
 
 def _at(mark: yaml.Mark | None, msg: str) -> RecipeError:
@@ -102,8 +110,8 @@ class _BudgetLoader(yaml.SafeLoader):
         """Refuse deep ``[[[[...`` while scanning: PyYAML's scanner slows down quadratically
         with the flow level, long before the composer would see the depth."""
         if self.flow_level >= self.limits.max_depth:
-            raise _at(self.get_mark(), f"the recipe nests deeper than {self.limits.max_depth} "
-                                       "levels")
+            raise _at(self.get_mark(), f"{self.limits.what} nests deeper than "
+                                       f"{self.limits.max_depth} levels")
         super().fetch_flow_collection_start(token_class)
 
     def compose_node(self, parent, index):
@@ -132,10 +140,11 @@ class _BudgetLoader(yaml.SafeLoader):
         """Count ``nodes`` more nodes, placed ``height`` levels deep below the current one."""
         self.nodes += nodes
         if self.nodes > self.limits.max_nodes:
-            raise _at(mark, f"the recipe has more than {self.limits.max_nodes:,} YAML nodes "
-                            "(aliases counted as the nodes they repeat)")
+            raise _at(mark, f"{self.limits.what} has more than {self.limits.max_nodes:,} YAML "
+                            "nodes (aliases counted as the nodes they repeat)")
         if self.depth + height > self.limits.max_depth:
-            raise _at(mark, f"the recipe nests deeper than {self.limits.max_depth} levels")
+            raise _at(mark, f"{self.limits.what} nests deeper than {self.limits.max_depth} "
+                            "levels")
 
     def construct_object(self, node, deep=False):
         """Values PyYAML cannot convert (a date like 2024-13-45) become errors at the node."""
@@ -189,13 +198,13 @@ def _index(node: yaml.Node, path: str, lines: dict[str, int], stack: set[int]) -
     stack.discard(id(node))
 
 
-def _check_characters(text: str) -> None:
+def _check_characters(text: str, what: str) -> None:
     found = _NOT_ALLOWED.search(text)
     if found:
         line = text.count("\n", 0, found.start())
         column = found.start() - (text.rfind("\n", 0, found.start()) + 1)
         raise _at(yaml.Mark("", found.start(), line, column, None, None),
-                  f"the recipe contains the control character U+{ord(found.group()):04X}")
+                  f"{what} contains the control character U+{ord(found.group()):04X}")
 
 
 def load_yaml(text: str, limits: RecipeLimits | None = None) -> tuple[object, dict[str, int]]:
@@ -248,7 +257,7 @@ def _loader(text: str, limits: RecipeLimits | None) -> _BudgetLoader:
         raise RecipeError("", f"expected recipe text, got {type(text).__name__}")
     limits = limits or RecipeLimits()
     limits.check_size(text)
-    _check_characters(text)
+    _check_characters(text, limits.what)
     return _BudgetLoader(text, limits)
 
 

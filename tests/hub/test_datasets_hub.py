@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import io
 import random
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from huggingface_hub import CommitOperationAdd
+from huggingface_hub import CommitOperationAdd, HfApi
 
 from merge_engine import HubAccess, InputError, SourceError, load_dataset_texts
 from merge_engine.io import datasets
 from merge_engine.io.datasets import READ_BLOCK
+from tests.hostile import alias_bomb
 
 
 def parquet(columns: dict, **options) -> bytes:
@@ -221,3 +223,16 @@ def test_a_read_over_the_limit_is_refused(hub, monkeypatch):
                                           r"\w+ needs a single read of \d+ bytes; the limit "
                                           r"is 100000"):
         load(hub, "alice/pages")
+
+
+def test_a_card_whose_yaml_aliases_explode_is_refused_quickly(hub, monkeypatch):
+    """A few hundred bytes of aliases that expand to 9^8 strings (as file patterns: 14 s
+    and 1.3 GB before); the card goes through the recipes' budgeted loader instead."""
+    monkeypatch.setattr(HfApi, "_validate_yaml", lambda *args, **kwargs: None)  # a raw push
+    dataset(hub, "alice/bomb", {"README.md": f"---\n{alias_bomb()}---\n".encode(),
+                                "x.parquet": texts("test", 3)})
+    started = time.perf_counter()
+    with pytest.raises(SourceError, match=r"alice/bomb.*card cannot be read: the card's YAML "
+                                          r"has more than 50,000 YAML nodes"):
+        load(hub, "alice/bomb")
+    assert time.perf_counter() - started < 5

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import httpx2
 import pytest
-from huggingface_hub import CommitOperationAdd
+from huggingface_hub import CommitOperationAdd, HfApi
 
 from bot.localhub import api_commit
+from tests.hostile import alias_bomb
 from tests.hubtools import USERS
 
 SECRET = b"\x00weights only alice may read" * 100
@@ -137,3 +139,21 @@ def test_malformed_commit_lines_are_400(hub, line):
     answer = httpx2.post(f"{hub.url}/api/models/alice/c/commit/main", content=body,
                          headers=auth("alice"))
     assert answer.status_code == 400, answer.text
+
+
+def test_a_card_whose_aliases_explode_is_not_expanded(hub, monkeypatch):
+    """A README of ~600 bytes whose front matter expands to 9^8 strings: validate-yaml
+    refuses it with the budget's sentence (so the real client will not upload it); pushed
+    by a client that skips that check, the repo's info answers at once without card data
+    (it would be expanded into the JSON otherwise)."""
+    card = f"---\n{alias_bomb()}---\n# hi\n"
+    answer = httpx2.post(f"{hub.url}/api/validate-yaml",
+                         json={"content": card, "repoType": "model"})
+    assert answer.status_code == 400 and "more than 50,000 YAML nodes" in answer.text
+    api = hub.api("alice")
+    api.create_repo("alice/bomb")
+    monkeypatch.setattr(HfApi, "_validate_yaml", lambda *args, **kwargs: None)
+    api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id="alice/bomb")
+    started = time.perf_counter()
+    assert api.model_info("alice/bomb").card_data is None
+    assert time.perf_counter() - started < 5

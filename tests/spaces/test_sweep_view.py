@@ -16,6 +16,7 @@ from spaces_app.demo import DEMO_LAYERS, REPOS
 from spaces_app.examples import examples
 from spaces_app.sweep import InputProblem, parse_axes, parse_evaluation, sweep_md, sweep_plot
 from tests.bot.botutil import recipe_yaml
+from tests.hostile import alias_bomb
 from tests.spaces.conftest import Demo
 
 WEIGHT = "models[1].parameters.weight"
@@ -30,6 +31,8 @@ def test_axes_and_sets_as_typed():
     assert parse_evaluation("- name: a\n  texts: [x]") == [{"name": "a", "texts": ["x"]}]
     with pytest.raises(InputProblem, match="YAML list"):
         parse_evaluation("name: a")
+    with pytest.raises(InputProblem, match="the evaluation sets' YAML has more than 20,000 YAML"):
+        parse_evaluation(alias_bomb())  # a few hundred bytes, 9^8 strings once expanded
 
 
 def job(index: int, status: str, error: str | None = None) -> Job:
