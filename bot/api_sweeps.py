@@ -82,6 +82,22 @@ def _variants(text: str, axes: dict, settings) -> list:
         raise recipe_errors((loc, exc.msg, getattr(exc, "line", None))) from None
 
 
+def check_same_models(variants: list, sources: list[str], settings) -> None:
+    """422 unless every variant reads the recipe's own models: only they are checked
+    against the submitter's token (a variant naming another user's private repo would
+    otherwise be merged with the bot's)."""
+    for variant in variants:
+        read = hub_sources(parse(variant.text, settings))
+        if sorted(read) != sorted(sources):
+            others = set(read) - set(sources)
+            axis = next((p for p, v in variant.values.items()
+                         if isinstance(v, str) and any(v.startswith(o) for o in others)),
+                        next(iter(variant.values)))
+            raise recipe_errors((f"sweep.{axis}", "a sweep tries values of the recipe's "
+                                 "parameters; its variants must read the recipe's own models "
+                                 "(submit other models as a recipe of their own)"))
+
+
 def _evaluation(body: dict) -> tuple[list, str, str]:
     """(the sets, the metric, the publish mode); 422 at the field."""
     try:
@@ -118,6 +134,7 @@ def submit_sweep(services: Services, token: str | None, body: dict) -> dict:
                                       f"{services.backend.name} backend; submit the variants "
                                       "as separate recipes"))
     sources = hub_sources(recipe)
+    check_same_models(variants, sources, settings)
     check_model_count(recipe, settings)
     repo_id = target_repo(sub, recipe, hub)
     hub.check_writable(repo_id)

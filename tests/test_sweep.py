@@ -87,3 +87,14 @@ def test_a_method_name_axis_checks_each_value():
         expand_sweep(RECIPE, {"merge_method": ["task_arithmetic", "bogus"]})
     with pytest.raises(RecipeError, match="the sweep value 'linear' does not fit: missing"):
         expand_sweep(RECIPE, {"merge_method": ["linear"]})  # linear needs the base's weight
+
+
+@pytest.mark.parametrize("axes, words", [
+    ({"models." * 20_000 + "x": [1]}, "a sweep axis of 140,001 characters is too long"),
+    ({WEIGHT: ["x" * 1_000_000]}, "the sweep value 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... is"),
+    ({WEIGHT: [[[[0.1]]]]}, "the sweep value a list of 1 items is not"),
+])
+def test_a_hostile_axis_is_named_not_echoed(axes, words):
+    with pytest.raises(RecipeError) as info:
+        expand_sweep(RECIPE, axes)
+    assert words in str(info.value) and len(str(info.value)) < 200

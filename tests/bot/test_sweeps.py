@@ -54,6 +54,8 @@ def test_a_sweep_is_stored_with_one_job_per_variant_and_shown_whole(scorable, cl
     ({"evaluation": []}, 422, "evaluation", None),
     ({"metric": "east"}, 422, "metric", "north, south"),
     ({"publish": "all"}, 422, "publish", "'best' or 'branches'"),
+    ({"sweep": {"models[0].model": ["alice/donor-1", "bob/private"]}}, 422,
+     "sweep.models[0].model", "must read the recipe's own models"),
 ])
 def test_bad_sweeps_are_4xx_at_the_field(client: TestClient, fields, status, loc, words):
     answer = client.post("/api/sweeps", json=sweep_body(**fields), headers=ALICE)
