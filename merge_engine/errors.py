@@ -49,3 +49,12 @@ class CheckError(InputError):
     def __init__(self, msg: str, report: object | None = None):
         self.report = report
         super().__init__(msg)
+
+
+def shown(value: object, width: int = 40) -> str:
+    """``repr(value)`` cut to ``width`` characters, a collection by its size: how an error
+    message shows a value that may be hostile (never echoed whole)."""
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."

@@ -217,3 +217,14 @@ def test_a_damaged_cached_source_score_is_not_used(tmp_path, fields):
     else:
         write_entry(tmp_path, "k", fields)
     assert _cached(tmp_path, "k", "s") is None
+
+
+@pytest.mark.parametrize("item", [
+    {"name": "x" * 100_000, "texts": ["a"]},
+    {"name": "a", "dataset": "a/b", "column": "x" * 100_000},
+    {"name": "a", "dataset": "a/b", "x" * 100_000: 1},
+])
+def test_a_hostile_set_is_named_not_echoed(item):
+    with pytest.raises(InputError) as info:
+        parse_eval_sets([item])
+    assert str(info.value).startswith("evaluation[0].") and len(str(info.value)) < 200

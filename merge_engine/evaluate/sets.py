@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from merge_engine.errors import InputError
+from merge_engine.errors import InputError, shown
 
 MAX_SETS = 8
 """Evaluation sets per request."""
@@ -67,8 +67,8 @@ def parse_eval_set(item: object, where: str) -> EvalSet:
         raise InputError(f"{where} must be a mapping with texts or a dataset")
     unknown = sorted(set(map(str, item)) - set(FIELDS))
     if unknown:
-        raise InputError(f"{where}.{unknown[0]} is not a field of an evaluation set (fields: "
-                         f"{', '.join(FIELDS)})")
+        raise InputError(f"{where}.{unknown[0][:40]} is not a field of an evaluation set "
+                         f"(fields: {', '.join(FIELDS)})")
     texts = item.get("texts") or ()
     dataset = item.get("dataset")
     if bool(texts) == (dataset is not None):
@@ -86,7 +86,7 @@ def parse_eval_set(item: object, where: str) -> EvalSet:
         samples = item.get("samples", EvalSet.samples)
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise InputError(f"{where}.samples must be a positive whole number, not "
-                             f"{samples!r}")
+                             f"{shown(samples)}")
         if samples > MAX_SAMPLES:
             raise InputError(f"{where}.samples is {samples}; the limit is {MAX_SAMPLES}")
         default = dataset.split("/")[1] + (f":{item['config']}" if item.get("config") else "")
@@ -118,4 +118,4 @@ def parse_eval_set(item: object, where: str) -> EvalSet:
 
 def _match(value: object, pattern: re.Pattern, where: str, what: str) -> None:
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise InputError(f"{where} must be {what}, not {value!r}")
+        raise InputError(f"{where} must be {what}, not {shown(value)}")

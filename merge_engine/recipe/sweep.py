@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from merge_engine.errors import RecipeError
+from merge_engine.errors import RecipeError, shown
 from merge_engine.recipe.locations import RecipeLimits
 from merge_engine.recipe.parse import parse_recipe
 
@@ -52,7 +52,7 @@ def parse_path(path: object) -> list[str | int]:
     """``models[1].parameters.weight`` -> ``["models", 1, "parameters", "weight"]``."""
     if not isinstance(path, str) or not path:
         raise RecipeError("", f"a sweep axis must be a YAML path like "
-                              f"'models[1].parameters.weight', got {_brief(path)}")
+                              f"'models[1].parameters.weight', got {shown(path)}")
     if len(path) > MAX_PATH_CHARS:
         raise RecipeError("", f"a sweep axis of {len(path):,} characters is too long; the "
                               f"limit is {MAX_PATH_CHARS}")
@@ -95,15 +95,6 @@ def _child(node: object, step: str | int, path: str, upto: list[str | int]) -> o
     raise RecipeError(path, f"the sweep axis is unknown: the recipe has no {_show(upto)}")
 
 
-def _brief(value: object, width: int = 40) -> str:
-    """``repr(value)`` cut to ``width`` characters, a collection by its size: a hostile
-    value is not echoed whole."""
-    if isinstance(value, (list, tuple, dict)):
-        return f"a {type(value).__name__} of {len(value)} items"
-    text = repr(value)
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
 def _show(steps: list[str | int]) -> str:
     text = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).lstrip(".")
     return text or "top level"
@@ -115,7 +106,7 @@ def _check_values(path: str, values: object) -> list:
     for value in values:
         if (not _is_scalar(value) or (isinstance(value, float) and not math.isfinite(value))
                 or (isinstance(value, str) and len(value) > MAX_NAME_CHARS)):
-            raise RecipeError(path, f"the sweep value {_brief(value)} is not a single finite "
+            raise RecipeError(path, f"the sweep value {shown(value)} is not a single finite "
                                     "number or name")
     if len({(type(v), v) for v in values}) != len(values):
         raise RecipeError(path, "the sweep axis repeats a value")
@@ -164,7 +155,7 @@ def expand_sweep(recipe_text: str, axes: dict[str, list], *,
             parse_recipe(text, recipe_limits)
         except RecipeError as exc:
             path = _blame(paths, exc.loc)
-            raise RecipeError(path, f"the sweep value {_brief(chosen[path])} does not fit: "
+            raise RecipeError(path, f"the sweep value {shown(chosen[path])} does not fit: "
                                     f"{exc.msg}") from None
         label = ", ".join(f"{n}={_label_value(v)}" for n, v in zip(names, combo, strict=True))
         variants.append(Variant(label, chosen, text))
