@@ -47,6 +47,9 @@ READ_BLOCK = 256 * 1024
 MAX_READ_BYTES = 64 * 1024 * 1024
 """The most one read of a parquet file may ask for (a page or the footer): a file that
 needs more is refused rather than held in memory."""
+MAX_DECODED_BYTES = 256 * 1024 * 1024
+"""The most the text column of one row group may decode to (its declared size, checked
+before the row group is read)."""
 SPLIT_KEYWORDS = {
     "train": ("train", "training"),
     "validation": ("validation", "valid", "val", "dev"),
@@ -353,6 +356,18 @@ class _RemoteFile(io.RawIOBase):
         return len(data)
 
 
+def _check_decoded_size(group, where: _Where, path: str) -> None:
+    """SourceError when the column's chunk in this row group decodes to more than
+    :data:`MAX_DECODED_BYTES` (a few KB of zstd can declare gigabytes of text)."""
+    for i in range(group.num_columns):
+        chunk = group.column(i)
+        if chunk.path_in_schema.split(".")[0] == where.column and (
+                chunk.total_uncompressed_size > MAX_DECODED_BYTES):
+            raise SourceError(f"{where}: {path} holds {chunk.total_uncompressed_size:,} bytes "
+                              f"of column {where.column!r} in one row group; the limit is "
+                              f"{MAX_DECODED_BYTES:,}")
+
+
 def _read_texts(hub: HubAccess, repo: str, sha: str, path: str, size: int, where: _Where,
                 texts: list[str], samples: int) -> None:
     """Append non-empty texts of ``where.column`` from one parquet file until ``texts``
@@ -372,14 +387,16 @@ def _read_texts(hub: HubAccess, repo: str, sha: str, path: str, size: int, where
                 or pa.types.is_string_view(values)):
             raise InputError(f"{where}: column {where.column!r} in {path} holds {kind}, "
                              "not text")
-        batches = parquet.iter_batches(batch_size=min(1024, max(16, samples)),
-                                       columns=[where.column])
-        for batch in batches:
-            for text in batch.column(0).to_pylist():
-                if text and text.strip():
-                    texts.append(text)
-                    if len(texts) >= samples:
-                        return
+        for group in range(parquet.metadata.num_row_groups):
+            _check_decoded_size(parquet.metadata.row_group(group), where, path)
+            batches = parquet.iter_batches(batch_size=min(1024, max(16, samples)),
+                                           row_groups=[group], columns=[where.column])
+            for batch in batches:
+                for text in batch.column(0).to_pylist():
+                    if text and text.strip():
+                        texts.append(text)
+                        if len(texts) >= samples:
+                            return
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{where}: {path} at {sha[:12]} is not a readable parquet file: "
                           f"{_first_line(e)}") from e

@@ -225,6 +225,21 @@ def test_a_read_over_the_limit_is_refused(hub, monkeypatch):
         load(hub, "alice/pages")
 
 
+def test_a_row_group_that_decodes_to_too_much_text_is_refused_before_reading(hub, monkeypatch):
+    """A few KB of zstd can declare gigabytes of text (10 KB -> 300 MB measured 2.85 GB of
+    peak memory when read); the declared size of the column's chunk is checked first."""
+    bomb = parquet({"text": ["a" * 5_000_000]}, compression="zstd")
+    assert len(bomb) < 10_000
+    dataset(hub, "alice/zip-bomb", {"data/test-0.parquet": texts("ok", 3),
+                                    "data/test-1.parquet": bomb})
+    monkeypatch.setattr(datasets, "MAX_DECODED_BYTES", 1_000_000)
+    assert load(hub, "alice/zip-bomb", samples=3)[0] == ["ok 0", "ok 1", "ok 2"]  # never reached
+    with pytest.raises(SourceError, match=r"alice/zip-bomb, split 'test': data/test-1.parquet "
+                                          r"holds 5,0\d\d,\d+ bytes of column 'text' in one row "
+                                          r"group; the limit is 1,000,000"):
+        load(hub, "alice/zip-bomb", samples=4)
+
+
 def test_a_card_whose_yaml_aliases_explode_is_refused_quickly(hub, monkeypatch):
     """A few hundred bytes of aliases that expand to 9^8 strings (as file patterns: 14 s
     and 1.3 GB before); the card goes through the recipes' budgeted loader instead."""
