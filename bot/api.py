@@ -538,17 +538,7 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
         check_scorable(plans[-1])
     check_datasets(sub.evaluation, token, settings)
     with store.write() as db:
-        db.lock(f"owner:{user}")  # quota and repo checks hold until commit (Postgres)
-        db.lock(f"repo:{repo_id}")
-        if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
-            raise ApiError(
-                429,
-                f"you have {settings.max_queued_per_owner} jobs queued or running; "
-                "wait for one to finish",
-            )
-        existing = store.recipe_for_repo(db, repo_id)
-        if existing is not None and existing.owner != user:
-            raise ApiError(409, f"{repo_id} is already published by another user's recipe")
+        existing = claim_target(db, store, settings, user, repo_id)
         fields = {
             "yaml": sub.recipe_text,
             "private": sub.private,
@@ -575,6 +565,21 @@ def submit_recipe(services: Services, token: str | None, body: dict) -> dict:
             trigger = f"recipe updated by @{user}"
         job_id, _ = queue.enqueue(db, recipe_id, user, trigger, force=force)
     return {"recipe_id": recipe_id, "job_id": job_id, "repo_id": repo_id}
+
+
+def claim_target(db, store, settings: Settings, user: str, repo_id: str):
+    """In a write transaction: take the owner's and the repo's locks (held until commit on
+    Postgres, so the checks below hold), 429 over the owner's queue quota, 409 when another
+    user's recipe publishes to ``repo_id``; the recipe already there (or None)."""
+    db.lock(f"owner:{user}")
+    db.lock(f"repo:{repo_id}")
+    if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
+        raise ApiError(429, f"you have {settings.max_queued_per_owner} jobs queued or "
+                            "running; wait for one to finish")
+    existing = store.recipe_for_repo(db, repo_id)
+    if existing is not None and existing.owner != user:
+        raise ApiError(409, f"{repo_id} is already published by another user's recipe")
+    return existing
 
 
 def unchanged(existing, sub: Submission) -> bool:

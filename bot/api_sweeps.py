@@ -54,6 +54,7 @@ from .api import (
     check_datasets,
     check_model_count,
     check_scorable,
+    claim_target,
     hub_sources,
     parse,
     parse_submission,
@@ -152,14 +153,7 @@ def submit_sweep(services: Services, token: str | None, body: dict) -> dict:
     check_bot_can_read(recipe, sources, settings)
     check_datasets(sets, token, settings)
     with store.write() as db:
-        db.lock(f"owner:{user}")
-        db.lock(f"repo:{repo_id}")
-        if queue.active_jobs(db, user) >= settings.max_queued_per_owner:
-            raise ApiError(429, f"you have {settings.max_queued_per_owner} jobs queued or "
-                                "running; wait for one to finish")
-        existing = store.recipe_for_repo(db, repo_id)
-        if existing is not None and existing.owner != user:
-            raise ApiError(409, f"{repo_id} is already published by another user's recipe")
+        existing = claim_target(db, store, settings, user, repo_id)
         fields = {"yaml": sub.recipe_text, "private": sub.private, "watch": sub.watch,
                   "sources": sources, "allow_high_perplexity": sub.allow_high_perplexity}
         if existing is None:
